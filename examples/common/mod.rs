@@ -1,0 +1,39 @@
+//! What every example's `main` does: take the address from the first
+//! argument, log to stderr, serve until Ctrl-C or SIGTERM, print the report.
+
+use std::error::Error;
+use std::io::IsTerminal;
+
+use switchboard::{Handler, Server, termination};
+use tracing_subscriber::EnvFilter;
+
+/// The address an example listens on when no argument is given.
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+/// Serves `handler` on the address given as the first argument (default
+/// [`DEFAULT_ADDR`]) until Ctrl-C or SIGTERM, then prints the shutdown report.
+///
+/// The first line on stdout is always `listening on ADDR` with the bound
+/// address, so scripts and tests can start an example on port 0.
+pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| DEFAULT_ADDR.to_owned());
+    let server = Server::builder()
+        .bind(addr)
+        .handler(handler)
+        .shutdown_signal(termination())
+        .build()
+        .await?;
+    println!("listening on {}", server.local_addr());
+    let report = server.run().await?;
+    println!("shutdown report: {report}");
+    Ok(())
+}

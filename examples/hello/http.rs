@@ -1,0 +1,377 @@
+//! A small, correct HTTP/1.1 "hello" server as a switchboard `Handler`.
+//!
+//! It reads each request head under an 8 KiB cap, answers `GET` and `HEAD`
+//! with `Hello from async Rust!`, keeps connections alive as HTTP/1.1 says
+//! (`Connection: close` and HTTP/1.0 are honoured), and once the server
+//! begins shutting down it answers the request in flight with
+//! `Connection: close` and returns, so idle keep-alive clients never hold a
+//! shutdown up.
+//!
+//! Shared by the `hello` example, its tests and the benchmarks.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use switchboard::{Connection, Handler};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The body of every successful response.
+pub(crate) const BODY: &str = "Hello from async Rust!";
+/// The largest request head (request line and headers) read; a larger one
+/// gets `431 Request Header Fields Too Large`.
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
+/// The largest request body read (and discarded); a larger one gets `413`.
+pub(crate) const MAX_BODY: u64 = 64 * 1024;
+/// After an error response, how long and how much the handler keeps reading
+/// before it closes, so that the client sees the response instead of a reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: u64 = 64 * 1024;
+
+/// The HTTP hello handler.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Hello;
+
+impl Handler for Hello {
+    type Error = io::Error;
+
+    async fn handle(&self, mut conn: Connection) -> io::Result<()> {
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut out = Vec::with_capacity(256);
+        let shutdown = conn.shutdown_requested();
+        tokio::pin!(shutdown);
+        loop {
+            let head_len = match read_head(&mut conn, &mut buf, shutdown.as_mut()).await? {
+                Head::Complete(len) => len,
+                Head::Idle => return Ok(()),
+                Head::TooLarge => return reject(conn, Status::HeaderFieldsTooLarge).await,
+            };
+            let request = match parse_head(&buf[..head_len]) {
+                Ok(request) => request,
+                Err(status) => return reject(conn, status).await,
+            };
+            buf.advance(head_len);
+            if request.content_length > MAX_BODY {
+                return reject(conn, Status::PayloadTooLarge).await;
+            }
+            if !discard_body(&mut conn, &mut buf, request.content_length).await? {
+                return Ok(()); // the client left mid-body: nobody to answer
+            }
+            let keep_alive = request.keep_alive && !conn.is_shutting_down();
+            out.clear();
+            write_response(&mut out, &request, keep_alive);
+            conn.write_all(&out).await?;
+            if !keep_alive {
+                return conn.shutdown().await;
+            }
+        }
+    }
+}
+
+/// A response status this server can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Ok,
+    BadRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    HeaderFieldsTooLarge,
+    NotImplemented,
+    VersionNotSupported,
+}
+
+impl Status {
+    fn line(self) -> &'static str {
+        match self {
+            Status::Ok => "200 OK",
+            Status::BadRequest => "400 Bad Request",
+            Status::MethodNotAllowed => "405 Method Not Allowed",
+            Status::PayloadTooLarge => "413 Content Too Large",
+            Status::HeaderFieldsTooLarge => "431 Request Header Fields Too Large",
+            Status::NotImplemented => "501 Not Implemented",
+            Status::VersionNotSupported => "505 HTTP Version Not Supported",
+        }
+    }
+}
+
+/// What the handler needs to know of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub(crate) method: Method,
+    /// HTTP/1.1 (true) or HTTP/1.0.
+    pub(crate) http11: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) content_length: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+enum Head {
+    /// A complete head of this many bytes (terminator included) is buffered.
+    Complete(usize),
+    /// The client closed, or shutdown began, between requests.
+    Idle,
+    TooLarge,
+}
+
+/// Reads until the buffer holds a complete request head.
+async fn read_head(
+    conn: &mut Connection,
+    buf: &mut BytesMut,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> io::Result<Head> {
+    let mut searched = 0;
+    loop {
+        if let Some(end) = find_head_end(buf, searched) {
+            return Ok(if end > MAX_HEAD {
+                Head::TooLarge
+            } else {
+                Head::Complete(end)
+            });
+        }
+        if buf.len() >= MAX_HEAD {
+            return Ok(Head::TooLarge);
+        }
+        // The terminator may straddle two reads: search its last 3 bytes again.
+        searched = buf.len().saturating_sub(3);
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(1024);
+        }
+        let n = if buf.is_empty() {
+            // Between requests: this is where an idle keep-alive connection
+            // waits, so this is where it leaves when shutdown begins. The read
+            // comes first so that a request that has already arrived is
+            // answered (with `Connection: close`) rather than dropped.
+            tokio::select! {
+                biased;
+                n = conn.read_buf(buf) => n?,
+                () = &mut shutdown => return Ok(Head::Idle),
+            }
+        } else {
+            conn.read_buf(buf).await?
+        };
+        if n == 0 {
+            // EOF: between requests a normal close; mid-head nothing to answer.
+            return Ok(Head::Idle);
+        }
+    }
+}
+
+/// The length of the head (through the blank line) if `buf` holds one.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|pos| from + pos + 4)
+}
+
+/// Parses a request head (request line, headers, blank line).
+pub(crate) fn parse_head(head: &[u8]) -> Result<Request, Status> {
+    let head = head.strip_suffix(b"\r\n\r\n").ok_or(Status::BadRequest)?;
+    let mut lines = head.split(|&b| b == b'\n').map(|line| {
+        // Every line but the last had its `\r\n` split at the `\n`.
+        line.strip_suffix(b"\r").unwrap_or(line)
+    });
+    let request_line = lines.next().ok_or(Status::BadRequest)?;
+    let mut parts = request_line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Status::BadRequest);
+    };
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Err(Status::BadRequest);
+    }
+    if target.is_empty() || !target.iter().all(|&b| b > b' ' && b != 0x7f) {
+        return Err(Status::BadRequest);
+    }
+    let http11 = match version {
+        b"HTTP/1.1" => true,
+        b"HTTP/1.0" => false,
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            return Err(Status::VersionNotSupported);
+        }
+        _ => return Err(Status::BadRequest),
+    };
+    let method = match method {
+        b"GET" => Method::Get,
+        b"HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut content_length: Option<u64> = None;
+    let mut hosts = 0;
+    for line in lines {
+        // A line that starts with white space continues the previous one
+        // (obsolete line folding): RFC 9112 says reject it.
+        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            return Err(Status::BadRequest);
+        }
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(Status::BadRequest)?;
+        let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(Status::BadRequest);
+        }
+        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(Status::BadRequest);
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(trim_ows) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let len = parse_content_length(value).ok_or(Status::BadRequest)?;
+            if content_length.is_some_and(|seen| seen != len) {
+                return Err(Status::BadRequest);
+            }
+            content_length = Some(len);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Chunked request bodies are not supported by this small server.
+            return Err(Status::NotImplemented);
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        }
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is a 400.
+    if http11 && hosts != 1 {
+        return Err(Status::BadRequest);
+    }
+    Ok(Request {
+        method,
+        http11,
+        keep_alive: if http11 {
+            !close
+        } else {
+            keep_alive_token && !close
+        },
+        content_length: content_length.unwrap_or(0),
+    })
+}
+
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// Reads and drops a request body of `len` bytes, part of which may be
+/// buffered already. Returns `false` if the client closed first.
+async fn discard_body(conn: &mut Connection, buf: &mut BytesMut, len: u64) -> io::Result<bool> {
+    let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
+    buf.advance(buffered);
+    let mut rest = len - buffered as u64;
+    if rest == 0 {
+        return Ok(true);
+    }
+    let copied = tokio::io::copy(&mut (&mut *conn).take(rest), &mut tokio::io::sink()).await?;
+    rest -= copied;
+    Ok(rest == 0)
+}
+
+fn write_response(out: &mut Vec<u8>, request: &Request, keep_alive: bool) {
+    let status = match request.method {
+        Method::Get | Method::Head => Status::Ok,
+        Method::Other => Status::MethodNotAllowed,
+    };
+    let body = if status == Status::Ok {
+        BODY
+    } else {
+        "method not allowed\n"
+    };
+    write_head(out, status, body.len(), keep_alive, request.http11);
+    if status == Status::MethodNotAllowed {
+        // Inserted before the blank line that ends the head.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"Allow: GET, HEAD\r\n\r\n");
+    }
+    if request.method != Method::Head {
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
+fn write_head(out: &mut Vec<u8>, status: Status, body_len: usize, keep_alive: bool, http11: bool) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.line().as_bytes());
+    out.extend_from_slice(b"\r\nServer: switchboard-hello\r\nDate: ");
+    write_http_date(out);
+    let _ = write!(
+        out,
+        "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {body_len}\r\n"
+    );
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if !http11 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends an error response, then closes the connection without losing it
+/// to a reset: see [`LINGER`].
+async fn reject(mut conn: Connection, status: Status) -> io::Result<()> {
+    let body = format!("{}\n", status.line());
+    let mut out = Vec::with_capacity(256);
+    write_head(&mut out, status, body.len(), false, true);
+    out.extend_from_slice(body.as_bytes());
+    conn.write_all(&out).await?;
+    conn.shutdown().await?;
+    // Closing with unread bytes in the receive queue makes the kernel send a
+    // reset, which can destroy the response before the client reads it.
+    // Read (and drop) what the client is still sending, briefly and boundedly.
+    let mut rest = (&mut conn).take(LINGER_BYTES);
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut rest, &mut sink)).await;
+    Ok(())
+}
+
+/// Appends the current time as an HTTP date, formatted at most once a
+/// second per thread.
+fn write_http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            *cache = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(cache.1.as_bytes());
+    });
+}

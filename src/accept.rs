@@ -1,0 +1,164 @@
+//! Accept-error classification and backoff.
+//!
+//! `accept(2)` fails for three very different reasons, and a server must treat
+//! them differently to neither die nor spin:
+//!
+//! * the connection died in the backlog (aborted, reset, ...): skip it and
+//!   accept the next one at once;
+//! * the process or the system ran out of something (descriptors, buffers,
+//!   memory): accepting again at once fails again at once, so wait, doubling
+//!   the wait from a few milliseconds up to a second, until an accept works;
+//! * anything else means the listener itself is broken: stop.
+
+use std::io;
+use std::time::Duration;
+
+/// What to do about an accept error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptError {
+    /// Only that one connection is lost: accept again at once.
+    Connection,
+    /// Out of a resource: back off before accepting again.
+    Resources,
+    /// The listener cannot go on.
+    Fatal,
+}
+
+pub(crate) fn classify(err: &io::Error) -> AcceptError {
+    use io::ErrorKind::*;
+    match err.kind() {
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+        | TimedOut | BrokenPipe | NotConnected => return AcceptError::Connection,
+        OutOfMemory => return AcceptError::Resources,
+        _ => {}
+    }
+    match err.raw_os_error() {
+        Some(code) if is_resource_exhaustion(code) => AcceptError::Resources,
+        // Linux reports network errors of the half-made connection through
+        // accept (see accept(2), "Error handling"): treat them like a reset.
+        Some(code) if is_pending_network_error(code) => AcceptError::Connection,
+        _ => AcceptError::Fatal,
+    }
+}
+
+#[cfg(unix)]
+fn is_resource_exhaustion(code: i32) -> bool {
+    // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux; the values come
+    // from the io::Error mapping so that no libc dependency is needed.
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOMEM: i32 = 12;
+    #[cfg(target_os = "linux")]
+    const ENOBUFS: i32 = 105;
+    #[cfg(not(target_os = "linux"))]
+    const ENOBUFS: i32 = 55;
+    matches!(code, EMFILE | ENFILE | ENOBUFS | ENOMEM)
+}
+
+#[cfg(not(unix))]
+fn is_resource_exhaustion(code: i32) -> bool {
+    // WSAEMFILE, WSAENOBUFS
+    matches!(code, 10024 | 10055)
+}
+
+#[cfg(target_os = "linux")]
+fn is_pending_network_error(code: i32) -> bool {
+    // ENETDOWN, EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH,
+    // EOPNOTSUPP, ENETUNREACH
+    matches!(code, 100 | 71 | 92 | 112 | 64 | 113 | 95 | 101)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_pending_network_error(_code: i32) -> bool {
+    false
+}
+
+/// Exponential backoff for resource exhaustion.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    /// Whether the current run of failures has been reported: one `warn` per
+    /// episode, not per attempt.
+    episode_reported: bool,
+}
+
+impl Backoff {
+    pub(crate) const MIN: Duration = Duration::from_millis(5);
+    pub(crate) const MAX: Duration = Duration::from_secs(1);
+
+    pub(crate) fn new() -> Self {
+        Backoff {
+            next: Self::MIN,
+            episode_reported: false,
+        }
+    }
+
+    /// The delay before the next attempt; doubles up to [`Backoff::MAX`].
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    /// Returns `true` the first time it is called in an episode.
+    pub(crate) fn begin_episode(&mut self) -> bool {
+        !std::mem::replace(&mut self.episode_reported, true)
+    }
+
+    /// Whether an episode of failures is under way.
+    pub(crate) fn in_episode(&self) -> bool {
+        self.episode_reported
+    }
+
+    /// An accept worked: the episode is over.
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::MIN;
+        self.episode_reported = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_errors() {
+        let kind = |k| classify(&io::Error::from(k));
+        assert_eq!(
+            kind(io::ErrorKind::ConnectionAborted),
+            AcceptError::Connection
+        );
+        assert_eq!(
+            kind(io::ErrorKind::ConnectionReset),
+            AcceptError::Connection
+        );
+        assert_eq!(kind(io::ErrorKind::Interrupted), AcceptError::Connection);
+        let os = |c| classify(&io::Error::from_raw_os_error(c));
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(os(24), AcceptError::Resources, "EMFILE");
+            assert_eq!(os(23), AcceptError::Resources, "ENFILE");
+            assert_eq!(os(105), AcceptError::Resources, "ENOBUFS");
+            assert_eq!(os(12), AcceptError::Resources, "ENOMEM");
+            assert_eq!(os(71), AcceptError::Connection, "EPROTO");
+            assert_eq!(os(9), AcceptError::Fatal, "EBADF");
+            assert_eq!(os(22), AcceptError::Fatal, "EINVAL");
+        }
+        let _ = os;
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let mut b = Backoff::new();
+        assert!(b.begin_episode());
+        assert!(!b.begin_episode());
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+        assert_eq!(delays[0], Backoff::MIN);
+        assert_eq!(delays[1], Backoff::MIN * 2);
+        assert!(delays.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*delays.last().unwrap_or(&Duration::ZERO), Backoff::MAX);
+        b.reset();
+        assert!(!b.in_episode());
+        assert_eq!(b.next_delay(), Backoff::MIN);
+    }
+}

@@ -1,0 +1,206 @@
+//! `Connection`: one accepted stream and everything known about it.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::{Addr, ShutdownSignal};
+
+/// One accepted connection, handed to [`Handler::handle`](crate::Handler::handle).
+///
+/// It is the byte stream itself (`AsyncRead + AsyncWrite`, so every
+/// `tokio::io` helper and `tokio-util` codec works on it) plus what the server
+/// knows about it: a server-unique [`id`](Connection::id), both ends'
+/// addresses, and the server's shutdown signal.
+///
+/// Dropping the connection closes it.
+///
+/// # Examples
+///
+/// A handler that echoes until the client closes or the server shuts down:
+///
+/// ```
+/// use switchboard::{handler_fn, Connection};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// let echo = handler_fn(|mut conn: Connection| async move {
+///     let mut buf = [0u8; 1024];
+///     // Made once: the future borrows nothing, so it can race every read.
+///     let shutdown = conn.shutdown_requested();
+///     tokio::pin!(shutdown);
+///     loop {
+///         let n = tokio::select! {
+///             n = conn.read(&mut buf) => n?,
+///             () = &mut shutdown => return Ok(()),
+///         };
+///         if n == 0 {
+///             return Ok::<_, std::io::Error>(());
+///         }
+///         conn.write_all(&buf[..n]).await?;
+///     }
+/// });
+/// # let _ = echo;
+/// ```
+pub struct Connection {
+    stream: Stream,
+    id: u64,
+    peer: Addr,
+    /// The listener's address. For a listener on a wildcard address the
+    /// connection's real local address differs and is asked of the socket on
+    /// demand, so the common case costs no system call.
+    listener_addr: Addr,
+    shutdown: ShutdownSignal,
+}
+
+/// The transports a connection can run over. Private so that adding one
+/// changes no handler.
+enum Stream {
+    Tcp(TcpStream),
+}
+
+impl Connection {
+    pub(crate) fn from_tcp(
+        stream: TcpStream,
+        id: u64,
+        peer: Addr,
+        listener_addr: Addr,
+        shutdown: ShutdownSignal,
+    ) -> Self {
+        Connection {
+            stream: Stream::Tcp(stream),
+            id,
+            peer,
+            listener_addr,
+            shutdown,
+        }
+    }
+
+    /// The connection's number, unique within its server and increasing in
+    /// the order connections were accepted (the first is 1).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The address of the remote end.
+    pub fn peer_addr(&self) -> Addr {
+        self.peer.clone()
+    }
+
+    /// The address of this end: the listener's address, or for a listener on
+    /// a wildcard address (`0.0.0.0`, `::`) the address the client reached.
+    pub fn local_addr(&self) -> Addr {
+        match (&self.stream, &self.listener_addr) {
+            (Stream::Tcp(stream), Addr::Tcp(listener)) if listener.ip().is_unspecified() => stream
+                .local_addr()
+                .map(Addr::Tcp)
+                .unwrap_or_else(|_| self.listener_addr.clone()),
+            _ => self.listener_addr.clone(),
+        }
+    }
+
+    /// The underlying TCP stream, to read or set socket options
+    /// (`nodelay`, `ttl`, ...).
+    pub fn as_tcp(&self) -> Option<&TcpStream> {
+        match &self.stream {
+            Stream::Tcp(stream) => Some(stream),
+        }
+    }
+
+    /// The server's shutdown signal; clone it into tasks the handler spawns.
+    pub fn shutdown_signal(&self) -> &ShutdownSignal {
+        &self.shutdown
+    }
+
+    /// Completes when the server begins shutting down: finish the current
+    /// exchange and return.
+    ///
+    /// The future borrows nothing from the connection: make it once, pin it
+    /// (`tokio::pin!`), and race it against reads in a `tokio::select!` loop,
+    /// as in the [example above](Connection#examples). Making it once also
+    /// registers the wake-up once rather than on every iteration.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future misses nothing, and a new one completes
+    /// at once if shutdown has begun.
+    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        self.shutdown.shutdown_requested()
+    }
+
+    /// Whether the server is shutting down; one atomic load.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_shutting_down()
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let transport = match self.stream {
+            Stream::Tcp(_) => "tcp",
+        };
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("transport", &transport)
+            .field("peer", &self.peer)
+            .field("listener", &self.listener_addr)
+            .field("shutting_down", &self.is_shutting_down())
+            .finish()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Tcp(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Accept TCP connections and handle each one in its own tokio task, with
+//! the production parts done right: connection tracking, tracing, live
+//! statistics, panic isolation and a two-phase graceful shutdown that returns
+//! an exact report.
+//!
+//! You implement one async [`Handler`]; switchboard owns binding, the accept
+//! loop, one task per connection and the shutdown.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use switchboard::{Connection, Handler, Server};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! struct Hello;
+//!
+//! impl Handler for Hello {
+//!     type Error = std::io::Error;
+//!
+//!     async fn handle(&self, mut conn: Connection) -> Result<(), Self::Error> {
+//!         conn.write_all(b"hello\n").await
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), switchboard::Error> {
+//!     let server = Server::builder()
+//!         .bind("127.0.0.1:8080")
+//!         .handler(Hello)
+//!         .shutdown_signal(switchboard::termination()) // Ctrl-C or SIGTERM
+//!         .build()
+//!         .await?;
+//!     println!("listening on {}", server.local_addr());
+//!     let report = server.run().await?; // returns after a graceful shutdown
+//!     println!("{report}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # A connection's life
+//!
+//! ```text
+//! bind ─> accept loop ─> Connection ─> spawn task ─> Handler::handle(conn)
+//!          │  (skip per-connection     (id, peer,      span conn{id, peer}
+//!          │   errors, back off when    shutdown        │
+//!          │   out of descriptors)      signal)         ▼
+//!          │                                      task ends: outcome counted,
+//!          │                                      "connection closed" logged
+//!          ▼
+//!   shutdown trigger (ShutdownHandle::shutdown, Builder::shutdown_signal)
+//! ```
+//!
+//! Each connection runs in a task of its own, inside a `debug`-level
+//! `tracing` span `conn` carrying `id` and `peer`. A handler that returns an
+//! error is logged at `warn` and counted as failed; one that panics is caught
+//! at the task boundary, logged at `error` and counted as panicked. Neither
+//! stops the server. Accepted sockets get `TCP_NODELAY` unless
+//! [`Builder::tcp_nodelay`] turns it off.
+//!
+//! # Shutdown in two phases
+//!
+//! ```text
+//! trigger ──> 1. listener closed (connects refused)
+//!             2. every Connection's shutdown signal fires
+//!        ──> drain: wait up to drain_timeout for handlers to return
+//!        ──> abort the rest ──> run() returns ShutdownReport
+//! ```
+//!
+//! The trigger is [`ShutdownHandle::shutdown`] (from
+//! [`Server::shutdown_handle`], cloneable, usable from any thread) or the
+//! future given to [`Builder::shutdown_signal`], such as [`termination`].
+//! Handlers cooperate by watching [`Connection::shutdown_requested`] (a
+//! cancel-safe future for `tokio::select!`) or asking
+//! [`Connection::is_shutting_down`] between requests: a keep-alive handler
+//! answers the request in flight, closes, and returns. A handler that ignores
+//! the signal is aborted at the drain timeout, and the report says so.
+//!
+//! [`Server::run`] returns a [`ShutdownReport`] whose counts are exact:
+//! `accepted == completed + failed + panicked + aborted` and
+//! `active_at_shutdown == drained + aborted`. While the server runs,
+//! [`Stats::snapshot`] gives the same counters live.
+//!
+//! # Writing handlers
+//!
+//! [`Handler`] is implemented with a plain `async fn` and any error type
+//! convertible into [`BoxError`]; small handlers can be closures through
+//! [`handler_fn`]. The trait is dyn-compatible, so a handler chosen at run
+//! time can be passed as `Arc<dyn Handler>`. See the [`Handler`] docs for
+//! why the trait is shaped this way.
+//!
+//! # Runtime
+//!
+//! switchboard runs on the caller's tokio runtime, multi-thread or
+//! current-thread, and never creates one. The library never prints; it
+//! speaks through `tracing` (`info` for lifecycle, `debug` per connection,
+//! `warn` for accept and handler errors, `error` for panics).
+
+mod accept;
+mod addr;
+mod builder;
+mod connection;
+mod error;
+mod handler;
+mod server;
+mod shutdown;
+mod signal;
+mod stats;
+mod task;
+
+pub use addr::Addr;
+pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, ToBindAddr};
+pub use connection::Connection;
+pub use error::Error;
+pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
+pub use server::{Server, ShutdownReport};
+pub use shutdown::{ShutdownHandle, ShutdownSignal};
+pub use signal::termination;
+pub use stats::{Stats, StatsSnapshot};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
