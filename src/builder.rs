@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -45,7 +45,7 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 pub struct Builder {
     bind: Option<BindTarget>,
     handler: Option<Arc<dyn Handler>>,
-    shutdown_signal: Option<ShutdownFuture>,
+    shutdown_signal: Option<ExternalSignal>,
     config: Config,
 }
 
@@ -58,6 +58,17 @@ pub(crate) struct Config {
 }
 
 pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The builder's shutdown future, kept behind a mutex only so that `Builder`
+/// and `Server` are `Sync` although the future need not be. The mutex is never
+/// locked: the future is taken out by value when the server runs.
+pub(crate) struct ExternalSignal(Mutex<ShutdownFuture>);
+
+impl ExternalSignal {
+    pub(crate) fn into_future(self) -> ShutdownFuture {
+        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl Builder {
     pub(crate) fn new() -> Self {
@@ -113,7 +124,7 @@ impl Builder {
     ///
     /// Default: none.
     pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
-        self.shutdown_signal = Some(Box::pin(signal));
+        self.shutdown_signal = Some(ExternalSignal(Mutex::new(Box::pin(signal))));
         self
     }
 

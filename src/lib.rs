@@ -95,6 +95,10 @@
 //! speaks through `tracing` (`info` for lifecycle, `debug` per connection,
 //! `warn` for accept and handler errors, `error` for panics).
 
+// Library code states the invariant behind every unwrap (as an `expect`);
+// unit tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod accept;
 mod addr;
 mod builder;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::accept::{self, AcceptError, Backoff};
-use crate::builder::{Config, ShutdownFuture};
+use crate::builder::{Config, ExternalSignal, ShutdownFuture};
 use crate::handler::sealed::ErasedHandler;
 use crate::stats::Outcome;
 use crate::task::{CatchUnwind, Tasks, panic_message};
@@ -42,7 +42,7 @@ pub struct Server {
     config: Config,
     /// Cancelled by [`ShutdownHandle::shutdown`]; watched by the accept loop only.
     trigger: CancellationToken,
-    shutdown_signal: Option<ShutdownFuture>,
+    shutdown_signal: Option<ExternalSignal>,
     stats: Stats,
 }
 
@@ -87,7 +87,7 @@ impl Server {
         listener: TcpListener,
         handler: Arc<dyn Handler>,
         config: Config,
-        shutdown_signal: Option<ShutdownFuture>,
+        shutdown_signal: Option<ExternalSignal>,
     ) -> Result<Self, Error> {
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: Addr::Tcp(SocketAddr::from(([0, 0, 0, 0], 0))),
@@ -168,7 +168,13 @@ impl Server {
         tracing::info!(addr = %local_addr, "listening");
 
         // Phase 1: the loop ends and drops the listener; new connects are refused.
-        let accept_result = acceptor.run(listener, &trigger, shutdown_signal).await;
+        let accept_result = acceptor
+            .run(
+                listener,
+                &trigger,
+                shutdown_signal.map(ExternalSignal::into_future),
+            )
+            .await;
         // Also covers a fatal accept error, so that `run` never leaves a
         // handle that says the server is still up.
         trigger.cancel();

@@ -1,14 +1,16 @@
 //! Operating-system shutdown signals.
 
-use std::future::pending;
+use std::future::{Future, pending};
 
-/// Completes when the process receives Ctrl-C (SIGINT) or, on Unix, SIGTERM
-/// (what `kill`, systemd and Kubernetes send): the usual trigger for a
-/// graceful shutdown.
+/// A future that completes when the process receives Ctrl-C (SIGINT) or, on
+/// Unix, SIGTERM (what `kill`, systemd and Kubernetes send): the usual
+/// trigger for a graceful shutdown.
 ///
-/// The signals are hooked when the future is first polled. If a signal
-/// cannot be hooked, that is logged at `warn` and the future waits for the
-/// other one only.
+/// On Unix the signals are hooked when `termination` is *called*, not when
+/// the future is first polled, so a signal that arrives between building the
+/// server and running it is not lost (nor does it kill the process). Call it
+/// inside a tokio runtime. If a signal cannot be hooked, that is logged at
+/// `warn` and the future waits for the other one only.
 ///
 /// # Examples
 ///
@@ -26,40 +28,63 @@ use std::future::pending;
 /// # Ok(()) }
 /// ```
 ///
+/// # Panics
+///
+/// On Unix, if called outside a tokio runtime.
+///
 /// # Cancel safety
 ///
-/// Cancel safe, but a signal that arrives while no `termination` future is
-/// being polled is delivered to tokio's handler and not seen by a later one
-/// created afresh.
-pub async fn termination() {
-    let ctrl_c = async {
+/// Cancel safe. Once hooked, the signals stay routed to tokio for the life of
+/// the process: dropping the future does not restore the default action.
+#[cfg(unix)]
+pub fn termination() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+
+    fn hook(kind: SignalKind, name: &'static str) -> Option<Signal> {
+        signal(kind)
+            .inspect_err(
+                |err| tracing::warn!(signal = name, error = %err, "cannot listen for signal"),
+            )
+            .ok()
+    }
+    async fn received(signal: &mut Option<Signal>) {
+        match signal {
+            Some(signal) => {
+                // `recv` returns `None` only if the signal driver is gone:
+                // then this signal can no longer arrive.
+                if signal.recv().await.is_none() {
+                    pending::<()>().await;
+                }
+            }
+            None => pending().await,
+        }
+    }
+
+    let mut interrupt = hook(SignalKind::interrupt(), "SIGINT");
+    let mut terminate = hook(SignalKind::terminate(), "SIGTERM");
+    async move {
+        let name = tokio::select! {
+            () = received(&mut interrupt) => "SIGINT",
+            () = received(&mut terminate) => "SIGTERM",
+        };
+        tracing::info!(signal = name, "termination signal received");
+    }
+}
+
+/// A future that completes when the process receives Ctrl-C.
+///
+/// # Cancel safety
+///
+/// Cancel safe.
+#[cfg(not(unix))]
+pub fn termination() -> impl Future<Output = ()> + Send + 'static {
+    async {
         match tokio::signal::ctrl_c().await {
-            Ok(()) => "SIGINT",
+            Ok(()) => tracing::info!(signal = "Ctrl-C", "termination signal received"),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for Ctrl-C");
-                pending().await
+                pending::<()>().await
             }
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-                "SIGTERM"
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                pending().await
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = pending::<&str>();
-    let received = tokio::select! {
-        name = ctrl_c => name,
-        name = term => name,
-    };
-    tracing::info!(signal = received, "termination signal received");
+    }
 }

@@ -1,0 +1,205 @@
+//! Building a server: addresses, binding errors, configuration errors.
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::within;
+use switchboard::{Addr, Connection, Error, Handler, Server, handler_fn};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn noop() -> impl Handler {
+    handler_fn(|_conn: Connection| async { Ok::<_, io::Error>(()) })
+}
+
+#[tokio::test]
+async fn port_zero_reports_the_real_port_before_run() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .handler(noop())
+        .build()
+        .await
+        .unwrap();
+    let addr = server.local_addr().as_tcp().unwrap();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0, "the real port is known after build");
+    // The socket listens from build on: a client can connect before run.
+    within("connect before run", TcpStream::connect(addr))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn accepts_every_address_form() {
+    let forms: Vec<Server> = vec![
+        Server::builder()
+            .bind("127.0.0.1:0")
+            .handler(noop())
+            .build()
+            .await
+            .unwrap(),
+        Server::builder()
+            .bind(String::from("127.0.0.1:0"))
+            .handler(noop())
+            .build()
+            .await
+            .unwrap(),
+        Server::builder()
+            .bind(("127.0.0.1", 0))
+            .handler(noop())
+            .build()
+            .await
+            .unwrap(),
+        Server::builder()
+            .bind("localhost:0")
+            .handler(noop())
+            .build()
+            .await
+            .unwrap(),
+        Server::builder()
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .handler(noop())
+            .build()
+            .await
+            .unwrap(),
+    ];
+    for server in &forms {
+        let addr = server.local_addr().as_tcp().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr} is loopback");
+        assert_ne!(addr.port(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_bind_error_naming_the_address() {
+    let first = Server::builder()
+        .bind("127.0.0.1:0")
+        .handler(noop())
+        .build()
+        .await
+        .unwrap();
+    let taken = first.local_addr();
+    let err = Server::builder()
+        .bind(taken.as_tcp().unwrap())
+        .handler(noop())
+        .build()
+        .await
+        .expect_err("the port is taken");
+    match &err {
+        Error::Bind { addr, source } => {
+            assert_eq!(addr, &taken);
+            assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
+        }
+        other => panic!("expected Error::Bind, got {other:?}"),
+    }
+    assert_eq!(err.to_string(), format!("cannot bind {taken}"));
+}
+
+#[tokio::test]
+async fn missing_options_and_bad_values_are_errors_not_panics() {
+    let no_handler = Server::builder().bind("127.0.0.1:0").build().await;
+    assert!(
+        matches!(no_handler, Err(Error::NoHandler)),
+        "{no_handler:?}"
+    );
+
+    let no_addr = Server::builder().handler(noop()).build().await;
+    assert!(matches!(no_addr, Err(Error::NoBindAddress)), "{no_addr:?}");
+
+    let zero_backlog = Server::builder()
+        .bind("127.0.0.1:0")
+        .handler(noop())
+        .backlog(0)
+        .build()
+        .await;
+    assert!(
+        matches!(
+            zero_backlog,
+            Err(Error::InvalidConfig {
+                option: "backlog",
+                ..
+            })
+        ),
+        "{zero_backlog:?}"
+    );
+
+    let unresolvable = Server::builder()
+        .bind("no port here")
+        .handler(noop())
+        .build()
+        .await;
+    match unresolvable {
+        Err(Error::Resolve { addr, .. }) => assert_eq!(addr, "no port here"),
+        other => panic!("expected Error::Resolve, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dropping_an_unrun_server_frees_the_port() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .handler(noop())
+        .build()
+        .await
+        .unwrap();
+    let addr = server.local_addr().as_tcp().unwrap();
+    drop(server);
+    let refused = within("connect to a dropped server", TcpStream::connect(addr)).await;
+    assert_eq!(
+        refused.expect_err("nothing listens").kind(),
+        io::ErrorKind::ConnectionRefused
+    );
+    let again = Server::builder().bind(addr).handler(noop()).build().await;
+    assert!(again.is_ok(), "the port can be bound again: {again:?}");
+}
+
+struct Named(&'static str);
+
+impl Handler for Named {
+    type Error = io::Error;
+
+    async fn handle(&self, mut conn: Connection) -> io::Result<()> {
+        conn.write_all(self.0.as_bytes()).await
+    }
+}
+
+#[tokio::test]
+async fn a_handler_chosen_at_run_time_serves_through_arc_dyn() {
+    use tokio::io::AsyncReadExt;
+
+    for pick in ["a", "b"] {
+        let handler: Arc<dyn Handler> = if pick == "a" {
+            Arc::new(Named("a"))
+        } else {
+            Arc::new(Named("b"))
+        };
+        let running = common::start(handler, |b| b).await;
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        let mut got = String::new();
+        within("the greeting", client.read_to_string(&mut got))
+            .await
+            .unwrap();
+        assert_eq!(got, pick);
+        let report = running.stop().await;
+        assert_eq!(report.completed, 1);
+    }
+}
+
+#[test]
+fn public_types_are_send_sync_static() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Server>();
+    check::<switchboard::Builder>();
+    check::<Connection>();
+    check::<switchboard::ShutdownHandle>();
+    check::<switchboard::ShutdownSignal>();
+    check::<switchboard::Stats>();
+    check::<switchboard::StatsSnapshot>();
+    check::<switchboard::ShutdownReport>();
+    check::<Error>();
+    check::<Addr>();
+    check::<Arc<dyn Handler>>();
+}

@@ -1,0 +1,154 @@
+//! Helpers shared by the integration tests: starting a server on
+//! `127.0.0.1:0`, bounding every wait, and a tiny HTTP/1.1 response reader.
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard::{Builder, Error, Handler, Server, ShutdownHandle, ShutdownReport, Stats};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinHandle;
+
+/// The bound on any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut` for at most [`WAIT`], panicking with `what` if it takes longer.
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    within_for(WAIT, what, fut).await
+}
+
+/// Awaits `fut` for at most `limit`, panicking with `what` if it takes longer.
+pub async fn within_for<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// A running server and what a test needs to drive it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: ShutdownHandle,
+    pub stats: Stats,
+    pub task: JoinHandle<Result<ShutdownReport, Error>>,
+}
+
+impl Running {
+    /// Triggers shutdown and waits (bounded) for the report.
+    pub async fn stop(self) -> ShutdownReport {
+        self.shutdown.shutdown();
+        self.finish().await
+    }
+
+    /// Waits (bounded) for `run` to return after a shutdown triggered elsewhere.
+    pub async fn finish(self) -> ShutdownReport {
+        within("Server::run to return", self.task)
+            .await
+            .expect("server task panicked")
+            .expect("Server::run failed")
+    }
+}
+
+/// Starts `handler` on `127.0.0.1:0` with the builder options `configure` sets.
+pub async fn start(handler: impl Handler, configure: impl FnOnce(Builder) -> Builder) -> Running {
+    let builder = configure(Server::builder().bind("127.0.0.1:0").handler(handler));
+    let server = builder.build().await.expect("server builds");
+    let addr = server.local_addr().as_tcp().expect("a TCP listener");
+    let shutdown = server.shutdown_handle();
+    let stats = server.stats();
+    let task = tokio::spawn(server.run());
+    Running {
+        addr,
+        shutdown,
+        stats,
+        task,
+    }
+}
+
+/// Asserts the report's identities.
+pub fn assert_adds_up(report: &ShutdownReport) {
+    assert_eq!(
+        report.accepted,
+        report.completed + report.failed + report.panicked + report.aborted,
+        "every accepted connection ends in exactly one outcome: {report:?}"
+    );
+    assert_eq!(
+        report.active_at_shutdown,
+        report.drained + report.aborted,
+        "every connection live at shutdown is drained or aborted: {report:?}"
+    );
+}
+
+/// An HTTP/1.1 response as the tests see it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response (head, then `Content-Length` bytes of body unless
+/// `head_request`). Reads byte by byte so nothing of the next response is
+/// consumed; fine for tests.
+pub async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, head_request: bool) -> Response {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = within("a response byte", stream.read_u8())
+            .await
+            .unwrap_or_else(|e| panic!("connection ended mid-head after {head:?}: {e}"));
+        head.push(byte);
+        assert!(head.len() < 16 * 1024, "response head too long");
+    }
+    let text = String::from_utf8(head).expect("ASCII head");
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header has a colon");
+            (n.to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let mut response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = response
+        .header("content-length")
+        .expect("Content-Length present")
+        .parse()
+        .expect("numeric Content-Length");
+    if !head_request {
+        response.body = vec![0; len];
+        within("the response body", stream.read_exact(&mut response.body))
+            .await
+            .expect("whole body");
+    }
+    response
+}
+
+/// Asserts that the peer closes: the next read returns EOF (or a reset).
+pub async fn assert_closed<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut byte = [0u8; 1];
+    match within("the server to close the connection", stream.read(&mut byte)).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => panic!("expected the connection to be closed, got data {byte:?}"),
+    }
+}

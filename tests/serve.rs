@@ -1,0 +1,248 @@
+//! Serving: one task per connection, many at once, errors and panics
+//! counted without stopping the server.
+
+mod common;
+
+use std::io;
+use std::sync::Arc;
+
+use common::{assert_adds_up, start, within};
+use switchboard::{Connection, Handler, handler_fn};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{Barrier, mpsc};
+
+/// Announces itself on `started`, then echoes one line.
+struct EchoLine {
+    started: mpsc::UnboundedSender<u64>,
+}
+
+impl Handler for EchoLine {
+    type Error = io::Error;
+
+    async fn handle(&self, conn: Connection) -> io::Result<()> {
+        let _ = self.started.send(conn.id());
+        let mut conn = BufReader::new(conn);
+        let mut line = String::new();
+        conn.read_line(&mut line).await?;
+        conn.write_all(line.as_bytes()).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_at_once_are_all_served() {
+    const CLIENTS: usize = 1000;
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    let running = start(
+        EchoLine {
+            started: started_tx,
+        },
+        |b| b,
+    )
+    .await;
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        clients.push(
+            within("connect", TcpStream::connect(running.addr))
+                .await
+                .unwrap(),
+        );
+    }
+    // Every handler has started before any client speaks: 1,000 connections
+    // are being served at the same time.
+    let mut ids = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        ids.push(
+            within("a handler to start", started_rx.recv())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(running.stats.snapshot().active, CLIENTS as u64);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), CLIENTS, "connection ids are unique");
+
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let mut tasks = Vec::with_capacity(CLIENTS);
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let msg = format!("client {i}\n");
+            client.write_all(msg.as_bytes()).await.unwrap();
+            let mut back = String::new();
+            client.read_to_string(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        }));
+    }
+    for task in tasks {
+        within("a client round trip", task).await.unwrap();
+    }
+    let report = running.stop().await;
+    assert_eq!(report.accepted, CLIENTS as u64);
+    assert_eq!(report.completed, CLIENTS as u64);
+    assert_adds_up(&report);
+}
+
+/// Reads one word and acts on it: `ok`, `err` or `panic`.
+fn by_word() -> impl Handler {
+    handler_fn(|conn: Connection| async move {
+        let mut conn = BufReader::new(conn);
+        let mut word = String::new();
+        conn.read_line(&mut word).await?;
+        match word.trim() {
+            "err" => Err(io::Error::other("the client asked for an error")),
+            "panic" => panic!("the client asked for a panic"),
+            _ => conn.write_all(b"ok\n").await,
+        }
+    })
+}
+
+async fn ask(addr: std::net::SocketAddr, word: &str) -> String {
+    let mut client = within("connect", TcpStream::connect(addr)).await.unwrap();
+    client
+        .write_all(format!("{word}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    // An error or a panic closes the connection: the reply is empty.
+    let _ = within("the reply", client.read_to_string(&mut reply)).await;
+    reply
+}
+
+#[tokio::test]
+async fn handler_errors_and_panics_are_counted_and_the_server_keeps_serving() {
+    let running = start(by_word(), |b| b).await;
+    assert_eq!(ask(running.addr, "ok").await, "ok\n");
+    assert_eq!(ask(running.addr, "err").await, "");
+    assert_eq!(ask(running.addr, "panic").await, "");
+    assert_eq!(ask(running.addr, "panic").await, "");
+    assert_eq!(
+        ask(running.addr, "ok").await,
+        "ok\n",
+        "still serving after panics"
+    );
+    let report = running.stop().await;
+    assert_eq!(report.accepted, 5);
+    assert_eq!(report.completed, 2);
+    assert_eq!(report.failed, 1);
+    assert_eq!(report.panicked, 2);
+    assert_eq!(report.aborted, 0);
+    assert_adds_up(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_counters_add_up_under_concurrent_load() {
+    let running = start(by_word(), |b| b).await;
+    let words = ["ok", "err", "panic", "ok"];
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let addr = running.addr;
+        tasks.push(tokio::spawn(async move {
+            ask(addr, words[i % words.len()]).await
+        }));
+    }
+    // Read the live counters while the load runs.
+    let mut snapshots = 0;
+    while tasks.iter().any(|t| !t.is_finished()) && snapshots < 10_000 {
+        let s = running.stats.snapshot();
+        assert_eq!(
+            s.accepted,
+            s.active + s.completed + s.failed + s.panicked + s.aborted,
+            "{s:?}"
+        );
+        snapshots += 1;
+        tokio::task::yield_now().await;
+    }
+    for task in tasks {
+        within("a client", task).await.unwrap();
+    }
+    let report = running.stop().await;
+    assert_eq!(report.accepted, 400);
+    assert_eq!(
+        (report.completed, report.failed, report.panicked),
+        (200, 100, 100)
+    );
+    assert_adds_up(&report);
+}
+
+#[tokio::test]
+async fn connections_know_their_addresses_and_nodelay_is_on_by_default() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let running = start(
+        handler_fn(move |conn: Connection| {
+            let tx = tx.clone();
+            async move {
+                let tcp = conn.as_tcp().expect("a TCP connection");
+                let _ = tx.send((
+                    conn.id(),
+                    conn.peer_addr(),
+                    conn.local_addr(),
+                    tcp.nodelay()?,
+                ));
+                Ok::<_, io::Error>(())
+            }
+        }),
+        |b| b,
+    )
+    .await;
+    for expected_id in 1..=2 {
+        let client = TcpStream::connect(running.addr).await.unwrap();
+        let (id, peer, local, nodelay) = within("the handler's report", rx.recv()).await.unwrap();
+        assert_eq!(id, expected_id, "ids count up from 1");
+        assert_eq!(peer.as_tcp(), Some(client.local_addr().unwrap()));
+        assert_eq!(local.as_tcp(), Some(running.addr));
+        assert!(nodelay, "TCP_NODELAY is on by default");
+    }
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn nodelay_can_be_turned_off() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let running = start(
+        handler_fn(move |conn: Connection| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(conn.as_tcp().expect("tcp").nodelay()?);
+                Ok::<_, io::Error>(())
+            }
+        }),
+        |b| b.tcp_nodelay(false),
+    )
+    .await;
+    let _client = TcpStream::connect(running.addr).await.unwrap();
+    assert!(!within("the handler's report", rx.recv()).await.unwrap());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_wildcard_listener_reports_the_address_the_client_reached() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = switchboard::Server::builder()
+        .bind("0.0.0.0:0")
+        .handler(handler_fn(move |conn: Connection| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(conn.local_addr());
+                Ok::<_, io::Error>(())
+            }
+        }))
+        .build()
+        .await
+        .unwrap();
+    let port = server.local_addr().as_tcp().unwrap().port();
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+    let _client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let local = within("the handler's report", rx.recv()).await.unwrap();
+    assert_eq!(
+        local.as_tcp(),
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    );
+    shutdown.shutdown();
+    within("run to return", task).await.unwrap().unwrap();
+}
