@@ -2,15 +2,17 @@
 
 use std::io;
 
-use bytes::BytesMut;
 use switchboard::{Connection, Handler};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// The most bytes read (and so written back) at a time.
 pub(crate) const CHUNK: usize = 4096;
 
 /// Echoes bytes back until the client closes; once shutdown begins it
 /// finishes writing the chunk in hand and returns.
+///
+/// It holds no buffer while it waits ([`Connection::read_chunk`]), so an
+/// idle echo connection costs a few hundred bytes rather than a buffer.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Echo;
 
@@ -18,20 +20,18 @@ impl Handler for Echo {
     type Error = io::Error;
 
     async fn handle(&self, mut conn: Connection) -> io::Result<()> {
-        let mut buf = BytesMut::with_capacity(CHUNK);
         let shutdown = conn.shutdown_requested();
         tokio::pin!(shutdown);
         loop {
-            buf.clear();
-            let n = tokio::select! {
+            let chunk = tokio::select! {
                 biased;
-                n = conn.read_buf(&mut buf) => n?,
+                chunk = conn.read_chunk(CHUNK) => chunk?,
                 () = &mut shutdown => return Ok(()),
             };
-            if n == 0 {
+            if chunk.is_empty() {
                 return Ok(());
             }
-            conn.write_all(&buf).await?;
+            conn.write_all(&chunk).await?;
             if conn.is_shutting_down() {
                 return Ok(());
             }

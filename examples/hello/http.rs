@@ -38,35 +38,52 @@ pub(crate) struct Hello;
 impl Handler for Hello {
     type Error = io::Error;
 
-    async fn handle(&self, mut conn: Connection) -> io::Result<()> {
-        let mut buf = BytesMut::with_capacity(1024);
-        let mut out = Vec::with_capacity(256);
-        let shutdown = conn.shutdown_requested();
-        tokio::pin!(shutdown);
-        loop {
-            let head_len = match read_head(&mut conn, &mut buf, shutdown.as_mut()).await? {
-                Head::Complete(len) => len,
-                Head::Idle => return Ok(()),
-                Head::TooLarge => return reject(conn, Status::HeaderFieldsTooLarge).await,
-            };
-            let request = match parse_head(&buf[..head_len]) {
-                Ok(request) => request,
-                Err(status) => return reject(conn, status).await,
-            };
-            buf.advance(head_len);
-            if request.content_length > MAX_BODY {
-                return reject(conn, Status::PayloadTooLarge).await;
-            }
-            if !discard_body(&mut conn, &mut buf, request.content_length).await? {
-                return Ok(()); // the client left mid-body: nobody to answer
-            }
-            let keep_alive = request.keep_alive && !conn.is_shutting_down();
-            out.clear();
-            write_response(&mut out, &request, keep_alive);
-            conn.write_all(&out).await?;
-            if !keep_alive {
-                return conn.shutdown().await;
-            }
+    async fn handle(&self, conn: Connection) -> io::Result<()> {
+        match serve(conn).await {
+            // A client that resets or vanishes is not a server failure.
+            Err(err) if client_gone(&err) => Ok(()),
+            result => result,
+        }
+    }
+}
+
+fn client_gone(err: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
+}
+
+/// Serves requests on one connection until it closes or shutdown begins.
+async fn serve(mut conn: Connection) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut out = Vec::with_capacity(256);
+    let shutdown = conn.shutdown_requested();
+    tokio::pin!(shutdown);
+    loop {
+        let head_len = match read_head(&mut conn, &mut buf, shutdown.as_mut()).await? {
+            Head::Complete(len) => len,
+            Head::Idle => return Ok(()),
+            Head::TooLarge => return reject(conn, Status::HeaderFieldsTooLarge).await,
+        };
+        let request = match parse_head(&buf[..head_len]) {
+            Ok(request) => request,
+            Err(status) => return reject(conn, status).await,
+        };
+        buf.advance(head_len);
+        if request.content_length > MAX_BODY {
+            return reject(conn, Status::PayloadTooLarge).await;
+        }
+        if !discard_body(&mut conn, &mut buf, request.content_length).await? {
+            return Ok(()); // the client left mid-body: nobody to answer
+        }
+        let keep_alive = request.keep_alive && !conn.is_shutting_down();
+        out.clear();
+        write_response(&mut out, &request, keep_alive);
+        conn.write_all(&out).await?;
+        if !keep_alive {
+            return conn.shutdown().await;
         }
     }
 }
