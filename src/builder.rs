@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
+use crate::limit::DEFAULT_MAX_CONNECTIONS;
+use crate::timeout::{DEFAULT_IDLE_TIMEOUT, Timeouts};
 use crate::{Addr, Error, Handler, Server};
 
 /// Default for [`Builder::drain_timeout`].
@@ -53,8 +56,15 @@ pub struct Builder {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) drain_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: Option<usize>,
+    pub(crate) timeouts: Timeouts,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) tcp_keepalive: Option<Duration>,
     pub(crate) backlog: u32,
+    pub(crate) reuse_address: bool,
+    pub(crate) reuse_port: bool,
+    pub(crate) ipv6_only: Option<bool>,
 }
 
 pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -78,8 +88,19 @@ impl Builder {
             shutdown_signal: None,
             config: Config {
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_connections_per_ip: None,
+                timeouts: Timeouts {
+                    idle: Some(DEFAULT_IDLE_TIMEOUT),
+                    first_read: None,
+                    max_age: None,
+                },
                 tcp_nodelay: true,
+                tcp_keepalive: None,
                 backlog: DEFAULT_BACKLOG,
+                reuse_address: cfg!(unix),
+                reuse_port: false,
+                ipv6_only: None,
             },
         }
     }
@@ -128,12 +149,123 @@ impl Builder {
         self
     }
 
+    /// The most connections served at once. When that many are live the
+    /// server stops calling `accept` until one ends: further clients wait in
+    /// the kernel's [backlog](Builder::backlog), and no descriptor or task is
+    /// spent on them. Must be at least 1.
+    ///
+    /// Default: 10,000 (see [`DEFAULT_MAX_CONNECTIONS`]), half the 20,000
+    /// descriptors a process commonly may open, leaving room for what the
+    /// handlers open themselves.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// The most connections served at once from one peer IP address. An
+    /// extra connection is closed as soon as it is accepted, counted in
+    /// [`StatsSnapshot::rejected`](crate::StatsSnapshot::rejected) and logged
+    /// at `debug`. `None` for no limit; `Some(n)` needs `n` of at least 1.
+    ///
+    /// Default: none. Behind a proxy or NAT every client may share one
+    /// address; set it only where peers are the real clients.
+    pub fn max_connections_per_ip(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.config.max_connections_per_ip = max.into();
+        self
+    }
+
+    /// Closes a connection on which no byte was read or written for this
+    /// long. This is what frees the resources of clients that connect and go
+    /// silent (Slowloris), whatever the protocol. `None` to disable.
+    ///
+    /// Expiry drops the handler's future (closing the socket), is logged at
+    /// `debug` in the connection's span and counted in
+    /// [`StatsSnapshot::timed_out_idle`](crate::StatsSnapshot::timed_out_idle).
+    /// Timeouts are checked by one sweeper task per server, so a connection
+    /// closes within a tenth of the shortest timeout of its deadline.
+    ///
+    /// Default: 300 s (see [`DEFAULT_IDLE_TIMEOUT`]): long enough for a quiet
+    /// keep-alive client, short enough that a silent one cannot hold a place
+    /// for long.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.timeouts.idle = timeout.into();
+        self
+    }
+
+    /// Closes a connection that has not sent its first byte within this
+    /// long of being accepted (a header-style timeout). Only for protocols
+    /// where the client speaks first. `None` to disable.
+    ///
+    /// Counted in [`StatsSnapshot::timed_out_first_read`](crate::StatsSnapshot::timed_out_first_read).
+    ///
+    /// Default: none, as it would close the listeners of server-speaks-first
+    /// protocols; for HTTP-like protocols 10 to 60 s is usual.
+    pub fn first_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.timeouts.first_read = timeout.into();
+        self
+    }
+
+    /// Closes a connection this long after it was accepted, busy or not,
+    /// for example to rebalance long-lived clients across instances. `None`
+    /// to disable.
+    ///
+    /// Counted in [`StatsSnapshot::timed_out_max_age`](crate::StatsSnapshot::timed_out_max_age).
+    ///
+    /// Default: none.
+    pub fn max_connection_age(mut self, age: impl Into<Option<Duration>>) -> Self {
+        self.config.timeouts.max_age = age.into();
+        self
+    }
+
     /// Sets `TCP_NODELAY` on accepted sockets, so that small responses go out
     /// at once instead of waiting for Nagle's algorithm.
     ///
     /// Default: on.
     pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
         self.config.tcp_nodelay = nodelay;
+        self
+    }
+
+    /// Turns on TCP keepalive (`SO_KEEPALIVE`) on accepted sockets, with the
+    /// first probe after the connection has been idle this long, so that
+    /// peers that vanished without a FIN (power loss, NAT state dropped)
+    /// are detected by the kernel. `None` leaves keepalive off.
+    ///
+    /// Default: none.
+    pub fn tcp_keepalive(mut self, idle: impl Into<Option<Duration>>) -> Self {
+        self.config.tcp_keepalive = idle.into();
+        self
+    }
+
+    /// Sets `SO_REUSEADDR` on the listening socket, so that a restarted
+    /// server can bind while connections of the old one linger in
+    /// `TIME_WAIT`.
+    ///
+    /// Default: on for Unix, off elsewhere (on Windows the option lets
+    /// another process take the port).
+    pub fn reuse_address(mut self, reuse: bool) -> Self {
+        self.config.reuse_address = reuse;
+        self
+    }
+
+    /// Sets `SO_REUSEPORT` on the listening socket (Unix), so that several
+    /// processes or listeners can bind the same port and the kernel spreads
+    /// connections among them.
+    ///
+    /// Default: off.
+    pub fn reuse_port(mut self, reuse: bool) -> Self {
+        self.config.reuse_port = reuse;
+        self
+    }
+
+    /// Sets `IPV6_V6ONLY` on an IPv6 listening socket: `true` accepts IPv6
+    /// only, `false` also accepts IPv4 (as mapped addresses) on `[::]`.
+    /// Ignored for IPv4 addresses.
+    ///
+    /// Default: the system's (`false` on Linux unless
+    /// `net.ipv6.bindv6only` is set).
+    pub fn ipv6_only(mut self, only: bool) -> Self {
+        self.config.ipv6_only = Some(only);
         self
     }
 
@@ -164,15 +296,57 @@ impl Builder {
     pub async fn build(self) -> Result<Server, Error> {
         let handler = self.handler.ok_or(Error::NoHandler)?;
         let target = self.bind.ok_or(Error::NoBindAddress)?;
-        if self.config.backlog == 0 {
-            return Err(Error::InvalidConfig {
-                option: "backlog",
-                reason: "must be at least 1",
-            });
-        }
+        self.config.validate()?;
         let addrs = target.resolve().await?;
         let listener = bind_first(&addrs, &self.config)?;
         Server::new(listener, handler, self.config, self.shutdown_signal)
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |option, reason| Err(Error::InvalidConfig { option, reason });
+        if self.backlog == 0 {
+            return invalid("backlog", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
+        }
+        if self.max_connections > Semaphore::MAX_PERMITS {
+            return invalid("max_connections", "exceeds the largest supported limit");
+        }
+        if self.max_connections_per_ip == Some(0) {
+            return invalid(
+                "max_connections_per_ip",
+                "must be at least 1, or None for no limit",
+            );
+        }
+        let zero = Some(Duration::ZERO);
+        if self.timeouts.idle == zero {
+            return invalid(
+                "idle_timeout",
+                "must be longer than zero, or None to disable",
+            );
+        }
+        if self.timeouts.first_read == zero {
+            return invalid(
+                "first_read_timeout",
+                "must be longer than zero, or None to disable",
+            );
+        }
+        if self.timeouts.max_age == zero {
+            return invalid(
+                "max_connection_age",
+                "must be longer than zero, or None to disable",
+            );
+        }
+        if self.tcp_keepalive == zero {
+            return invalid(
+                "tcp_keepalive",
+                "must be longer than zero, or None to disable",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -210,15 +384,33 @@ fn bind_first(addrs: &[SocketAddr], config: &Config) -> Result<TcpListener, Erro
 
 fn bind_one(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    // Lets a restarted server bind while old connections sit in TIME_WAIT.
-    // (On Windows the same option would let two servers share a port.)
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
+    if config.reuse_address {
+        socket.set_reuse_address(true)?;
+    }
+    if config.reuse_port {
+        set_reuse_port(&socket)?;
+    }
+    if let (Some(only), SocketAddr::V6(_)) = (config.ipv6_only, addr) {
+        socket.set_only_v6(only)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     // The kernel caps the backlog anyway; saturate rather than wrap.
     socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
+}
+
+#[cfg(unix)]
+fn set_reuse_port(socket: &Socket) -> io::Result<()> {
+    socket.set_reuse_port(true)
+}
+
+#[cfg(not(unix))]
+fn set_reuse_port(_socket: &Socket) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_REUSEPORT is not supported on this platform",
+    ))
 }
 
 /// An address switchboard can bind, given to [`Builder::bind`].

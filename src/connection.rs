@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::timeout::Activity;
 use crate::{Addr, ShutdownSignal};
 
 /// One accepted connection, handed to [`Handler::handle`](crate::Handler::handle).
@@ -56,6 +57,8 @@ pub struct Connection {
     /// demand, so the common case costs no system call.
     listener_addr: Addr,
     shutdown: ShutdownSignal,
+    /// Read and write times, for the server's timeouts.
+    activity: Activity,
 }
 
 /// The transports a connection can run over. Private so that adding one
@@ -71,6 +74,7 @@ impl Connection {
         peer: Addr,
         listener_addr: Addr,
         shutdown: ShutdownSignal,
+        activity: Activity,
     ) -> Self {
         Connection {
             stream: Stream::Tcp(stream),
@@ -78,6 +82,7 @@ impl Connection {
             peer,
             listener_addr,
             shutdown,
+            activity,
         }
     }
 
@@ -154,7 +159,12 @@ impl Connection {
                 stream.readable().await?;
                 let mut buf = BytesMut::with_capacity(max);
                 match stream.try_read_buf(&mut buf) {
-                    Ok(_) => return Ok(buf),
+                    Ok(n) => {
+                        if n > 0 {
+                            self.activity.read();
+                        }
+                        return Ok(buf);
+                    }
                     // Readiness can be spurious; wait again.
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(err) => return Err(err),
@@ -211,9 +221,15 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = match &mut this.stream {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        if buf.filled().len() > before {
+            this.activity.read();
         }
+        poll
     }
 }
 
@@ -223,9 +239,12 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let poll = match &mut this.stream {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        };
+        wrote(&this.activity, &poll);
+        poll
     }
 
     fn poll_write_vectored(
@@ -233,9 +252,12 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let poll = match &mut this.stream {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        };
+        wrote(&this.activity, &poll);
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -254,5 +276,12 @@ impl AsyncWrite for Connection {
         match &mut self.get_mut().stream {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// Records a write that moved bytes.
+fn wrote(activity: &Activity, poll: &Poll<io::Result<usize>>) {
+    if matches!(poll, Poll::Ready(Ok(n)) if *n > 0) {
+        activity.wrote();
     }
 }

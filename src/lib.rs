@@ -105,21 +105,25 @@ mod builder;
 mod connection;
 mod error;
 mod handler;
+mod limit;
 mod server;
 mod shutdown;
 mod signal;
 mod stats;
 mod task;
+mod timeout;
 
 pub use addr::Addr;
 pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, ToBindAddr};
 pub use connection::Connection;
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
+pub use limit::DEFAULT_MAX_CONNECTIONS;
 pub use server::{Server, ShutdownReport};
 pub use shutdown::{ShutdownHandle, ShutdownSignal};
 pub use signal::termination;
 pub use stats::{Stats, StatsSnapshot};
+pub use timeout::DEFAULT_IDLE_TIMEOUT;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -17,15 +17,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::accept::{self, AcceptError, Backoff};
 use crate::builder::{Config, ExternalSignal, ShutdownFuture};
 use crate::handler::sealed::ErasedHandler;
+use crate::limit::Limits;
 use crate::stats::Outcome;
 use crate::task::{CatchUnwind, Tasks, panic_message};
+use crate::timeout::{self, Activity, Clock, ConnState};
 use crate::{Addr, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats};
 
 /// A bound server, ready to [`run`](Server::run).
@@ -49,11 +53,13 @@ pub struct Server {
 /// What happened during a server's life, returned by [`Server::run`].
 ///
 /// The counts are exact: every accepted connection ended in exactly one of
-/// `completed`, `failed`, `panicked` or `aborted`, and every connection live
-/// when the listener closed was either `drained` or `aborted`:
+/// `completed`, `failed`, `panicked`, `timed_out` or `aborted`, and every
+/// connection live when the listener closed either ended before the drain
+/// deadline (`drained`, whether its handler returned or a timeout closed it)
+/// or was `aborted` at it:
 ///
 /// ```text
-/// accepted           == completed + failed + panicked + aborted
+/// accepted           == completed + failed + panicked + timed_out + aborted
 /// active_at_shutdown == drained + aborted
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +73,8 @@ pub struct ShutdownReport {
     pub failed: u64,
     /// Handlers that panicked.
     pub panicked: u64,
+    /// Connections closed by a timeout (idle, first read, maximum age).
+    pub timed_out: u64,
     /// Connections still open when the listener closed.
     pub active_at_shutdown: u64,
     /// Of those, the ones whose handler ended by itself within the drain timeout.
@@ -155,14 +163,29 @@ impl Server {
             stats,
         } = self;
         let connections = CancellationToken::new();
-        let tasks = Tasks::new(Arc::clone(stats.counters()));
+        let tasks = Arc::new(Tasks::new(Arc::clone(stats.counters())));
+        let clock = Arc::new(Clock::new());
+        let sweeper_stop = CancellationToken::new();
+        // Timeouts stay enforced during the drain, so the sweeper outlives the
+        // accept loop; it is stopped and awaited before `run` returns.
+        let sweeper = config.timeouts.tick().map(|tick| {
+            tokio::spawn(timeout::sweep(
+                config.timeouts,
+                tick,
+                Arc::clone(&clock),
+                Arc::clone(&tasks),
+                sweeper_stop.clone(),
+            ))
+        });
         let acceptor = Acceptor {
             local_addr: local_addr.clone(),
             handler,
             config: &config,
+            limits: Limits::new(config.max_connections, config.max_connections_per_ip),
             signal: ShutdownSignal::new(connections.clone()),
             stats: &stats,
             tasks: &tasks,
+            clock,
             next_id: 1,
         };
         tracing::info!(addr = %local_addr, "listening");
@@ -187,12 +210,18 @@ impl Server {
 
         // Phase 2: drain, then abort what is left.
         let drain = tasks.drain(config.drain_timeout).await;
+        sweeper_stop.cancel();
+        if let Some(sweeper) = sweeper {
+            // The sweeper does not panic; if it did, the report is still right.
+            let _ = sweeper.await;
+        }
         let end = stats.snapshot();
         let report = ShutdownReport {
             accepted: end.accepted,
             completed: end.completed,
             failed: end.failed,
             panicked: end.panicked,
+            timed_out: end.timed_out(),
             active_at_shutdown,
             drained: active_at_shutdown.saturating_sub(end.aborted),
             aborted: end.aborted,
@@ -223,12 +252,13 @@ impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "accepted {}, completed {}, failed {}, panicked {}; \
+            "accepted {}, completed {}, failed {}, panicked {}, timed out {}; \
              at shutdown {} active: {} drained, {} aborted in {:.1?}",
             self.accepted,
             self.completed,
             self.failed,
             self.panicked,
+            self.timed_out,
             self.active_at_shutdown,
             self.drained,
             self.aborted,
@@ -242,9 +272,11 @@ struct Acceptor<'a> {
     local_addr: Addr,
     handler: Arc<dyn Handler>,
     config: &'a Config,
+    limits: Limits,
     signal: ShutdownSignal,
     stats: &'a Stats,
     tasks: &'a Tasks,
+    clock: Arc<Clock>,
     /// Only the accept loop hands out ids, so a plain counter suffices.
     next_id: u64,
 }
@@ -258,20 +290,42 @@ impl Acceptor<'_> {
         trigger: &CancellationToken,
         shutdown_signal: Option<ShutdownFuture>,
     ) -> io::Result<()> {
-        // Created once: registering a waiter on every iteration would cost a
+        // Made once: registering a waiter on every iteration would cost a
         // lock per accepted connection.
-        let triggered = trigger.cancelled();
-        tokio::pin!(triggered);
-        let mut external = shutdown_signal;
+        let stop = async {
+            tokio::select! {
+                () = trigger.cancelled() => {}
+                () = poll_optional(shutdown_signal) => {
+                    tracing::info!("shutdown signal received");
+                    trigger.cancel();
+                }
+            }
+        };
+        tokio::pin!(stop);
         let mut backoff = Backoff::new();
         loop {
+            // Admission first: a full server does not accept, so clients
+            // queue in the kernel's backlog instead of costing a descriptor.
+            let permit = match self.limits.try_permit() {
+                Some(permit) => permit,
+                None => {
+                    tracing::info!(
+                        max_connections = self.config.max_connections,
+                        "connection limit reached, accepting paused"
+                    );
+                    tokio::select! {
+                        biased;
+                        () = &mut stop => return Ok(()),
+                        permit = self.limits.permit() => {
+                            tracing::debug!("accepting resumed");
+                            permit
+                        }
+                    }
+                }
+            };
             let accepted = tokio::select! {
                 biased;
-                () = &mut triggered => return Ok(()),
-                () = poll_optional(&mut external) => {
-                    tracing::info!("shutdown signal received");
-                    return Ok(());
-                }
+                () = &mut stop => return Ok(()),
                 accepted = listener.accept() => accepted,
             };
             match accepted {
@@ -280,49 +334,59 @@ impl Acceptor<'_> {
                         tracing::info!("accepting again after resource exhaustion");
                     }
                     backoff.reset();
-                    self.serve(stream, peer);
+                    self.serve(stream, peer, permit);
                 }
-                Err(err) => match accept::classify(&err) {
-                    AcceptError::Connection => {
-                        tracing::debug!(error = %err, "accept: connection lost before accept, skipped");
-                    }
-                    AcceptError::Resources => {
-                        let delay = backoff.next_delay();
-                        if backoff.begin_episode() {
-                            tracing::warn!(error = %err, "accept: out of resources, backing off");
+                Err(err) => {
+                    self.stats.counters().accept_error();
+                    match accept::classify(&err) {
+                        AcceptError::Connection => {
+                            tracing::debug!(error = %err, "accept: connection lost before accept, skipped");
                         }
-                        tokio::select! {
-                            biased;
-                            () = &mut triggered => return Ok(()),
-                            () = tokio::time::sleep(delay) => {}
+                        AcceptError::Resources => {
+                            let delay = backoff.next_delay();
+                            if backoff.begin_episode() {
+                                tracing::warn!(
+                                    error = %err,
+                                    "accept: out of resources, backing off (up to 1 s between attempts) until it works"
+                                );
+                            }
+                            tokio::select! {
+                                biased;
+                                () = &mut stop => return Ok(()),
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                        }
+                        AcceptError::Fatal => {
+                            tracing::error!(error = %err, "accept failed, shutting down");
+                            return Err(err);
                         }
                     }
-                    AcceptError::Fatal => {
-                        tracing::error!(error = %err, "accept failed, shutting down");
-                        return Err(err);
-                    }
-                },
+                }
             }
         }
     }
 
-    /// Wraps an accepted stream in a `Connection` and spawns its task.
-    fn serve(&mut self, stream: TcpStream, peer: SocketAddr) {
+    /// Admits an accepted stream, wraps it in a `Connection` and spawns its
+    /// task.
+    fn serve(&mut self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let Some(admission) = self.limits.admit(permit, peer.ip()) else {
+            self.stats.counters().rejected();
+            tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
+            return;
+        };
         let id = self.next_id;
         self.next_id += 1;
-        if self.config.tcp_nodelay {
-            if let Err(err) = stream.set_nodelay(true) {
-                // The peer may already be gone; the handler will find out.
-                tracing::debug!(conn.id = id, error = %err, "cannot set TCP_NODELAY");
-            }
-        }
+        self.set_options(&stream, id);
         self.stats.counters().accepted();
+        let now = self.clock.now();
+        let state = Arc::new(ConnState::new(now));
         let conn = Connection::from_tcp(
             stream,
             id,
             Addr::Tcp(peer),
             self.local_addr.clone(),
             self.signal.clone(),
+            Activity::new(Arc::clone(&self.clock), Arc::clone(&state)),
         );
         let handler = Arc::clone(&self.handler);
         let span = tracing::debug_span!("conn", id, %peer);
@@ -349,12 +413,31 @@ impl Acceptor<'_> {
                 }
             }
             .instrument(span),
+            state,
+            now,
+            admission,
         );
+    }
+
+    /// Per-connection socket options. A failure is logged, not fatal: the
+    /// peer may already be gone, and the handler will find out.
+    fn set_options(&self, stream: &TcpStream, id: u64) {
+        if self.config.tcp_nodelay {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(conn.id = id, error = %err, "cannot set TCP_NODELAY");
+            }
+        }
+        if let Some(idle) = self.config.tcp_keepalive {
+            let keepalive = TcpKeepalive::new().with_time(idle);
+            if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+                tracing::debug!(conn.id = id, error = %err, "cannot set SO_KEEPALIVE");
+            }
+        }
     }
 }
 
 /// Waits for an optional future; never completes when there is none.
-async fn poll_optional(fut: &mut Option<ShutdownFuture>) {
+async fn poll_optional(fut: Option<ShutdownFuture>) {
     match fut {
         Some(fut) => fut.await,
         None => pending().await,

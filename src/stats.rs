@@ -4,11 +4,13 @@
 //! path takes a lock. The number of live connections is not a counter of its
 //! own: it is `accepted` minus the connections that ended, which saves two
 //! atomic operations per connection and makes the identity
-//! `accepted = active + completed + failed + panicked + aborted` exact by
-//! construction.
+//! `accepted = active + completed + failed + panicked + timed_out + aborted`
+//! exact by construction.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::timeout::TimeoutKind;
 
 /// A cheap, cloneable view of a server's live counters.
 ///
@@ -31,6 +33,11 @@ pub struct Stats {
 }
 
 /// The counters at one instant. See [`Stats::snapshot`].
+///
+/// Every accepted connection is either `active` or has ended in exactly one
+/// of `completed`, `failed`, `panicked`, the `timed_out_*` counters or
+/// `aborted`; connections closed by the per-IP limit are `rejected` and
+/// never `accepted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
@@ -44,8 +51,29 @@ pub struct StatsSnapshot {
     pub failed: u64,
     /// Handlers that panicked.
     pub panicked: u64,
+    /// Connections closed because nothing was read or written for the
+    /// [idle timeout](crate::Builder::idle_timeout).
+    pub timed_out_idle: u64,
+    /// Connections closed because nothing was read within the
+    /// [first-read timeout](crate::Builder::first_read_timeout).
+    pub timed_out_first_read: u64,
+    /// Connections closed at the [maximum age](crate::Builder::max_connection_age).
+    pub timed_out_max_age: u64,
     /// Handlers aborted at the end of the drain timeout.
     pub aborted: u64,
+    /// Connections closed at once because their peer address already had
+    /// [as many as allowed](crate::Builder::max_connections_per_ip).
+    pub rejected: u64,
+    /// Failed `accept` calls, whatever the cause (see
+    /// [`Server::run`](crate::Server::run) for how each kind is handled).
+    pub accept_errors: u64,
+}
+
+impl StatsSnapshot {
+    /// Connections closed by any of the timeouts.
+    pub fn timed_out(&self) -> u64 {
+        self.timed_out_idle + self.timed_out_first_read + self.timed_out_max_age
+    }
 }
 
 impl Stats {
@@ -63,8 +91,8 @@ impl Stats {
     ///
     /// The counters are read one by one while connections come and go, so
     /// two counters may be a few events apart; the identity
-    /// `accepted == active + completed + failed + panicked + aborted` always
-    /// holds.
+    /// `accepted == active + completed + failed + panicked + timed_out() + aborted`
+    /// always holds.
     pub fn snapshot(&self) -> StatsSnapshot {
         self.counters.snapshot()
     }
@@ -76,6 +104,7 @@ pub(crate) enum Outcome {
     Completed,
     Failed,
     Panicked,
+    TimedOut(TimeoutKind),
     Aborted,
 }
 
@@ -85,7 +114,12 @@ pub(crate) struct Counters {
     completed: AtomicU64,
     failed: AtomicU64,
     panicked: AtomicU64,
+    timed_out_idle: AtomicU64,
+    timed_out_first_read: AtomicU64,
+    timed_out_max_age: AtomicU64,
     aborted: AtomicU64,
+    rejected: AtomicU64,
+    accept_errors: AtomicU64,
 }
 
 impl Counters {
@@ -93,11 +127,22 @@ impl Counters {
         self.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn ended(&self, outcome: Outcome) {
         let counter = match outcome {
             Outcome::Completed => &self.completed,
             Outcome::Failed => &self.failed,
             Outcome::Panicked => &self.panicked,
+            Outcome::TimedOut(TimeoutKind::Idle) => &self.timed_out_idle,
+            Outcome::TimedOut(TimeoutKind::FirstRead) => &self.timed_out_first_read,
+            Outcome::TimedOut(TimeoutKind::MaxAge) => &self.timed_out_max_age,
             Outcome::Aborted => &self.aborted,
         };
         // Release pairs with the Acquire loads in `snapshot`: whoever sees
@@ -108,21 +153,23 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         // Ended counters first, `accepted` last: `accepted` only grows, so
         // reading it last keeps `active` from going negative.
-        let completed = self.completed.load(Ordering::Acquire);
-        let failed = self.failed.load(Ordering::Acquire);
-        let panicked = self.panicked.load(Ordering::Acquire);
-        let aborted = self.aborted.load(Ordering::Acquire);
-        let accepted = self.accepted.load(Ordering::Relaxed);
-        let ended = completed + failed + panicked + aborted;
-        StatsSnapshot {
-            accepted,
-            // Never negative (see above); saturate rather than trust it blindly.
-            active: accepted.saturating_sub(ended),
-            completed,
-            failed,
-            panicked,
-            aborted,
-        }
+        let mut s = StatsSnapshot {
+            completed: self.completed.load(Ordering::Acquire),
+            failed: self.failed.load(Ordering::Acquire),
+            panicked: self.panicked.load(Ordering::Acquire),
+            timed_out_idle: self.timed_out_idle.load(Ordering::Acquire),
+            timed_out_first_read: self.timed_out_first_read.load(Ordering::Acquire),
+            timed_out_max_age: self.timed_out_max_age.load(Ordering::Acquire),
+            aborted: self.aborted.load(Ordering::Acquire),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            ..StatsSnapshot::default()
+        };
+        s.accepted = self.accepted.load(Ordering::Relaxed);
+        let ended = s.completed + s.failed + s.panicked + s.timed_out() + s.aborted;
+        // Never negative (see above); saturate rather than trust it blindly.
+        s.active = s.accepted.saturating_sub(ended);
+        s
     }
 }
 
@@ -134,19 +181,25 @@ mod tests {
     fn identity_holds() {
         let stats = Stats::new();
         let c = stats.counters();
-        for _ in 0..5 {
+        for _ in 0..8 {
             c.accepted();
         }
         c.ended(Outcome::Completed);
         c.ended(Outcome::Failed);
         c.ended(Outcome::Panicked);
         c.ended(Outcome::Aborted);
+        c.ended(Outcome::TimedOut(TimeoutKind::Idle));
+        c.ended(Outcome::TimedOut(TimeoutKind::FirstRead));
+        c.ended(Outcome::TimedOut(TimeoutKind::MaxAge));
+        c.rejected();
         let s = stats.snapshot();
-        assert_eq!(s.accepted, 5);
+        assert_eq!(s.accepted, 8);
         assert_eq!(s.active, 1);
+        assert_eq!(s.timed_out(), 3);
+        assert_eq!(s.rejected, 1);
         assert_eq!(
             s.accepted,
-            s.active + s.completed + s.failed + s.panicked + s.aborted
+            s.active + s.completed + s.failed + s.panicked + s.timed_out() + s.aborted
         );
     }
 }

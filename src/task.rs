@@ -1,12 +1,15 @@
 //! The per-connection task boundary: panic catching, outcome accounting, and
-//! the registry that lets the drain deadline abort what is left.
+//! the registry of live connections.
 //!
 //! Every task is spawned through [`Tasks`], which tracks it (so the drain can
-//! wait for all of them) and keeps its abort handle in a slab (so the drain
-//! can abort the ones that outlive the deadline). Each task owns an
-//! [`EndGuard`] that records how it ended when it is dropped, whether it
-//! returned, panicked or was aborted: every accepted connection is counted in
-//! exactly one outcome, which is what makes the shutdown report exact.
+//! wait for all of them) and keeps an entry for it in a slab: its abort handle
+//! (so the drain deadline and the timeout sweeper can end it), its activity
+//! record and when it was accepted. Each task owns an [`EndGuard`] that
+//! records how it ended when it is dropped, whether it returned, panicked,
+//! timed out or was aborted: every accepted connection is counted in exactly
+//! one outcome, which is what makes the shutdown report exact. The guard also
+//! holds the connection's admission, so its place under the limits is freed
+//! only after its outcome is counted.
 
 use std::any::Any;
 use std::future::Future;
@@ -20,15 +23,25 @@ use slab::Slab;
 use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::limit::Admission;
 use crate::stats::{Counters, Outcome};
+use crate::timeout::{ConnState, TimeoutKind};
 
-type AbortRegistry = Arc<Mutex<Slab<AbortHandle>>>;
+type Registry = Arc<Mutex<Slab<Entry>>>;
+
+/// What the registry knows of a live connection.
+#[derive(Debug)]
+struct Entry {
+    abort: AbortHandle,
+    state: Arc<ConnState>,
+    accepted_at: u64,
+}
 
 /// Spawns, tracks and, at the deadline, aborts connection tasks.
 #[derive(Debug)]
 pub(crate) struct Tasks {
     tracker: TaskTracker,
-    aborts: AbortRegistry,
+    registry: Registry,
     counters: Arc<Counters>,
 }
 
@@ -42,32 +55,57 @@ impl Tasks {
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
         Tasks {
             tracker: TaskTracker::new(),
-            aborts: AbortRegistry::default(),
+            registry: Registry::default(),
             counters,
         }
     }
 
     /// Spawns one connection's task; `serve` resolves to how it ended.
-    pub(crate) fn spawn<F>(&self, serve: F)
-    where
+    pub(crate) fn spawn<F>(
+        &self,
+        serve: F,
+        state: Arc<ConnState>,
+        accepted_at: u64,
+        admission: Admission,
+    ) where
         F: Future<Output = Outcome> + Send + 'static,
     {
         // Held across the spawn so that a task that ends at once cannot try
-        // to deregister before its handle is registered.
-        let mut aborts = lock(&self.aborts);
-        let entry = aborts.vacant_entry();
+        // to deregister before its entry is registered.
+        let mut registry = lock(&self.registry);
+        let entry = registry.vacant_entry();
         let mut guard = EndGuard {
             counters: Arc::clone(&self.counters),
-            aborts: Arc::clone(&self.aborts),
+            registry: Arc::clone(&self.registry),
             key: entry.key(),
             // Stays `Aborted` unless `serve` runs to completion.
             outcome: Outcome::Aborted,
+            state: Arc::clone(&state),
+            _admission: admission,
         };
         let handle = self.tracker.spawn(async move {
             guard.outcome = serve.await;
             drop(guard);
         });
-        entry.insert(handle.abort_handle());
+        entry.insert(Entry {
+            abort: handle.abort_handle(),
+            state,
+            accepted_at,
+        });
+    }
+
+    /// Aborts every connection for which `expired` names a timeout.
+    pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState, u64) -> Option<TimeoutKind>) {
+        let registry = lock(&self.registry);
+        for (_, entry) in registry.iter() {
+            if let Some(kind) = expired(&entry.state, entry.accepted_at) {
+                // Marked before the abort so that the guard, which runs when
+                // the aborted task is dropped, counts a timeout, not an abort.
+                if entry.state.expire(kind) {
+                    entry.abort.abort();
+                }
+            }
+        }
     }
 
     /// Waits up to `timeout` for every task to end, then aborts the rest and
@@ -84,14 +122,14 @@ impl Tasks {
         {
             // Take the handles out so that the lock is not held while
             // aborting; the aborted tasks' guards then find nothing to remove.
-            let stragglers = std::mem::take(&mut *lock(&self.aborts));
+            let stragglers = std::mem::take(&mut *lock(&self.registry));
             tracing::warn!(
                 remaining = stragglers.len(),
                 ?timeout,
                 "drain timeout reached, aborting remaining connections"
             );
-            for (_, handle) in stragglers {
-                handle.abort();
+            for (_, entry) in stragglers {
+                entry.abort.abort();
             }
             self.tracker.wait().await;
         }
@@ -104,14 +142,24 @@ impl Tasks {
 /// Records a task's end, however it ends.
 struct EndGuard {
     counters: Arc<Counters>,
-    aborts: AbortRegistry,
+    registry: Registry,
     key: usize,
     outcome: Outcome,
+    state: Arc<ConnState>,
+    /// Dropped after the fields above have done their work: the place under
+    /// the limits is freed once the outcome is counted.
+    _admission: Admission,
 }
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        lock(&self.aborts).try_remove(self.key);
+        lock(&self.registry).try_remove(self.key);
+        if self.outcome == Outcome::Aborted {
+            if let Some(kind) = self.state.expired_by() {
+                self.outcome = Outcome::TimedOut(kind);
+                tracing::debug!(timeout = ?kind, "connection timed out");
+            }
+        }
         self.counters.ended(self.outcome);
         tracing::debug!(outcome = ?self.outcome, "connection closed");
     }
@@ -119,8 +167,8 @@ impl Drop for EndGuard {
 
 /// The registry stays consistent even if a thread panicked while holding the
 /// lock (slab operations do not panic midway), so poisoning is ignored.
-fn lock(aborts: &AbortRegistry) -> MutexGuard<'_, Slab<AbortHandle>> {
-    aborts.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock(registry: &Registry) -> MutexGuard<'_, Slab<Entry>> {
+    registry.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Polls a future inside `catch_unwind`, turning a panic into an error value

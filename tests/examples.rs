@@ -98,7 +98,7 @@ async fn hello_serves_http_and_stops_on_sigterm() {
     // The client stays connected (keep-alive): it must not hold up the exit.
     let out = example.terminate().await;
     assert!(
-        out.contains("shutdown report: accepted 1, completed 1, failed 0, panicked 0; at shutdown 1 active: 1 drained, 0 aborted"),
+        out.contains("shutdown report: accepted 1, completed 1, failed 0, panicked 0, timed out 0; at shutdown 1 active: 1 drained, 0 aborted"),
         "{out}"
     );
 }

@@ -71,7 +71,7 @@ pub async fn start(handler: impl Handler, configure: impl FnOnce(Builder) -> Bui
 pub fn assert_adds_up(report: &ShutdownReport) {
     assert_eq!(
         report.accepted,
-        report.completed + report.failed + report.panicked + report.aborted,
+        report.completed + report.failed + report.panicked + report.timed_out + report.aborted,
         "every accepted connection ends in exactly one outcome: {report:?}"
     );
     assert_eq!(

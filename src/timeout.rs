@@ -1,0 +1,257 @@
+//! Timeouts below the protocol: idle, first read, connection age.
+//!
+//! Per-connection timers would cost a timer entry (about a hundred bytes)
+//! per connection and a timer-wheel update on every read and write. Instead
+//! every connection records its last activity as a coarse timestamp (two
+//! relaxed atomic operations, no system call), and one sweeper task per
+//! server wakes every tick, advances the coarse clock and scans the live
+//! connections for expired ones, which it aborts. The tick is a tenth of the
+//! shortest timeout (between 5 ms and 1 s), so a connection expires within
+//! about one tick of its deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::task::Tasks;
+
+/// Default for [`Builder::idle_timeout`](crate::Builder::idle_timeout).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Which timeout closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum TimeoutKind {
+    Idle = 1,
+    FirstRead = 2,
+    MaxAge = 3,
+}
+
+/// The configured timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub(crate) idle: Option<Duration>,
+    pub(crate) first_read: Option<Duration>,
+    pub(crate) max_age: Option<Duration>,
+}
+
+impl Timeouts {
+    /// How often the sweeper runs, or `None` when no timeout is set.
+    pub(crate) fn tick(&self) -> Option<Duration> {
+        let shortest = [self.idle, self.first_read, self.max_age]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some((shortest / 10).clamp(Duration::from_millis(5), Duration::from_secs(1)))
+    }
+
+    /// Whether a connection accepted at `accepted_at` with this activity has
+    /// expired at `now` (all in the clock's milliseconds).
+    pub(crate) fn expired(
+        &self,
+        state: &ConnState,
+        accepted_at: u64,
+        now: u64,
+    ) -> Option<TimeoutKind> {
+        let age = now.saturating_sub(accepted_at);
+        if let Some(limit) = self.first_read {
+            if !state.has_read() && age >= millis(limit) {
+                return Some(TimeoutKind::FirstRead);
+            }
+        }
+        if let Some(limit) = self.idle {
+            if now.saturating_sub(state.last_active()) >= millis(limit) {
+                return Some(TimeoutKind::Idle);
+            }
+        }
+        if let Some(limit) = self.max_age {
+            if age >= millis(limit) {
+                return Some(TimeoutKind::MaxAge);
+            }
+        }
+        None
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A coarse clock in milliseconds since the server started, advanced by the
+/// sweeper on every tick and read by connections on every read and write.
+#[derive(Debug)]
+pub(crate) struct Clock {
+    start: Instant,
+    now_ms: AtomicU64,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+            now_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The time as of the last tick.
+    pub(crate) fn now(&self) -> u64 {
+        self.now_ms.load(Ordering::Relaxed)
+    }
+
+    /// Reads the real time and publishes it.
+    pub(crate) fn advance(&self) -> u64 {
+        let now = millis(self.start.elapsed());
+        self.now_ms.store(now, Ordering::Relaxed);
+        now
+    }
+}
+
+/// What a connection shares with the sweeper.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    last_active: AtomicU64,
+    has_read: AtomicBool,
+    /// 0 while live; a `TimeoutKind` once the sweeper expired it.
+    expired: AtomicU8,
+}
+
+impl ConnState {
+    pub(crate) fn new(now: u64) -> Self {
+        ConnState {
+            last_active: AtomicU64::new(now),
+            ..ConnState::default()
+        }
+    }
+
+    fn last_active(&self) -> u64 {
+        self.last_active.load(Ordering::Relaxed)
+    }
+
+    fn has_read(&self) -> bool {
+        self.has_read.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection expired; `false` if it already was.
+    pub(crate) fn expire(&self, kind: TimeoutKind) -> bool {
+        self.expired
+            .compare_exchange(0, kind as u8, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub(crate) fn expired_by(&self) -> Option<TimeoutKind> {
+        match self.expired.load(Ordering::Relaxed) {
+            1 => Some(TimeoutKind::Idle),
+            2 => Some(TimeoutKind::FirstRead),
+            3 => Some(TimeoutKind::MaxAge),
+            _ => None,
+        }
+    }
+}
+
+/// A connection's handle on its activity record: what `Connection` touches
+/// on every read and write.
+#[derive(Debug, Clone)]
+pub(crate) struct Activity {
+    clock: Arc<Clock>,
+    state: Arc<ConnState>,
+}
+
+impl Activity {
+    pub(crate) fn new(clock: Arc<Clock>, state: Arc<ConnState>) -> Self {
+        Activity { clock, state }
+    }
+
+    pub(crate) fn read(&self) {
+        self.state
+            .last_active
+            .store(self.clock.now(), Ordering::Relaxed);
+        if !self.state.has_read.load(Ordering::Relaxed) {
+            self.state.has_read.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn wrote(&self) {
+        self.state
+            .last_active
+            .store(self.clock.now(), Ordering::Relaxed);
+    }
+}
+
+/// Runs until `stop` is cancelled: advances the clock and expires
+/// connections every tick.
+pub(crate) async fn sweep(
+    timeouts: Timeouts,
+    tick: Duration,
+    clock: Arc<Clock>,
+    tasks: Arc<Tasks>,
+    stop: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let now = clock.advance();
+        tasks.expire(|state, accepted_at| timeouts.expired(state, accepted_at, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeouts(idle: u64, first_read: u64, max_age: u64) -> Timeouts {
+        let opt = |ms| (ms > 0).then(|| Duration::from_millis(ms));
+        Timeouts {
+            idle: opt(idle),
+            first_read: opt(first_read),
+            max_age: opt(max_age),
+        }
+    }
+
+    #[test]
+    fn tick_is_a_tenth_of_the_shortest_timeout_within_bounds() {
+        assert_eq!(timeouts(0, 0, 0).tick(), None);
+        assert_eq!(
+            timeouts(1000, 0, 0).tick(),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            timeouts(60_000, 2_000, 0).tick(),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(timeouts(10, 0, 0).tick(), Some(Duration::from_millis(5)));
+        assert_eq!(
+            timeouts(3_600_000, 0, 0).tick(),
+            Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn expiry_by_kind() {
+        let t = timeouts(100, 50, 1000);
+        let clock = Arc::new(Clock::new());
+        let state = Arc::new(ConnState::new(0));
+        assert_eq!(t.expired(&state, 0, 49), None);
+        assert_eq!(t.expired(&state, 0, 50), Some(TimeoutKind::FirstRead));
+        let activity = Activity::new(Arc::clone(&clock), Arc::clone(&state));
+        clock.now_ms.store(40, Ordering::Relaxed);
+        activity.read();
+        assert_eq!(
+            t.expired(&state, 0, 139),
+            None,
+            "read at 40: idle until 140"
+        );
+        assert_eq!(t.expired(&state, 0, 140), Some(TimeoutKind::Idle));
+        clock.now_ms.store(990, Ordering::Relaxed);
+        activity.wrote();
+        assert_eq!(t.expired(&state, 0, 1000), Some(TimeoutKind::MaxAge));
+        assert!(state.expire(TimeoutKind::MaxAge));
+        assert!(!state.expire(TimeoutKind::Idle), "expires once");
+        assert_eq!(state.expired_by(), Some(TimeoutKind::MaxAge));
+    }
+}
