@@ -80,6 +80,22 @@
 //! `active_at_shutdown == drained + aborted`. While the server runs,
 //! [`Stats::snapshot`] gives the same counters live.
 //!
+//! # Limits and timeouts
+//!
+//! Every connection holds a place under [`Builder::max_connections`], taken
+//! *before* `accept`: a full server leaves clients queued in the kernel's
+//! backlog instead of accepting until the machine runs out of descriptors.
+//! Accept errors never stop or spin the loop: per-connection errors are
+//! skipped, running out of descriptors or memory backs off and recovers by
+//! itself, anything else ends [`Server::run`] with [`Error::Accept`] after a
+//! drain. Below the protocol, [`Builder::idle_timeout`],
+//! [`Builder::first_read_timeout`] and [`Builder::max_connection_age`] close
+//! connections that would otherwise pin resources, whatever the protocol.
+//!
+//! Every option, its default and why:
+//!
+#![doc = include_str!("../docs/defaults.md")]
+//!
 //! # Writing handlers
 //!
 //! [`Handler`] is implemented with a plain `async fn` and any error type

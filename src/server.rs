@@ -21,7 +21,6 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::accept::{self, AcceptError, Backoff};
 use crate::builder::{Config, ExternalSignal, ShutdownFuture};
@@ -411,8 +410,8 @@ impl Acceptor<'_> {
                         Outcome::Panicked
                     }
                 }
-            }
-            .instrument(span),
+            },
+            span,
             state,
             now,
             admission,

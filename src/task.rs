@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::limit::Admission;
 use crate::stats::{Counters, Outcome};
@@ -60,10 +61,12 @@ impl Tasks {
         }
     }
 
-    /// Spawns one connection's task; `serve` resolves to how it ended.
+    /// Spawns one connection's task inside `span`; `serve` resolves to how
+    /// it ended.
     pub(crate) fn spawn<F>(
         &self,
         serve: F,
+        span: tracing::Span,
         state: Arc<ConnState>,
         accepted_at: u64,
         admission: Admission,
@@ -83,10 +86,15 @@ impl Tasks {
             state: Arc::clone(&state),
             _admission: admission,
         };
-        let handle = self.tracker.spawn(async move {
-            guard.outcome = serve.await;
-            drop(guard);
-        });
+        // The guard is inside the span too, so that the lines it logs when
+        // the task ends (aborted or timed out included) carry the connection.
+        let handle = self.tracker.spawn(
+            async move {
+                guard.outcome = serve.await;
+                drop(guard);
+            }
+            .instrument(span),
+        );
         entry.insert(Entry {
             abort: handle.abort_handle(),
             state,

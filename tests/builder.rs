@@ -203,3 +203,49 @@ fn public_types_are_send_sync_static() {
     check::<Addr>();
     check::<Arc<dyn Handler>>();
 }
+
+/// The defaults table is written once (docs/defaults.md, included in the
+/// crate docs) and must appear in the README as it is, with the numbers the
+/// code uses.
+#[test]
+fn the_readme_defaults_table_is_true_to_the_code() {
+    let readme = include_str!("../README.md");
+    let table = include_str!("../docs/defaults.md");
+    assert!(
+        readme.contains(table.trim()),
+        "README.md must contain docs/defaults.md verbatim"
+    );
+    let thousands = |n: u64| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    let rows = [
+        (
+            "max_connections",
+            thousands(switchboard::DEFAULT_MAX_CONNECTIONS as u64),
+        ),
+        (
+            "backlog",
+            thousands(u64::from(switchboard::DEFAULT_BACKLOG)),
+        ),
+        (
+            "idle_timeout",
+            format!("{} s", switchboard::DEFAULT_IDLE_TIMEOUT.as_secs()),
+        ),
+        (
+            "drain_timeout",
+            format!("{} s", switchboard::DEFAULT_DRAIN_TIMEOUT.as_secs()),
+        ),
+    ];
+    for (option, default) in rows {
+        let row = format!("| `{option}` | {default} |");
+        assert!(table.contains(&row), "the table should say {row}");
+    }
+}

@@ -1,0 +1,198 @@
+//! Running out of file descriptors neither kills nor spins the accept loop.
+//!
+//! A test binary of its own: it lowers this process's descriptor limit
+//! (RLIMIT_NOFILE, through util-linux's `prlimit`) and installs a global log
+//! subscriber, both of which would disturb other tests.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{start, within};
+use switchboard::{Connection, handler_fn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const EMFILE: i32 = 24;
+
+/// This process's CPU time (user + system) so far, read through a handle
+/// opened before the descriptor table was filled.
+fn cpu_time(stat_file: &mut File) -> Duration {
+    use std::io::{Read, Seek};
+    let mut stat = String::new();
+    stat_file.rewind().unwrap();
+    stat_file
+        .read_to_string(&mut stat)
+        .expect("/proc/self/stat");
+    // The command name in field 2 may hold spaces: count fields after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm field")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux for every architecture it runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+fn nofile_limits() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a NOFILE line");
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+fn set_nofile(soft: u64, hard: u64) {
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={soft}:{hard}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success(), "prlimit failed");
+    assert_eq!(nofile_limits().0, soft);
+}
+
+/// Collects everything the library logs.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_server_backs_off_and_recovers_by_itself() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .init();
+
+    let running = start(
+        handler_fn(|mut conn: Connection| async move {
+            let mut buf = [0u8; 16];
+            let n = conn.read(&mut buf).await?;
+            conn.write_all(&buf[..n]).await?;
+            Ok::<_, io::Error>(())
+        }),
+        |b| b,
+    )
+    .await;
+    let mut stat_file = File::open("/proc/self/stat").unwrap();
+    let (soft, hard) = nofile_limits();
+    set_nofile(open_descriptors() as u64 + 40, hard);
+
+    // Fill the descriptor table, then free exactly one for the client's
+    // socket: the server's accept then finds none for its side.
+    let mut filler = Vec::new();
+    loop {
+        match File::open("/dev/null") {
+            Ok(file) => filler.push(file),
+            Err(err) if err.raw_os_error() == Some(EMFILE) => break,
+            Err(err) => panic!("unexpected error filling the table: {err}"),
+        }
+        assert!(filler.len() < 1000, "the lowered limit did not take effect");
+    }
+    filler.pop();
+    let mut client = within(
+        "connect (the kernel completes it)",
+        TcpStream::connect(running.addr),
+    )
+    .await
+    .unwrap();
+    within("the server's first failed accept", async {
+        while running.stats.snapshot().accept_errors == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // The exhaustion window: the server must neither stop nor spin.
+    const WINDOW: Duration = Duration::from_secs(2);
+    let (cpu_before, errors_before) = (
+        cpu_time(&mut stat_file),
+        running.stats.snapshot().accept_errors,
+    );
+    let started = Instant::now();
+    tokio::time::sleep(WINDOW).await; // the window being measured, not a synchronisation
+    let (cpu_used, attempts) = (
+        cpu_time(&mut stat_file) - cpu_before,
+        running.stats.snapshot().accept_errors - errors_before,
+    );
+    println!(
+        "descriptor exhaustion: {attempts} accept attempts and {cpu_used:?} of process CPU time in {:?}",
+        started.elapsed()
+    );
+    // Backing off 5 ms, 10 ms, ... up to 1 s between attempts: about ten
+    // attempts in two seconds. A spinning loop would make millions and burn
+    // a whole core.
+    assert!(
+        attempts <= 15,
+        "{attempts} accept attempts in {WINDOW:?}: spinning"
+    );
+    assert!(
+        cpu_used < Duration::from_millis(300),
+        "{cpu_used:?} of CPU in {WINDOW:?}"
+    );
+    assert!(!running.task.is_finished(), "the server kept running");
+
+    // Free the descriptors: the server accepts again by itself (its next
+    // attempt is at most a second away) and serves the waiting client.
+    drop(filler);
+    set_nofile(soft, hard);
+    client.write_all(b"back").await.unwrap();
+    let mut echo = [0u8; 4];
+    within(
+        "the waiting client to be served",
+        client.read_exact(&mut echo),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&echo, b"back");
+    let fresh = within("a new client", TcpStream::connect(running.addr))
+        .await
+        .unwrap();
+    drop(fresh);
+
+    let report = running.stop().await;
+    assert_eq!(report.accepted, 2);
+    assert_eq!(logs.count("out of resources"), 1, "one warning per episode");
+    assert_eq!(logs.count("accepting again after resource exhaustion"), 1);
+}

@@ -1,0 +1,126 @@
+//! What the library logs: handler errors and panics with the connection's id
+//! and the message, lifecycle lines, and the per-connection span.
+//!
+//! A test binary of its own because it installs a global log subscriber.
+
+mod common;
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{start, within};
+use switchboard::{Connection, handler_fn};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .init();
+
+    let running = start(
+        handler_fn(|conn: Connection| async move {
+            let mut conn = BufReader::new(conn);
+            let mut word = String::new();
+            conn.read_line(&mut word).await?;
+            match word.trim() {
+                "err" => Err(io::Error::other("disk on fire")),
+                "panic" => panic!("kaboom 42"),
+                "wait" => {
+                    let mut rest = Vec::new();
+                    conn.read_to_end(&mut rest).await?;
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }),
+        |b| b.idle_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    for word in ["ok", "err", "panic"] {
+        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        client
+            .write_all(format!("{word}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = within("the server to close", client.read_to_end(&mut rest)).await;
+    }
+    let mut sleeper = TcpStream::connect(running.addr).await.unwrap();
+    sleeper.write_all(b"wait\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within("the idle timeout", sleeper.read_to_end(&mut rest)).await;
+    let report = running.stop().await;
+    assert_eq!(
+        (
+            report.completed,
+            report.failed,
+            report.panicked,
+            report.timed_out
+        ),
+        (1, 1, 1, 1)
+    );
+
+    let listening = logs.lines_with("listening");
+    assert!(
+        listening.len() == 1 && listening[0].contains(" INFO "),
+        "{listening:?}"
+    );
+    let failed = logs.lines_with("handler failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains(" WARN "), "{failed:?}");
+    assert!(
+        failed[0].contains("conn.id=2") && failed[0].contains("disk on fire"),
+        "{failed:?}"
+    );
+    let panicked = logs.lines_with("handler panicked");
+    assert_eq!(panicked.len(), 1, "{panicked:?}");
+    assert!(panicked[0].contains(" ERROR "), "{panicked:?}");
+    assert!(
+        panicked[0].contains("conn.id=3") && panicked[0].contains("kaboom 42"),
+        "{panicked:?}"
+    );
+    let timed_out = logs.lines_with("connection timed out");
+    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
+    assert!(
+        timed_out[0].contains(" DEBUG ") && timed_out[0].contains("Idle"),
+        "{timed_out:?}"
+    );
+    // Per-connection lines run inside the `conn{id, peer}` span.
+    assert!(
+        timed_out[0].contains("conn{id=4 peer=127.0.0.1:"),
+        "{timed_out:?}"
+    );
+    assert_eq!(logs.lines_with("connection opened").len(), 4);
+    assert_eq!(logs.lines_with("connection closed").len(), 4);
+    assert_eq!(logs.lines_with("shutdown complete").len(), 1);
+}

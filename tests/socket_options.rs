@@ -1,0 +1,137 @@
+//! Socket options: keepalive on accepted sockets, SO_REUSEADDR,
+//! SO_REUSEPORT and IPV6_V6ONLY on listeners.
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{start, within};
+use socket2::SockRef;
+use switchboard::{Connection, Error, Handler, Server, handler_fn};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+fn noop() -> impl Handler {
+    handler_fn(|_c: Connection| async { Ok::<_, io::Error>(()) })
+}
+
+/// Reports the accepted socket's keepalive settings.
+fn keepalive_reporter(tx: mpsc::UnboundedSender<(bool, Duration)>) -> impl Handler {
+    handler_fn(move |conn: Connection| {
+        let tx = tx.clone();
+        async move {
+            let sock = SockRef::from(conn.as_tcp().expect("tcp"));
+            let _ = tx.send((sock.keepalive()?, sock.tcp_keepalive_time()?));
+            Ok::<_, io::Error>(())
+        }
+    })
+}
+
+#[tokio::test]
+async fn tcp_keepalive_is_off_by_default_and_set_with_its_idle_time() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let plain = start(keepalive_reporter(tx.clone()), |b| b).await;
+    let _c = TcpStream::connect(plain.addr).await.unwrap();
+    let (on, _) = within("the report", rx.recv()).await.unwrap();
+    assert!(!on, "keepalive is off by default");
+    plain.stop().await;
+
+    let probing = start(keepalive_reporter(tx), |b| {
+        b.tcp_keepalive(Duration::from_secs(42))
+    })
+    .await;
+    let _c = TcpStream::connect(probing.addr).await.unwrap();
+    let (on, idle) = within("the report", rx.recv()).await.unwrap();
+    assert!(on);
+    assert_eq!(idle, Duration::from_secs(42));
+    probing.stop().await;
+}
+
+#[tokio::test]
+async fn reuse_port_lets_two_listeners_share_a_port() {
+    let first = Server::builder()
+        .bind("127.0.0.1:0")
+        .handler(noop())
+        .reuse_port(true)
+        .build()
+        .await
+        .unwrap();
+    let addr = first.local_addr().as_tcp().unwrap();
+    let second = Server::builder()
+        .bind(addr)
+        .handler(noop())
+        .reuse_port(true)
+        .build()
+        .await;
+    assert!(second.is_ok(), "{second:?}");
+    let without = Server::builder().bind(addr).handler(noop()).build().await;
+    assert!(
+        matches!(&without, Err(Error::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse),
+        "{without:?}"
+    );
+}
+
+#[tokio::test]
+async fn reuse_address_lets_a_restarted_server_bind_past_time_wait() {
+    // The server closes first, so its side of the connection lingers in
+    // TIME_WAIT on the port after the server is gone.
+    let running = start(noop(), |b| b).await;
+    let addr = running.addr;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    within("the server's close", client.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    drop(client);
+    running.stop().await;
+
+    let strict = Server::builder()
+        .bind(addr)
+        .handler(noop())
+        .reuse_address(false)
+        .build()
+        .await;
+    assert!(
+        matches!(&strict, Err(Error::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse),
+        "without SO_REUSEADDR the TIME_WAIT connection blocks the port: {strict:?}"
+    );
+    let restarted = Server::builder().bind(addr).handler(noop()).build().await;
+    assert!(
+        restarted.is_ok(),
+        "the default (SO_REUSEADDR) binds: {restarted:?}"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_only_decides_whether_ipv4_clients_reach_a_wildcard_ipv6_listener() {
+    for only in [true, false] {
+        let built = Server::builder()
+            .bind("[::]:0")
+            .handler(noop())
+            .ipv6_only(only)
+            .build()
+            .await;
+        let server = match built {
+            Ok(server) => server,
+            Err(err) => {
+                eprintln!("SKIPPED: this machine has no IPv6 ({err:?})");
+                return;
+            }
+        };
+        let port = server.local_addr().as_tcp().unwrap().port();
+        let v4 = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await;
+        if only {
+            assert_eq!(
+                v4.expect_err("IPv6 only").kind(),
+                io::ErrorKind::ConnectionRefused
+            );
+        } else {
+            assert!(v4.is_ok(), "dual-stack accepts IPv4: {v4:?}");
+        }
+        let v6 = TcpStream::connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).await;
+        assert!(v6.is_ok(), "{v6:?}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Timeouts below the protocol: idle (Slowloris), first read, maximum age.
+
+mod common;
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use common::{assert_adds_up, start, within};
+use switchboard::{Connection, Handler, handler_fn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Echoes until EOF. It deliberately ignores the shutdown signal, so only a
+/// timeout (or the drain deadline) ends a silent connection.
+fn stubborn_echo() -> impl Handler {
+    handler_fn(|mut conn: Connection| async move {
+        let mut buf = [0u8; 256];
+        loop {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(());
+            }
+            conn.write_all(&buf[..n]).await?;
+        }
+    })
+}
+
+/// Reads until the server closes; returns how long after `since` that was.
+async fn closed_after(mut stream: TcpStream, since: Instant) -> Duration {
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return since.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() - 1) * p / 100]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_silent_connections_are_closed_at_the_idle_timeout() {
+    const SILENT: usize = 1000;
+    const IDLE: Duration = Duration::from_millis(500);
+    let running = start(stubborn_echo(), |b| {
+        b.idle_timeout(IDLE).drain_timeout(Duration::from_secs(30))
+    })
+    .await;
+
+    // A normal client, served throughout; its round-trip latency is measured
+    // before and during the attack.
+    let mut normal = TcpStream::connect(running.addr).await.unwrap();
+    let mut round_trip = async || {
+        let start = Instant::now();
+        normal.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        within("an echo", normal.read_exact(&mut back))
+            .await
+            .unwrap();
+        start.elapsed()
+    };
+    let mut before = Vec::new();
+    for _ in 0..50 {
+        before.push(round_trip().await);
+    }
+
+    let opened = Instant::now();
+    let mut watchers = Vec::with_capacity(SILENT);
+    for _ in 0..SILENT {
+        let silent = within("connect", TcpStream::connect(running.addr))
+            .await
+            .unwrap();
+        watchers.push(tokio::spawn(closed_after(silent, Instant::now())));
+    }
+    let connected_in = opened.elapsed();
+
+    // Keep the normal client busy while the silent ones wait to be closed.
+    let mut during = Vec::new();
+    while watchers.iter().any(|w| !w.is_finished()) && during.len() < 20_000 {
+        during.push(round_trip().await);
+        if opened.elapsed() > IDLE * 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await; // pacing, not synchronisation
+    }
+    let mut closed = Vec::with_capacity(SILENT);
+    for watcher in watchers {
+        closed.push(
+            within("a silent connection to be closed", watcher)
+                .await
+                .unwrap(),
+        );
+    }
+    closed.sort_unstable();
+    before.sort_unstable();
+    during.sort_unstable();
+    let (first, median, last) = (closed[0], percentile(&closed, 50), closed[SILENT - 1]);
+    println!(
+        "slowloris: {SILENT} silent connections opened in {connected_in:?}; closed after \
+         min {first:?}, median {median:?}, max {last:?} (idle timeout {IDLE:?}); \
+         normal client p50/p99 round trip before {:?}/{:?}, during {:?}/{:?} ({} round trips)",
+        percentile(&before, 50),
+        percentile(&before, 99),
+        percentile(&during, 50),
+        percentile(&during, 99),
+        during.len(),
+    );
+    // The sweeper ticks every IDLE/10 and the clock it stamps is up to one
+    // tick old: a connection closes between IDLE - tick and IDLE + 2 ticks,
+    // plus scheduling on a loaded machine.
+    assert!(first >= IDLE - IDLE / 10, "closed too early: {first:?}");
+    assert!(last <= IDLE + IDLE / 2, "closed too late: {last:?}");
+    // The normal client kept being served: it was never closed and its
+    // latency stayed far below the timeout.
+    assert!(
+        percentile(&during, 99) < IDLE / 5,
+        "normal client starved: {during:?}"
+    );
+    let snapshot = running.stats.snapshot();
+    assert_eq!(snapshot.timed_out_idle, SILENT as u64);
+    assert_eq!(snapshot.active, 1, "only the normal client is left");
+
+    // Nothing silent is left to hold up the shutdown; the normal client
+    // leaves at the drain deadline only if it stays, so close it.
+    drop(normal);
+    let report = running.stop().await;
+    assert_eq!(report.timed_out, SILENT as u64);
+    assert_eq!(report.aborted, 0);
+    assert_adds_up(&report);
+}
+
+#[tokio::test]
+async fn silent_connections_do_not_hold_up_shutdown() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let running = start(stubborn_echo(), |b| {
+        b.idle_timeout(IDLE).drain_timeout(Duration::from_secs(30))
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(TcpStream::connect(running.addr).await.unwrap());
+    }
+    within("the connections to be accepted", async {
+        while running.stats.snapshot().active < 100 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // The handler ignores the shutdown signal; the idle timeout, not the
+    // 30 s drain deadline, ends the drain.
+    let report = running.stop().await;
+    assert_eq!(report.active_at_shutdown, 100);
+    assert_eq!(report.timed_out, 100);
+    assert_eq!((report.drained, report.aborted), (100, 0));
+    assert!(report.drain_duration < IDLE * 3, "{report:?}");
+    assert_adds_up(&report);
+}
+
+#[tokio::test]
+async fn a_client_that_never_speaks_is_closed_at_the_first_read_timeout() {
+    const FIRST_READ: Duration = Duration::from_millis(300);
+    let running = start(stubborn_echo(), |b| {
+        b.idle_timeout(None).first_read_timeout(FIRST_READ)
+    })
+    .await;
+    let mute = TcpStream::connect(running.addr).await.unwrap();
+    let since = Instant::now();
+    let mut talker = TcpStream::connect(running.addr).await.unwrap();
+    talker.write_all(b"x").await.unwrap();
+    let mut back = [0u8; 1];
+    talker.read_exact(&mut back).await.unwrap();
+
+    let waited = within("the mute client to be closed", closed_after(mute, since)).await;
+    assert!(waited >= FIRST_READ - FIRST_READ / 10, "{waited:?}");
+    // The client that spoke is not subject to it (and idle is off): still served.
+    talker.write_all(b"y").await.unwrap();
+    within(
+        "an echo after the first-read deadline",
+        talker.read_exact(&mut back),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&back, b"y");
+    let snapshot = running.stats.snapshot();
+    assert_eq!(
+        (snapshot.timed_out_first_read, snapshot.timed_out_idle),
+        (1, 0)
+    );
+    drop(talker);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_connection_is_closed_at_the_maximum_age() {
+    const AGE: Duration = Duration::from_millis(400);
+    let running = start(stubborn_echo(), |b| b.max_connection_age(AGE)).await;
+    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let since = Instant::now();
+    let mut back = [0u8; 1];
+    // Busy all along: one round trip after another until the server closes.
+    let lived = within("the maximum age", async {
+        for _ in 0..100_000 {
+            if client.write_all(b"z").await.is_err() {
+                break;
+            }
+            match client.read(&mut back).await {
+                Ok(1) => tokio::time::sleep(Duration::from_millis(2)).await, // pacing
+                _ => break,
+            }
+        }
+        since.elapsed()
+    })
+    .await;
+    assert!(lived >= AGE - AGE / 10, "{lived:?}");
+    assert!(lived < AGE * 3, "{lived:?}");
+    assert_eq!(running.stats.snapshot().timed_out_max_age, 1);
+    running.stop().await;
+}
