@@ -5,6 +5,7 @@ mod common;
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{assert_adds_up, start, within};
 use switchboard::{Connection, Handler, handler_fn};
@@ -136,22 +137,31 @@ async fn handler_errors_and_panics_are_counted_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_counters_add_up_under_concurrent_load() {
-    let running = start(by_word(), |b| b).await;
-    let words = ["ok", "err", "panic", "ok"];
+    let running = start(by_word(), |b| b.idle_timeout(Duration::from_millis(200))).await;
+    let words = ["ok", "err", "panic", "ok", "silent"];
     let mut tasks = Vec::new();
-    for i in 0..400 {
+    for i in 0..500 {
         let addr = running.addr;
         tasks.push(tokio::spawn(async move {
-            ask(addr, words[i % words.len()]).await
+            match words[i % words.len()] {
+                // Connects and says nothing: the idle timeout closes it.
+                "silent" => {
+                    let mut client = within("connect", TcpStream::connect(addr)).await.unwrap();
+                    let mut rest = Vec::new();
+                    let _ = within("the idle timeout", client.read_to_end(&mut rest)).await;
+                    String::new()
+                }
+                word => ask(addr, word).await,
+            }
         }));
     }
     // Read the live counters while the load runs.
     let mut snapshots = 0;
-    while tasks.iter().any(|t| !t.is_finished()) && snapshots < 10_000 {
+    while tasks.iter().any(|t| !t.is_finished()) && snapshots < 100_000 {
         let s = running.stats.snapshot();
         assert_eq!(
             s.accepted,
-            s.active + s.completed + s.failed + s.panicked + s.aborted,
+            s.active + s.completed + s.failed + s.panicked + s.timed_out() + s.aborted,
             "{s:?}"
         );
         snapshots += 1;
@@ -161,10 +171,10 @@ async fn live_counters_add_up_under_concurrent_load() {
         within("a client", task).await.unwrap();
     }
     let report = running.stop().await;
-    assert_eq!(report.accepted, 400);
+    assert_eq!(report.accepted, 500);
     assert_eq!(
-        (report.completed, report.failed, report.panicked),
-        (200, 100, 100)
+        (report.completed, report.failed, report.panicked, report.timed_out),
+        (200, 100, 100, 100)
     );
     assert_adds_up(&report);
 }
