@@ -173,7 +173,12 @@ async fn live_counters_add_up_under_concurrent_load() {
     let report = running.stop().await;
     assert_eq!(report.accepted, 500);
     assert_eq!(
-        (report.completed, report.failed, report.panicked, report.timed_out),
+        (
+            report.completed,
+            report.failed,
+            report.panicked,
+            report.timed_out
+        ),
         (200, 100, 100, 100)
     );
     assert_adds_up(&report);
