@@ -122,6 +122,7 @@ mod connection;
 mod error;
 mod handler;
 mod limit;
+mod proxy;
 mod server;
 mod shutdown;
 mod signal;
