@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// The address of a listener or of a connection's end.
 ///
-/// Today every listener is TCP; the enum leaves room for other transports
-/// (Unix sockets, in-memory pipes) without changing any handler.
+/// One type for every transport, so that a handler written for TCP serves a
+/// Unix socket (or an in-memory test connection) unchanged.
 ///
 /// # Examples
 ///
@@ -16,6 +17,10 @@ use std::net::SocketAddr;
 /// let addr = Addr::from("127.0.0.1:8080".parse::<std::net::SocketAddr>()?);
 /// assert_eq!(addr.to_string(), "127.0.0.1:8080");
 /// assert_eq!(addr.as_tcp().map(|a| a.port()), Some(8080));
+///
+/// let unix = Addr::Unix(Some("/run/app.sock".into()));
+/// assert_eq!(unix.to_string(), "unix:/run/app.sock");
+/// assert_eq!(Addr::Unix(None).to_string(), "unix:(unnamed)");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -23,6 +28,9 @@ use std::net::SocketAddr;
 pub enum Addr {
     /// An IP address and port.
     Tcp(SocketAddr),
+    /// A Unix domain socket's path; `None` for an unnamed socket, which is
+    /// what a connecting client usually has.
+    Unix(Option<PathBuf>),
 }
 
 impl Addr {
@@ -30,6 +38,15 @@ impl Addr {
     pub fn as_tcp(&self) -> Option<SocketAddr> {
         match self {
             Addr::Tcp(addr) => Some(*addr),
+            Addr::Unix(_) => None,
+        }
+    }
+
+    /// The path when this is a named Unix socket.
+    pub fn as_unix(&self) -> Option<&Path> {
+        match self {
+            Addr::Unix(path) => path.as_deref(),
+            Addr::Tcp(_) => None,
         }
     }
 }
@@ -38,6 +55,8 @@ impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Addr::Tcp(addr) => addr.fmt(f),
+            Addr::Unix(Some(path)) => write!(f, "unix:{}", path.display()),
+            Addr::Unix(None) => f.write_str("unix:(unnamed)"),
         }
     }
 }

@@ -1,19 +1,20 @@
-//! `Builder`: options, their validation, and binding the listener.
+//! `Builder`: options, their validation, and binding the listeners.
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+#[cfg(unix)]
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::limit::DEFAULT_MAX_CONNECTIONS;
+use crate::listener::{self, Listener};
 use crate::timeout::{DEFAULT_IDLE_TIMEOUT, Timeouts};
 use crate::{Addr, Error, Handler, Server};
 
@@ -46,7 +47,7 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 /// ```
 #[must_use = "a builder does nothing until `build().await` is called"]
 pub struct Builder {
-    bind: Option<BindTarget>,
+    listen: Vec<ListenOn>,
     handler: Option<Arc<dyn Handler>>,
     shutdown_signal: Option<ExternalSignal>,
     config: Config,
@@ -65,6 +66,20 @@ pub(crate) struct Config {
     pub(crate) reuse_address: bool,
     pub(crate) reuse_port: bool,
     pub(crate) ipv6_only: Option<bool>,
+    pub(crate) unix_mode: Option<u32>,
+}
+
+/// One thing to listen on, as given to the builder.
+#[derive(Debug)]
+enum ListenOn {
+    Tcp(BindTarget),
+    #[cfg(unix)]
+    UnixPath(PathBuf),
+    TcpListener(std::net::TcpListener),
+    #[cfg(unix)]
+    UnixListener(std::os::unix::net::UnixListener),
+    #[cfg(unix)]
+    Systemd,
 }
 
 pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -83,7 +98,7 @@ impl ExternalSignal {
 impl Builder {
     pub(crate) fn new() -> Self {
         Builder {
-            bind: None,
+            listen: Vec::new(),
             handler: None,
             shutdown_signal: None,
             config: Config {
@@ -101,18 +116,78 @@ impl Builder {
                 reuse_address: cfg!(unix),
                 reuse_port: false,
                 ipv6_only: None,
+                unix_mode: None,
             },
         }
     }
 
-    /// The address to listen on: `"127.0.0.1:8080"`, `"localhost:8080"`,
+    /// An address to listen on: `"127.0.0.1:8080"`, `"localhost:8080"`,
     /// `("::", 8080)`, a [`SocketAddr`], ... Port 0 asks the system for a
     /// free port; [`Server::local_addr`] tells which.
+    ///
+    /// Call it again (or with [`bind_unix`](Builder::bind_unix),
+    /// [`tcp_listener`](Builder::tcp_listener), ...) to listen on several
+    /// addresses at once: every listener shares the handler, the limits, the
+    /// statistics and the shutdown.
     ///
     /// A name is resolved in [`build`](Builder::build); when it resolves to
     /// several addresses the first that can be bound is used.
     pub fn bind(mut self, addr: impl ToBindAddr) -> Self {
-        self.bind = Some(addr.into_target());
+        self.listen.push(ListenOn::Tcp(addr.into_target()));
+        self
+    }
+
+    /// A Unix domain socket to listen on, created at `path`.
+    ///
+    /// If a file is already there: a socket nobody listens on (left behind
+    /// by a server that died) is removed and replaced; a socket a live server
+    /// listens on makes [`build`](Builder::build) fail with [`Error::Bind`]
+    /// (address in use); anything that is not a socket is never touched and
+    /// is an error too. The socket file is removed when the server stops (or
+    /// is dropped unrun). Its permissions: see
+    /// [`unix_permissions`](Builder::unix_permissions).
+    #[cfg(unix)]
+    pub fn bind_unix(mut self, path: impl AsRef<Path>) -> Self {
+        self.listen
+            .push(ListenOn::UnixPath(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// The permission bits of the socket files [`bind_unix`](Builder::bind_unix)
+    /// creates, such as `0o660` to let only the owner and group connect.
+    ///
+    /// Default: as the process's umask makes them.
+    #[cfg(unix)]
+    pub fn unix_permissions(mut self, mode: u32) -> Self {
+        self.config.unix_mode = Some(mode);
+        self
+    }
+
+    /// Listens on an already-bound (and listening) std TCP listener, for
+    /// example one inherited from a parent process or made by a test. The
+    /// socket options of this builder are not applied to it.
+    pub fn tcp_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listen.push(ListenOn::TcpListener(listener));
+        self
+    }
+
+    /// Listens on an already-bound (and listening) std Unix listener. Its
+    /// socket file is left alone when the server stops.
+    #[cfg(unix)]
+    pub fn unix_listener(mut self, listener: std::os::unix::net::UnixListener) -> Self {
+        self.listen.push(ListenOn::UnixListener(listener));
+        self
+    }
+
+    /// Listens on the sockets passed by systemd socket activation (or any
+    /// launcher that follows its protocol: `LISTEN_FDS` and `LISTEN_PID`
+    /// naming this process, descriptors from 3 on), TCP or Unix, in order.
+    ///
+    /// [`build`](Builder::build) fails with [`Error::Listener`] when no
+    /// sockets were passed to this process.
+    #[cfg(unix)]
+    pub fn systemd_listeners(mut self) -> Self {
+        self.listen.push(ListenOn::Systemd);
         self
     }
 
@@ -295,11 +370,59 @@ impl Builder {
     /// Cancel safe: if dropped before completion nothing stays bound.
     pub async fn build(self) -> Result<Server, Error> {
         let handler = self.handler.ok_or(Error::NoHandler)?;
-        let target = self.bind.ok_or(Error::NoBindAddress)?;
+        if self.listen.is_empty() {
+            return Err(Error::NoBindAddress);
+        }
         self.config.validate()?;
-        let addrs = target.resolve().await?;
-        let listener = bind_first(&addrs, &self.config)?;
-        Server::new(listener, handler, self.config, self.shutdown_signal)
+        let mut listeners = Vec::with_capacity(self.listen.len());
+        for on in self.listen {
+            listeners.extend(on.open(&self.config).await?);
+        }
+        Server::new(listeners, handler, self.config, self.shutdown_signal)
+    }
+}
+
+impl ListenOn {
+    /// Binds or takes over what this names: usually one listener, several
+    /// for systemd.
+    async fn open(self, config: &Config) -> Result<Vec<Listener>, Error> {
+        let listener = match self {
+            ListenOn::Tcp(target) => {
+                let addrs = target.resolve().await?;
+                listener::bind_tcp(&addrs, config).map_err(|(addr, source)| Error::Bind {
+                    addr: Addr::Tcp(addr),
+                    source,
+                })?
+            }
+            #[cfg(unix)]
+            ListenOn::UnixPath(path) => {
+                listener::bind_unix(&path, config).map_err(|source| Error::Bind {
+                    addr: Addr::Unix(Some(path)),
+                    source,
+                })?
+            }
+            ListenOn::TcpListener(std) => {
+                Listener::from_std_tcp(std).map_err(|source| Error::Listener {
+                    what: "given TCP listener",
+                    source,
+                })?
+            }
+            #[cfg(unix)]
+            ListenOn::UnixListener(std) => {
+                Listener::from_std_unix(std).map_err(|source| Error::Listener {
+                    what: "given Unix listener",
+                    source,
+                })?
+            }
+            #[cfg(unix)]
+            ListenOn::Systemd => {
+                return listener::systemd().map_err(|source| Error::Listener {
+                    what: "systemd sockets",
+                    source,
+                });
+            }
+        };
+        Ok(vec![listener])
     }
 }
 
@@ -353,7 +476,7 @@ impl Config {
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("bind", &self.bind)
+            .field("listen", &self.listen)
             .field("handler", &self.handler.as_ref().map(|_| ".."))
             .field(
                 "shutdown_signal",
@@ -362,55 +485,6 @@ impl fmt::Debug for Builder {
             .field("config", &self.config)
             .finish()
     }
-}
-
-/// Binds the first address that can be bound, like `std`'s `TcpListener::bind`.
-fn bind_first(addrs: &[SocketAddr], config: &Config) -> Result<TcpListener, Error> {
-    let mut last_err = None;
-    for &addr in addrs {
-        match bind_one(addr, config) {
-            Ok(listener) => return Ok(listener),
-            Err(source) => {
-                last_err = Some(Error::Bind {
-                    addr: Addr::Tcp(addr),
-                    source,
-                })
-            }
-        }
-    }
-    // `resolve` never returns an empty list, so a failure was recorded.
-    Err(last_err.unwrap_or(Error::NoBindAddress))
-}
-
-fn bind_one(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if config.reuse_address {
-        socket.set_reuse_address(true)?;
-    }
-    if config.reuse_port {
-        set_reuse_port(&socket)?;
-    }
-    if let (Some(only), SocketAddr::V6(_)) = (config.ipv6_only, addr) {
-        socket.set_only_v6(only)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    // The kernel caps the backlog anyway; saturate rather than wrap.
-    socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
-    TcpListener::from_std(socket.into())
-}
-
-#[cfg(unix)]
-fn set_reuse_port(socket: &Socket) -> io::Result<()> {
-    socket.set_reuse_port(true)
-}
-
-#[cfg(not(unix))]
-fn set_reuse_port(_socket: &Socket) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "SO_REUSEPORT is not supported on this platform",
-    ))
 }
 
 /// An address switchboard can bind, given to [`Builder::bind`].

@@ -7,8 +7,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
+#[cfg(unix)]
+use tokio::net::UnixStream;
 
 use crate::timeout::Activity;
 use crate::{Addr, ShutdownSignal};
@@ -61,15 +63,49 @@ pub struct Connection {
     activity: Activity,
 }
 
-/// The transports a connection can run over. Private so that adding one
-/// changes no handler.
-enum Stream {
+/// The transports a connection can run over. Crate-private so that adding
+/// one changes no handler.
+#[derive(Debug)]
+pub(crate) enum Stream {
     Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+    /// An in-memory pipe, for testing handlers without sockets.
+    Duplex(DuplexStream),
+}
+
+/// Waits for readiness, then reads at most `$max` bytes into a buffer made
+/// only then; a socket stream's `read_chunk`.
+macro_rules! read_when_ready {
+    ($stream:expr, $max:expr) => {
+        loop {
+            $stream.readable().await?;
+            let mut buf = BytesMut::with_capacity($max);
+            match $stream.try_read_buf(&mut buf) {
+                Ok(_) => break buf,
+                // Readiness can be spurious; wait again.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$s` bound to the concrete stream inside `$stream`.
+macro_rules! with_stream {
+    ($stream:expr, $s:ident => $body:expr) => {
+        match $stream {
+            Stream::Tcp($s) => $body,
+            #[cfg(unix)]
+            Stream::Unix($s) => $body,
+            Stream::Duplex($s) => $body,
+        }
+    };
 }
 
 impl Connection {
-    pub(crate) fn from_tcp(
-        stream: TcpStream,
+    pub(crate) fn new(
+        stream: Stream,
         id: u64,
         peer: Addr,
         listener_addr: Addr,
@@ -77,7 +113,7 @@ impl Connection {
         activity: Activity,
     ) -> Self {
         Connection {
-            stream: Stream::Tcp(stream),
+            stream,
             id,
             peer,
             listener_addr,
@@ -109,11 +145,33 @@ impl Connection {
         }
     }
 
+    /// The transport's name: `"tcp"`, `"unix"`, or `"memory"` for a
+    /// [`testing`](crate::testing) connection.
+    pub fn transport(&self) -> &'static str {
+        match self.stream {
+            Stream::Tcp(_) => "tcp",
+            #[cfg(unix)]
+            Stream::Unix(_) => "unix",
+            Stream::Duplex(_) => "memory",
+        }
+    }
+
     /// The underlying TCP stream, to read or set socket options
     /// (`nodelay`, `ttl`, ...).
     pub fn as_tcp(&self) -> Option<&TcpStream> {
         match &self.stream {
             Stream::Tcp(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// The underlying Unix stream, for a connection on a Unix socket (to ask
+    /// for the peer's credentials, for instance).
+    #[cfg(unix)]
+    pub fn as_unix(&self) -> Option<&UnixStream> {
+        match &self.stream {
+            Stream::Unix(stream) => Some(stream),
+            _ => None,
         }
     }
 
@@ -154,23 +212,22 @@ impl Connection {
     /// # let _ = echo;
     /// ```
     pub async fn read_chunk(&mut self, max: usize) -> io::Result<BytesMut> {
-        match &mut self.stream {
-            Stream::Tcp(stream) => loop {
-                stream.readable().await?;
+        let buf = match &mut self.stream {
+            Stream::Tcp(stream) => read_when_ready!(stream, max),
+            #[cfg(unix)]
+            Stream::Unix(stream) => read_when_ready!(stream, max),
+            // An in-memory pipe has no readiness to wait for: read into a
+            // buffer allocated up front (tests only).
+            Stream::Duplex(stream) => {
                 let mut buf = BytesMut::with_capacity(max);
-                match stream.try_read_buf(&mut buf) {
-                    Ok(n) => {
-                        if n > 0 {
-                            self.activity.read();
-                        }
-                        return Ok(buf);
-                    }
-                    // Readiness can be spurious; wait again.
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(err) => return Err(err),
-                }
-            },
+                stream.read_buf(&mut buf).await?;
+                buf
+            }
+        };
+        if !buf.is_empty() {
+            self.activity.read();
         }
+        Ok(buf)
     }
 
     /// The server's shutdown signal; clone it into tasks the handler spawns.
@@ -202,12 +259,9 @@ impl Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let transport = match self.stream {
-            Stream::Tcp(_) => "tcp",
-        };
         f.debug_struct("Connection")
             .field("id", &self.id)
-            .field("transport", &transport)
+            .field("transport", &self.transport())
             .field("peer", &self.peer)
             .field("listener", &self.listener_addr)
             .field("shutting_down", &self.is_shutting_down())
@@ -223,9 +277,7 @@ impl AsyncRead for Connection {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let poll = match &mut this.stream {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        };
+        let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_read(cx, buf));
         if buf.filled().len() > before {
             this.activity.read();
         }
@@ -240,9 +292,7 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = match &mut this.stream {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        };
+        let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_write(cx, buf));
         wrote(&this.activity, &poll);
         poll
     }
@@ -253,29 +303,21 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = match &mut this.stream {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        };
+        let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_write_vectored(cx, bufs));
         wrote(&this.activity, &poll);
         poll
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.stream {
-            Stream::Tcp(s) => s.is_write_vectored(),
-        }
+        with_stream!(&self.stream, s => s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
+        with_stream!(&mut self.get_mut().stream, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        with_stream!(&mut self.get_mut().stream, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

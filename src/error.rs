@@ -46,6 +46,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A listener handed over ready-made (an already-bound std listener, or
+    /// systemd socket activation) cannot be used.
+    #[error("cannot use the {what}")]
+    Listener {
+        /// Which listener: `"given TCP listener"`, `"systemd sockets"`, ...
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The listener failed with an error that is neither a per-connection
     /// error nor resource exhaustion; the server shut down gracefully first.
     #[error("accept failed on {addr}")]

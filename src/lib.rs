@@ -122,12 +122,14 @@ mod connection;
 mod error;
 mod handler;
 mod limit;
+mod listener;
 mod proxy;
 mod server;
 mod shutdown;
 mod signal;
 mod stats;
 mod task;
+pub mod testing;
 mod timeout;
 
 pub use addr::Addr;

@@ -61,12 +61,17 @@ impl Limits {
         }
     }
 
-    /// Completes the admission of a connection from `ip`, or `None` when
-    /// that address already has as many connections as it may.
-    pub(crate) fn admit(&self, permit: OwnedSemaphorePermit, ip: IpAddr) -> Option<Admission> {
-        let per_ip = match &self.per_ip {
-            None => None,
-            Some(per_ip) => Some(PerIp::enter(per_ip, ip)?),
+    /// Completes the admission of a connection from `ip` (`None` for a
+    /// transport without IP addresses), or `None` when that address already
+    /// has as many connections as it may.
+    pub(crate) fn admit(
+        &self,
+        permit: OwnedSemaphorePermit,
+        ip: Option<IpAddr>,
+    ) -> Option<Admission> {
+        let per_ip = match (&self.per_ip, ip) {
+            (Some(per_ip), Some(ip)) => Some(PerIp::enter(per_ip, ip)?),
+            _ => None,
         };
         Some(Admission {
             _permit: permit,
@@ -129,19 +134,25 @@ mod tests {
         let limits = Limits::new(10, Some(2));
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
-        let first = limits.admit(limits.try_permit().unwrap(), a).unwrap();
-        let _second = limits.admit(limits.try_permit().unwrap(), a).unwrap();
+        let first = limits.admit(limits.try_permit().unwrap(), Some(a)).unwrap();
+        let _second = limits.admit(limits.try_permit().unwrap(), Some(a)).unwrap();
         assert!(
-            limits.admit(limits.try_permit().unwrap(), a).is_none(),
+            limits
+                .admit(limits.try_permit().unwrap(), Some(a))
+                .is_none(),
             "third from a"
         );
         assert!(
-            limits.admit(limits.try_permit().unwrap(), b).is_some(),
+            limits
+                .admit(limits.try_permit().unwrap(), Some(b))
+                .is_some(),
             "b has its own count"
         );
         drop(first);
         assert!(
-            limits.admit(limits.try_permit().unwrap(), a).is_some(),
+            limits
+                .admit(limits.try_permit().unwrap(), Some(a))
+                .is_some(),
             "a place was freed"
         );
     }

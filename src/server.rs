@@ -1,46 +1,54 @@
-//! `Server`: the accept loop, one task per connection, and the drain.
+//! `Server`: the accept loops, one task per connection, and the drain.
 //!
 //! The story of [`Server::run`]:
 //!
-//! 1. accept a connection (skipping per-connection errors, backing off when
-//!    out of descriptors or memory), wrap it in a [`Connection`] and spawn
+//! 1. each listener runs an accept loop: take a place under the connection
+//!    limit, accept (skipping per-connection errors, backing off when out of
+//!    descriptors or memory), wrap the stream in a [`Connection`] and spawn
 //!    the handler in a tracked task with its own span;
-//! 2. when shutdown is triggered, leave the loop and drop the listener, so
-//!    new connects are refused; then fire every connection's signal;
+//! 2. when shutdown is triggered, every loop ends and drops its listener, so
+//!    new connects are refused; then every connection's signal fires;
 //! 3. drain: wait up to the drain timeout for the tasks, abort the rest;
 //! 4. return a [`ShutdownReport`] of what happened.
 
 use std::fmt;
 use std::future::pending;
 use std::io;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, AcceptError, Backoff};
 use crate::builder::{Config, ExternalSignal, ShutdownFuture};
+use crate::connection::Stream;
 use crate::handler::sealed::ErasedHandler;
 use crate::limit::Limits;
-use crate::stats::Outcome;
+use crate::listener::Listener;
+use crate::stats::{Counters, Outcome};
 use crate::task::{CatchUnwind, Tasks, panic_message};
 use crate::timeout::{self, Activity, Clock, ConnState};
-use crate::{Addr, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats};
+use crate::{
+    Addr, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats, StatsSnapshot,
+};
 
 /// A bound server, ready to [`run`](Server::run).
 ///
-/// Made by [`Server::builder`]. The listening socket is open from
+/// Made by [`Server::builder`]. The listening sockets are open from
 /// [`Builder::build`] on, so [`local_addr`](Server::local_addr) is known and
 /// clients may connect (they wait in the backlog) before `run` starts.
-/// Dropping a `Server` that never ran closes the socket and frees the port.
+/// Dropping a `Server` that never ran closes the sockets and frees the ports
+/// (and removes the Unix socket files it created).
 #[must_use = "a server does nothing until `run().await` is called"]
 pub struct Server {
-    listener: TcpListener,
-    local_addr: Addr,
+    /// Each listener with its address, in the order they were configured.
+    listeners: Vec<(Listener, Addr)>,
     handler: Arc<dyn Handler>,
     config: Config,
     /// Cancelled by [`ShutdownHandle::shutdown`]; watched by the accept loop only.
@@ -82,6 +90,9 @@ pub struct ShutdownReport {
     pub aborted: u64,
     /// From the listener's close to the last task's end.
     pub drain_duration: Duration,
+    /// The final counters of each listener, in the order they were
+    /// configured (their sum is the rest of this report).
+    pub by_listener: Vec<(Addr, StatsSnapshot)>,
 }
 
 impl Server {
@@ -91,30 +102,48 @@ impl Server {
     }
 
     pub(crate) fn new(
-        listener: TcpListener,
+        listeners: Vec<Listener>,
         handler: Arc<dyn Handler>,
         config: Config,
         shutdown_signal: Option<ExternalSignal>,
     ) -> Result<Self, Error> {
-        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: Addr::Tcp(SocketAddr::from(([0, 0, 0, 0], 0))),
-            source,
-        })?;
+        let listeners = listeners
+            .into_iter()
+            .map(|listener| Ok((listener.local_addr()?, listener)))
+            .map(|found: io::Result<_>| {
+                found
+                    .map(|(addr, listener)| (listener, addr))
+                    .map_err(|source| Error::Listener {
+                        what: "listener's address",
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let stats = Stats::new(listeners.iter().map(|(_, addr)| addr.clone()));
         Ok(Server {
-            listener,
-            local_addr: Addr::Tcp(local_addr),
+            listeners,
             handler,
             config,
             trigger: CancellationToken::new(),
             shutdown_signal,
-            stats: Stats::new(),
+            stats,
         })
     }
 
-    /// The address the server listens on, with the real port when port 0
-    /// was asked for.
+    /// The address the server listens on (the first one, if it has
+    /// several), with the real port when port 0 was asked for.
     pub fn local_addr(&self) -> Addr {
-        self.local_addr.clone()
+        // `Builder::build` refuses to make a server without a listener.
+        self.listeners[0].1.clone()
+    }
+
+    /// Every address the server listens on, in the order they were
+    /// configured.
+    pub fn local_addrs(&self) -> Vec<Addr> {
+        self.listeners
+            .iter()
+            .map(|(_, addr)| addr.clone())
+            .collect()
     }
 
     /// A handle that triggers the graceful shutdown; see [`ShutdownHandle`].
@@ -153,8 +182,7 @@ impl Server {
     /// the connection tasks running on the runtime without a drain.
     pub async fn run(self) -> Result<ShutdownReport, Error> {
         let Server {
-            listener,
-            local_addr,
+            listeners,
             handler,
             config,
             trigger,
@@ -162,11 +190,11 @@ impl Server {
             stats,
         } = self;
         let connections = CancellationToken::new();
-        let tasks = Arc::new(Tasks::new(Arc::clone(stats.counters())));
+        let tasks = Arc::new(Tasks::new());
         let clock = Arc::new(Clock::new());
         let sweeper_stop = CancellationToken::new();
         // Timeouts stay enforced during the drain, so the sweeper outlives the
-        // accept loop; it is stopped and awaited before `run` returns.
+        // accept loops; it is stopped and awaited before `run` returns.
         let sweeper = config.timeouts.tick().map(|tick| {
             tokio::spawn(timeout::sweep(
                 config.timeouts,
@@ -176,34 +204,35 @@ impl Server {
                 sweeper_stop.clone(),
             ))
         });
-        let acceptor = Acceptor {
-            local_addr: local_addr.clone(),
+        let shared = Arc::new(Shared {
             handler,
-            config: &config,
             limits: Limits::new(config.max_connections, config.max_connections_per_ip),
             signal: ShutdownSignal::new(connections.clone()),
-            stats: &stats,
-            tasks: &tasks,
+            tasks: Arc::clone(&tasks),
             clock,
-            next_id: 1,
-        };
-        tracing::info!(addr = %local_addr, "listening");
+            next_id: AtomicU64::new(1),
+            config: config.clone(),
+        });
 
-        // Phase 1: the loop ends and drops the listener; new connects are refused.
-        let accept_result = acceptor
-            .run(
+        // Phase 1: every accept loop ends and drops its listener; new
+        // connects are refused.
+        let mut loops = JoinSet::new();
+        for (index, (listener, addr)) in listeners.into_iter().enumerate() {
+            tracing::info!(%addr, "listening");
+            let counters = Arc::clone(stats.counters(index));
+            loops.spawn(accept_loop(
+                Arc::clone(&shared),
                 listener,
-                &trigger,
-                shutdown_signal.map(ExternalSignal::into_future),
-            )
-            .await;
-        // Also covers a fatal accept error, so that `run` never leaves a
-        // handle that says the server is still up.
-        trigger.cancel();
+                addr,
+                counters,
+                trigger.clone(),
+            ));
+        }
+        let fatal = supervise(&mut loops, &trigger, shutdown_signal).await;
         let active_at_shutdown = stats.snapshot().active;
         tracing::info!(
             active = active_at_shutdown,
-            "shutdown begun: listener closed"
+            "shutdown begun: listeners closed"
         );
         connections.cancel();
 
@@ -225,21 +254,54 @@ impl Server {
             drained: active_at_shutdown.saturating_sub(end.aborted),
             aborted: end.aborted,
             drain_duration: drain.duration,
+            by_listener: stats.by_listener(),
         };
         tracing::info!(%report, "shutdown complete");
-        accept_result
-            .map(|()| report)
-            .map_err(|source| Error::Accept {
-                addr: local_addr,
-                source,
-            })
+        match fatal {
+            None => Ok(report),
+            Some((addr, source)) => Err(Error::Accept { addr, source }),
+        }
+    }
+}
+
+/// Waits for every accept loop to end. Triggers the shutdown when the
+/// builder's signal fires or a loop fails; returns the first failure.
+async fn supervise(
+    loops: &mut JoinSet<Result<(), (Addr, io::Error)>>,
+    trigger: &CancellationToken,
+    shutdown_signal: Option<ExternalSignal>,
+) -> Option<(Addr, io::Error)> {
+    let mut external = shutdown_signal.map(ExternalSignal::into_future);
+    let mut fatal = None;
+    loop {
+        tokio::select! {
+            () = poll_optional(&mut external) => {
+                tracing::info!("shutdown signal received");
+                trigger.cancel();
+                external = None;
+            }
+            joined = loops.join_next() => match joined {
+                None => return fatal,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(failure))) => {
+                    // One broken listener stops them all: the server is not
+                    // what it was configured to be.
+                    trigger.cancel();
+                    fatal.get_or_insert(failure);
+                }
+                Some(Err(join_err)) => {
+                    tracing::error!(error = %join_err, "an accept loop ended abnormally");
+                    trigger.cancel();
+                }
+            },
+        }
     }
 }
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
+            .field("local_addrs", &self.local_addrs())
             .field("config", &self.config)
             .field("shutting_down", &self.trigger.is_cancelled())
             .field("stats", &self.stats.snapshot())
@@ -266,177 +328,176 @@ impl fmt::Display for ShutdownReport {
     }
 }
 
-/// The accept loop's state: what every new connection is made from.
-struct Acceptor<'a> {
-    local_addr: Addr,
+/// What every accept loop and every new connection is made from.
+struct Shared {
     handler: Arc<dyn Handler>,
-    config: &'a Config,
+    config: Config,
     limits: Limits,
     signal: ShutdownSignal,
-    stats: &'a Stats,
-    tasks: &'a Tasks,
+    tasks: Arc<Tasks>,
     clock: Arc<Clock>,
-    /// Only the accept loop hands out ids, so a plain counter suffices.
-    next_id: u64,
+    next_id: AtomicU64,
 }
 
-impl Acceptor<'_> {
-    /// Accepts until shutdown is triggered or the listener fails; the
-    /// listener is dropped (closed) on return.
-    async fn run(
-        mut self,
-        listener: TcpListener,
-        trigger: &CancellationToken,
-        shutdown_signal: Option<ShutdownFuture>,
-    ) -> io::Result<()> {
-        // Made once: registering a waiter on every iteration would cost a
-        // lock per accepted connection.
-        let stop = async {
-            tokio::select! {
-                () = trigger.cancelled() => {}
-                () = poll_optional(shutdown_signal) => {
-                    tracing::info!("shutdown signal received");
-                    trigger.cancel();
+/// Accepts on one listener until shutdown is triggered or the listener
+/// fails; the listener is dropped (closed) on return.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: Listener,
+    addr: Addr,
+    counters: Arc<Counters>,
+    trigger: CancellationToken,
+) -> Result<(), (Addr, io::Error)> {
+    // Made once: registering a waiter on every iteration would cost a lock
+    // per accepted connection.
+    let stop = trigger.cancelled();
+    tokio::pin!(stop);
+    let mut backoff = Backoff::new();
+    loop {
+        // Admission first: a full server does not accept, so clients queue
+        // in the kernel's backlog instead of costing a descriptor.
+        let permit = match shared.limits.try_permit() {
+            Some(permit) => permit,
+            None => {
+                tracing::info!(
+                    max_connections = shared.config.max_connections,
+                    %addr,
+                    "connection limit reached, accepting paused"
+                );
+                tokio::select! {
+                    biased;
+                    () = &mut stop => return Ok(()),
+                    permit = shared.limits.permit() => {
+                        tracing::debug!(%addr, "accepting resumed");
+                        permit
+                    }
                 }
             }
         };
-        tokio::pin!(stop);
-        let mut backoff = Backoff::new();
-        loop {
-            // Admission first: a full server does not accept, so clients
-            // queue in the kernel's backlog instead of costing a descriptor.
-            let permit = match self.limits.try_permit() {
-                Some(permit) => permit,
-                None => {
-                    tracing::info!(
-                        max_connections = self.config.max_connections,
-                        "connection limit reached, accepting paused"
+        let accepted = tokio::select! {
+            biased;
+            () = &mut stop => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if backoff.in_episode() {
+                    tracing::info!(%addr, "accepting again after resource exhaustion");
+                }
+                backoff.reset();
+                serve(&shared, stream, peer, &addr, &counters, permit);
+            }
+            Err(err) => {
+                counters.accept_error();
+                match accept::classify(&err) {
+                    AcceptError::Connection => {
+                        tracing::debug!(%addr, error = %err, "accept: connection lost before accept, skipped");
+                    }
+                    AcceptError::Resources => {
+                        let delay = backoff.next_delay();
+                        if backoff.begin_episode() {
+                            tracing::warn!(
+                                %addr,
+                                error = %err,
+                                "accept: out of resources, backing off (up to 1 s between attempts) until it works"
+                            );
+                        }
+                        tokio::select! {
+                            biased;
+                            () = &mut stop => return Ok(()),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    AcceptError::Fatal => {
+                        tracing::error!(%addr, error = %err, "accept failed, shutting down");
+                        return Err((addr, err));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Admits an accepted stream, wraps it in a `Connection` and spawns its task.
+fn serve(
+    shared: &Shared,
+    stream: Stream,
+    peer: Addr,
+    listener_addr: &Addr,
+    counters: &Arc<Counters>,
+    permit: OwnedSemaphorePermit,
+) {
+    let peer_ip: Option<IpAddr> = peer.as_tcp().map(|addr| addr.ip());
+    let Some(admission) = shared.limits.admit(permit, peer_ip) else {
+        counters.rejected();
+        tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
+        return;
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    if let Stream::Tcp(tcp) = &stream {
+        set_tcp_options(&shared.config, tcp, id);
+    }
+    counters.accepted();
+    let now = shared.clock.now();
+    let state = Arc::new(ConnState::new(now));
+    let span = tracing::debug_span!("conn", id, %peer);
+    let conn = Connection::new(
+        stream,
+        id,
+        peer.clone(),
+        listener_addr.clone(),
+        shared.signal.clone(),
+        Activity::new(Arc::clone(&shared.clock), Arc::clone(&state)),
+    );
+    let handler = Arc::clone(&shared.handler);
+    shared.tasks.spawn(
+        async move {
+            tracing::debug!("connection opened");
+            match CatchUnwind(handler.handle_erased(conn)).await {
+                Ok(Ok(())) => Outcome::Completed,
+                Ok(Err(err)) => {
+                    // id and peer repeated so the line is useful even where
+                    // the debug-level span is filtered out.
+                    tracing::warn!(conn.id = id, %peer, error = %err, "handler failed");
+                    Outcome::Failed
+                }
+                Err(payload) => {
+                    tracing::error!(
+                        conn.id = id,
+                        %peer,
+                        panic = panic_message(payload.as_ref()),
+                        "handler panicked"
                     );
-                    tokio::select! {
-                        biased;
-                        () = &mut stop => return Ok(()),
-                        permit = self.limits.permit() => {
-                            tracing::debug!("accepting resumed");
-                            permit
-                        }
-                    }
-                }
-            };
-            let accepted = tokio::select! {
-                biased;
-                () = &mut stop => return Ok(()),
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    if backoff.in_episode() {
-                        tracing::info!("accepting again after resource exhaustion");
-                    }
-                    backoff.reset();
-                    self.serve(stream, peer, permit);
-                }
-                Err(err) => {
-                    self.stats.counters().accept_error();
-                    match accept::classify(&err) {
-                        AcceptError::Connection => {
-                            tracing::debug!(error = %err, "accept: connection lost before accept, skipped");
-                        }
-                        AcceptError::Resources => {
-                            let delay = backoff.next_delay();
-                            if backoff.begin_episode() {
-                                tracing::warn!(
-                                    error = %err,
-                                    "accept: out of resources, backing off (up to 1 s between attempts) until it works"
-                                );
-                            }
-                            tokio::select! {
-                                biased;
-                                () = &mut stop => return Ok(()),
-                                () = tokio::time::sleep(delay) => {}
-                            }
-                        }
-                        AcceptError::Fatal => {
-                            tracing::error!(error = %err, "accept failed, shutting down");
-                            return Err(err);
-                        }
-                    }
+                    Outcome::Panicked
                 }
             }
+        },
+        span,
+        Arc::clone(counters),
+        state,
+        now,
+        admission,
+    );
+}
+
+/// Per-connection TCP options. A failure is logged, not fatal: the peer may
+/// already be gone, and the handler will find out.
+fn set_tcp_options(config: &Config, stream: &TcpStream, id: u64) {
+    if config.tcp_nodelay {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(conn.id = id, error = %err, "cannot set TCP_NODELAY");
         }
     }
-
-    /// Admits an accepted stream, wraps it in a `Connection` and spawns its
-    /// task.
-    fn serve(&mut self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
-        let Some(admission) = self.limits.admit(permit, peer.ip()) else {
-            self.stats.counters().rejected();
-            tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
-            return;
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        self.set_options(&stream, id);
-        self.stats.counters().accepted();
-        let now = self.clock.now();
-        let state = Arc::new(ConnState::new(now));
-        let conn = Connection::from_tcp(
-            stream,
-            id,
-            Addr::Tcp(peer),
-            self.local_addr.clone(),
-            self.signal.clone(),
-            Activity::new(Arc::clone(&self.clock), Arc::clone(&state)),
-        );
-        let handler = Arc::clone(&self.handler);
-        let span = tracing::debug_span!("conn", id, %peer);
-        self.tasks.spawn(
-            async move {
-                tracing::debug!("connection opened");
-                match CatchUnwind(handler.handle_erased(conn)).await {
-                    Ok(Ok(())) => Outcome::Completed,
-                    Ok(Err(err)) => {
-                        // id and peer repeated so the line is useful even
-                        // where the debug-level span is filtered out.
-                        tracing::warn!(conn.id = id, %peer, error = %err, "handler failed");
-                        Outcome::Failed
-                    }
-                    Err(payload) => {
-                        tracing::error!(
-                            conn.id = id,
-                            %peer,
-                            panic = panic_message(payload.as_ref()),
-                            "handler panicked"
-                        );
-                        Outcome::Panicked
-                    }
-                }
-            },
-            span,
-            state,
-            now,
-            admission,
-        );
-    }
-
-    /// Per-connection socket options. A failure is logged, not fatal: the
-    /// peer may already be gone, and the handler will find out.
-    fn set_options(&self, stream: &TcpStream, id: u64) {
-        if self.config.tcp_nodelay {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(conn.id = id, error = %err, "cannot set TCP_NODELAY");
-            }
-        }
-        if let Some(idle) = self.config.tcp_keepalive {
-            let keepalive = TcpKeepalive::new().with_time(idle);
-            if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-                tracing::debug!(conn.id = id, error = %err, "cannot set SO_KEEPALIVE");
-            }
+    if let Some(idle) = config.tcp_keepalive {
+        let keepalive = TcpKeepalive::new().with_time(idle);
+        if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(conn.id = id, error = %err, "cannot set SO_KEEPALIVE");
         }
     }
 }
 
 /// Waits for an optional future; never completes when there is none.
-async fn poll_optional(fut: Option<ShutdownFuture>) {
+async fn poll_optional(fut: &mut Option<ShutdownFuture>) {
     match fut {
         Some(fut) => fut.await,
         None => pending().await,

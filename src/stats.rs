@@ -7,15 +7,19 @@
 //! `accepted = active + completed + failed + panicked + timed_out + aborted`
 //! exact by construction.
 
+use std::ops::Add;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::Addr;
 use crate::timeout::TimeoutKind;
 
 /// A cheap, cloneable view of a server's live counters.
 ///
 /// Obtained from [`Server::stats`](crate::Server::stats) before `run` and kept
-/// for as long as needed: it stays valid after the server is gone.
+/// for as long as needed: it stays valid after the server is gone. Each
+/// listener keeps its own counters; [`snapshot`](Stats::snapshot) adds them
+/// up and [`by_listener`](Stats::by_listener) shows them one by one.
 ///
 /// # Examples
 ///
@@ -29,7 +33,7 @@ use crate::timeout::TimeoutKind;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Stats {
-    counters: Arc<Counters>,
+    listeners: Arc<[(Addr, Arc<Counters>)]>,
 }
 
 /// The counters at one instant. See [`Stats::snapshot`].
@@ -77,14 +81,19 @@ impl StatsSnapshot {
 }
 
 impl Stats {
-    pub(crate) fn new() -> Self {
+    /// Counters for listeners at `addrs`, in that order.
+    pub(crate) fn new(addrs: impl IntoIterator<Item = Addr>) -> Self {
         Stats {
-            counters: Arc::new(Counters::default()),
+            listeners: addrs
+                .into_iter()
+                .map(|addr| (addr, Arc::default()))
+                .collect(),
         }
     }
 
-    pub(crate) fn counters(&self) -> &Arc<Counters> {
-        &self.counters
+    /// The counters of the listener at `index` (in the order of `new`).
+    pub(crate) fn counters(&self, index: usize) -> &Arc<Counters> {
+        &self.listeners[index].1
     }
 
     /// Reads every counter.
@@ -94,7 +103,39 @@ impl Stats {
     /// `accepted == active + completed + failed + panicked + timed_out() + aborted`
     /// always holds.
     pub fn snapshot(&self) -> StatsSnapshot {
-        self.counters.snapshot()
+        self.listeners
+            .iter()
+            .map(|(_, counters)| counters.snapshot())
+            .fold(StatsSnapshot::default(), Add::add)
+    }
+
+    /// The counters of each listener, in the order the listeners were
+    /// configured.
+    pub fn by_listener(&self) -> Vec<(Addr, StatsSnapshot)> {
+        self.listeners
+            .iter()
+            .map(|(addr, counters)| (addr.clone(), counters.snapshot()))
+            .collect()
+    }
+}
+
+impl Add for StatsSnapshot {
+    type Output = StatsSnapshot;
+
+    fn add(self, other: StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            accepted: self.accepted + other.accepted,
+            active: self.active + other.active,
+            completed: self.completed + other.completed,
+            failed: self.failed + other.failed,
+            panicked: self.panicked + other.panicked,
+            timed_out_idle: self.timed_out_idle + other.timed_out_idle,
+            timed_out_first_read: self.timed_out_first_read + other.timed_out_first_read,
+            timed_out_max_age: self.timed_out_max_age + other.timed_out_max_age,
+            aborted: self.aborted + other.aborted,
+            rejected: self.rejected + other.rejected,
+            accept_errors: self.accept_errors + other.accept_errors,
+        }
     }
 }
 
@@ -178,9 +219,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identity_holds() {
-        let stats = Stats::new();
-        let c = stats.counters();
+    fn identity_holds_and_listeners_add_up() {
+        let addrs = [Addr::Unix(None), Addr::Unix(Some("/x".into()))];
+        let stats = Stats::new(addrs.clone());
+        stats.counters(1).accepted();
+        let c = stats.counters(0);
         for _ in 0..8 {
             c.accepted();
         }
@@ -193,8 +236,14 @@ mod tests {
         c.ended(Outcome::TimedOut(TimeoutKind::MaxAge));
         c.rejected();
         let s = stats.snapshot();
-        assert_eq!(s.accepted, 8);
-        assert_eq!(s.active, 1);
+        assert_eq!(s.accepted, 9);
+        assert_eq!(s.active, 2);
+        let by_listener = stats.by_listener();
+        assert_eq!(by_listener[0].0, addrs[0]);
+        assert_eq!(
+            (by_listener[0].1.accepted, by_listener[1].1.accepted),
+            (8, 1)
+        );
         assert_eq!(s.timed_out(), 3);
         assert_eq!(s.rejected, 1);
         assert_eq!(

@@ -43,7 +43,6 @@ struct Entry {
 pub(crate) struct Tasks {
     tracker: TaskTracker,
     registry: Registry,
-    counters: Arc<Counters>,
 }
 
 /// How the drain went.
@@ -53,20 +52,20 @@ pub(crate) struct Drain {
 }
 
 impl Tasks {
-    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+    pub(crate) fn new() -> Self {
         Tasks {
             tracker: TaskTracker::new(),
             registry: Registry::default(),
-            counters,
         }
     }
 
     /// Spawns one connection's task inside `span`; `serve` resolves to how
-    /// it ended.
+    /// it ended, which is counted in `counters` (its listener's).
     pub(crate) fn spawn<F>(
         &self,
         serve: F,
         span: tracing::Span,
+        counters: Arc<Counters>,
         state: Arc<ConnState>,
         accepted_at: u64,
         admission: Admission,
@@ -78,7 +77,7 @@ impl Tasks {
         let mut registry = lock(&self.registry);
         let entry = registry.vacant_entry();
         let mut guard = EndGuard {
-            counters: Arc::clone(&self.counters),
+            counters,
             registry: Arc::clone(&self.registry),
             key: entry.key(),
             // Stays `Aborted` unless `serve` runs to completion.

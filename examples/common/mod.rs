@@ -13,8 +13,12 @@ pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Serves `handler` on the address given as the first argument (default
 /// [`DEFAULT_ADDR`]) until Ctrl-C or SIGTERM, then prints the shutdown report.
 ///
-/// The first line on stdout is always `listening on ADDR` with the bound
-/// address, so scripts and tests can start an example on port 0.
+/// The argument is `HOST:PORT` (port 0 picks a free port), `unix:PATH` for a
+/// Unix socket, or `systemd` for the sockets passed by systemd socket
+/// activation. Several can be given, separated by commas.
+///
+/// The first line on stdout is always `listening on ADDR[, ADDR...]` with the
+/// bound addresses, so scripts and tests can start an example on port 0.
 pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -23,16 +27,30 @@ pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let addr = std::env::args()
+    let addrs = std::env::args()
         .nth(1)
         .unwrap_or_else(|| DEFAULT_ADDR.to_owned());
-    let server = Server::builder()
-        .bind(addr)
+    let mut builder = Server::builder();
+    for addr in addrs.split(',') {
+        builder = if addr == "systemd" {
+            builder.systemd_listeners()
+        } else if let Some(path) = addr.strip_prefix("unix:") {
+            builder.bind_unix(path)
+        } else {
+            builder.bind(addr)
+        };
+    }
+    let server = builder
         .handler(handler)
         .shutdown_signal(termination())
         .build()
         .await?;
-    println!("listening on {}", server.local_addr());
+    let bound: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!("listening on {}", bound.join(", "));
     let report = server.run().await?;
     println!("shutdown report: {report}");
     Ok(())

@@ -1,0 +1,233 @@
+//! Listening sockets: TCP and Unix, bound here or handed over ready-made
+//! (an already-bound std listener, or systemd socket activation).
+
+use std::io;
+use std::net::SocketAddr;
+#[cfg(unix)]
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+#[cfg(unix)]
+use tokio::net::UnixListener;
+
+use crate::Addr;
+use crate::builder::Config;
+use crate::connection::Stream;
+
+/// One listening socket of a server.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix {
+        listener: UnixListener,
+        /// The socket file this server created, removed when the listener
+        /// is dropped; `None` for a listener handed over ready-made.
+        _file: Option<SocketFile>,
+    },
+}
+
+impl Listener {
+    /// The address the listener is bound to.
+    pub(crate) fn local_addr(&self) -> io::Result<Addr> {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr().map(Addr::Tcp),
+            #[cfg(unix)]
+            Listener::Unix { listener, .. } => {
+                let addr = listener.local_addr()?;
+                Ok(Addr::Unix(addr.as_pathname().map(Path::to_path_buf)))
+            }
+        }
+    }
+
+    /// Accepts one connection.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, like tokio's `accept`.
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, Addr)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                Ok((Stream::Tcp(stream), Addr::Tcp(peer)))
+            }
+            #[cfg(unix)]
+            Listener::Unix { listener, .. } => {
+                let (stream, peer) = listener.accept().await?;
+                let path = peer.as_pathname().map(Path::to_path_buf);
+                Ok((Stream::Unix(stream), Addr::Unix(path)))
+            }
+        }
+    }
+
+    /// Takes over an already-bound std TCP listener.
+    pub(crate) fn from_std_tcp(listener: std::net::TcpListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Listener::Tcp(TcpListener::from_std(listener)?))
+    }
+
+    /// Takes over an already-bound std Unix listener.
+    #[cfg(unix)]
+    pub(crate) fn from_std_unix(listener: std::os::unix::net::UnixListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Listener::Unix {
+            listener: UnixListener::from_std(listener)?,
+            _file: None,
+        })
+    }
+}
+
+/// Binds the first of `addrs` that can be bound, like `std`'s
+/// `TcpListener::bind`; on failure, the last address tried and its error.
+pub(crate) fn bind_tcp(
+    addrs: &[SocketAddr],
+    config: &Config,
+) -> Result<Listener, (SocketAddr, io::Error)> {
+    let mut last_err = None;
+    for &addr in addrs {
+        match bind_tcp_one(addr, config) {
+            Ok(listener) => return Ok(Listener::Tcp(listener)),
+            Err(err) => last_err = Some((addr, err)),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let err = io::Error::new(io::ErrorKind::InvalidInput, "no addresses to bind");
+        (unspecified, err)
+    }))
+}
+
+fn bind_tcp_one(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if config.reuse_address {
+        socket.set_reuse_address(true)?;
+    }
+    if config.reuse_port {
+        set_reuse_port(&socket)?;
+    }
+    if let (Some(only), SocketAddr::V6(_)) = (config.ipv6_only, addr) {
+        socket.set_only_v6(only)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog(config))?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The kernel caps the backlog anyway; saturate rather than wrap.
+fn backlog(config: &Config) -> i32 {
+    i32::try_from(config.backlog).unwrap_or(i32::MAX)
+}
+
+#[cfg(unix)]
+fn set_reuse_port(socket: &Socket) -> io::Result<()> {
+    socket.set_reuse_port(true)
+}
+
+#[cfg(not(unix))]
+fn set_reuse_port(_socket: &Socket) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_REUSEPORT is not supported on this platform",
+    ))
+}
+
+/// Binds a Unix socket at `path`.
+///
+/// A file already at `path` is handled by this policy: a socket nobody
+/// listens on (left by a server that died) is removed and replaced; a socket
+/// a live server listens on is an "address in use" error; anything that is
+/// not a socket is an error and is never removed.
+#[cfg(unix)]
+pub(crate) fn bind_unix(path: &Path, config: &Config) -> io::Result<Listener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "another server is listening on this socket",
+                    ));
+                }
+                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)?;
+                    tracing::info!(path = %path.display(), "removed a stale socket file");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket; refusing to replace it",
+            ));
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&socket2::SockAddr::unix(path)?)?;
+    // From here on the file is ours: removed if anything below fails.
+    let file = SocketFile(path.to_path_buf());
+    if let Some(mode) = config.unix_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    socket.listen(backlog(config))?;
+    let listener = UnixListener::from_std(socket.into())?;
+    Ok(Listener::Unix {
+        listener,
+        _file: Some(file),
+    })
+}
+
+/// The listening sockets systemd (or any launcher following its protocol)
+/// passed in `LISTEN_FDS`/`LISTEN_PID`, in order.
+#[cfg(unix)]
+pub(crate) fn systemd() -> io::Result<Vec<Listener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no sockets were passed (LISTEN_FDS unset, zero, or LISTEN_PID is another process)",
+        ));
+    }
+    let mut listeners = Vec::with_capacity(fds.len());
+    for index in 0..fds.len() {
+        // A TCP listener, or else a Unix one; anything else is an error.
+        let listener = match fds.take_tcp_listener(index) {
+            Ok(Some(tcp)) => Listener::from_std_tcp(tcp)?,
+            _ => match fds.take_unix_listener(index)? {
+                Some(unix) => Listener::from_std_unix(unix)?,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("passed descriptor {index} was already taken"),
+                    ));
+                }
+            },
+        };
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// A socket file created by this server: removed when dropped, so a cleanly
+/// stopped server leaves no stale file behind.
+#[cfg(unix)]
+#[derive(Debug)]
+pub(crate) struct SocketFile(PathBuf);
+
+#[cfg(unix)]
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_file(&self.0) {
+            if err.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.0.display(), error = %err, "cannot remove the socket file");
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Several listeners, one server: one handler, one set of limits, one
+//! statistics view (broken down per listener) and one shutdown.
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+
+use common::{assert_adds_up, within};
+use switchboard::{Addr, Connection, Server, handler_fn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn echo_once() -> impl switchboard::Handler {
+    handler_fn(|mut conn: Connection| async move {
+        let chunk = conn.read_chunk(64).await?;
+        conn.write_all(&chunk).await?;
+        Ok::<_, io::Error>(())
+    })
+}
+
+async fn round_trip(addr: SocketAddr) {
+    let mut client = within("connect", TcpStream::connect(addr)).await.unwrap();
+    client.write_all(b"hi").await.unwrap();
+    let mut back = [0u8; 2];
+    within("the echo", client.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back, b"hi");
+}
+
+#[tokio::test]
+async fn tcp_listeners_and_a_given_std_listener_share_one_server() {
+    let given = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let given_addr = given.local_addr().unwrap();
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .bind(("127.0.0.1", 0))
+        .tcp_listener(given)
+        .handler(echo_once())
+        .build()
+        .await
+        .unwrap();
+    let addrs: Vec<SocketAddr> = server
+        .local_addrs()
+        .iter()
+        .map(|a| a.as_tcp().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 3);
+    assert_eq!(
+        addrs[2], given_addr,
+        "listeners keep the order they were given in"
+    );
+    assert_eq!(server.local_addr(), Addr::Tcp(addrs[0]));
+    let stats = server.stats();
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+
+    for (i, &addr) in addrs.iter().enumerate() {
+        for _ in 0..=i {
+            round_trip(addr).await;
+        }
+    }
+    let live = stats.by_listener();
+    let accepted: Vec<u64> = live.iter().map(|(_, s)| s.accepted).collect();
+    assert_eq!(
+        accepted,
+        [1, 2, 3],
+        "each listener counts its own connections"
+    );
+    assert_eq!(stats.snapshot().accepted, 6);
+
+    // One shutdown closes every listener.
+    shutdown.shutdown();
+    let report = within("run to return", task).await.unwrap().unwrap();
+    for addr in addrs {
+        let refused = TcpStream::connect(addr).await;
+        assert_eq!(
+            refused.expect_err("closed").kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+    }
+    assert_eq!(report.accepted, 6);
+    let per_listener: Vec<u64> = report
+        .by_listener
+        .iter()
+        .map(|(_, s)| s.completed)
+        .collect();
+    assert_eq!(per_listener, [1, 2, 3]);
+    assert_adds_up(&report);
+}
+
+#[tokio::test]
+async fn listeners_share_one_connection_limit() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .bind("127.0.0.1:0")
+        .max_connections(1)
+        .handler(handler_fn(|mut conn: Connection| async move {
+            conn.write_all(b"in").await?;
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest).await?;
+            Ok::<_, io::Error>(())
+        }))
+        .build()
+        .await
+        .unwrap();
+    let addrs: Vec<SocketAddr> = server
+        .local_addrs()
+        .iter()
+        .map(|a| a.as_tcp().unwrap())
+        .collect();
+    let stats = server.stats();
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+
+    let mut first = TcpStream::connect(addrs[0]).await.unwrap();
+    let mut greeting = [0u8; 2];
+    within("the first greeting", first.read_exact(&mut greeting))
+        .await
+        .unwrap();
+    // The other listener's client waits: the one place is taken.
+    let mut second = TcpStream::connect(addrs[1]).await.unwrap();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        second.read_exact(&mut greeting),
+    )
+    .await;
+    assert!(
+        waited.is_err(),
+        "a second connection was served past the shared limit"
+    );
+    drop(first);
+    within(
+        "the second greeting once the place is free",
+        second.read_exact(&mut greeting),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.snapshot().accepted, 2);
+    drop(second);
+    shutdown.shutdown();
+    within("run to return", task).await.unwrap().unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn tcp_and_unix_listeners_mixed() {
+    let dir = common::TempDir::new("mixed");
+    let path = dir.path("mixed.sock");
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .bind_unix(&path)
+        .handler(echo_once())
+        .build()
+        .await
+        .unwrap();
+    let tcp = server.local_addr().as_tcp().unwrap();
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+    round_trip(tcp).await;
+    let mut unix = tokio::net::UnixStream::connect(&path).await.unwrap();
+    unix.write_all(b"yo").await.unwrap();
+    let mut back = [0u8; 2];
+    within("the unix echo", unix.read_exact(&mut back))
+        .await
+        .unwrap();
+    shutdown.shutdown();
+    let report = within("run to return", task).await.unwrap().unwrap();
+    assert_eq!(report.by_listener.len(), 2);
+    assert_eq!(report.by_listener[1].0, Addr::Unix(Some(path)));
+    assert_eq!(
+        (
+            report.by_listener[0].1.accepted,
+            report.by_listener[1].1.accepted
+        ),
+        (1, 1)
+    );
+}

@@ -1,0 +1,151 @@
+//! Unix domain sockets: the same handler serves them; the stale socket file
+//! policy; permissions; cleanup.
+#![cfg(unix)]
+
+mod common;
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{TempDir, assert_adds_up, within};
+use switchboard::{Addr, Connection, Error, Handler, Server, handler_fn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// Reports the connection's addresses, then echoes one chunk.
+fn reporter(tx: mpsc::UnboundedSender<(Addr, Addr, &'static str)>) -> impl Handler {
+    handler_fn(move |mut conn: Connection| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((conn.peer_addr(), conn.local_addr(), conn.transport()));
+            let chunk = conn.read_chunk(64).await?;
+            conn.write_all(&chunk).await?;
+            Ok::<_, io::Error>(())
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_unix_socket_is_served_by_the_same_handler() {
+    let dir = TempDir::new("unix-serve");
+    let path = dir.path("app.sock");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .bind_unix(&path)
+        .handler(reporter(tx))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(server.local_addr(), Addr::Unix(Some(path.clone())));
+    assert_eq!(
+        server.local_addr().to_string(),
+        format!("unix:{}", path.display())
+    );
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+
+    let mut client = within("connect", UnixStream::connect(&path)).await.unwrap();
+    client.write_all(b"over unix").await.unwrap();
+    let mut back = [0u8; 9];
+    within("the echo", client.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back, b"over unix");
+    let (peer, local, transport) = within("the report", rx.recv()).await.unwrap();
+    assert_eq!(peer, Addr::Unix(None), "clients' sockets are unnamed");
+    assert_eq!(local, Addr::Unix(Some(path.clone())));
+    assert_eq!(transport, "unix");
+
+    shutdown.shutdown();
+    let report = within("run to return", task).await.unwrap().unwrap();
+    assert_eq!((report.accepted, report.completed), (1, 1));
+    assert_adds_up(&report);
+    assert!(
+        !path.exists(),
+        "the socket file is removed when the server stops"
+    );
+}
+
+fn noop() -> impl Handler {
+    handler_fn(|_c: Connection| async { Ok::<_, io::Error>(()) })
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced() {
+    let dir = TempDir::new("unix-stale");
+    let path = dir.path("stale.sock");
+    // A server that died leaves its socket file, with nobody listening.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let server = Server::builder()
+        .bind_unix(&path)
+        .handler(noop())
+        .build()
+        .await;
+    assert!(server.is_ok(), "the stale file is replaced: {server:?}");
+    let _client = within("connect", UnixStream::connect(&path)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_live_socket_is_address_in_use() {
+    let dir = TempDir::new("unix-live");
+    let path = dir.path("live.sock");
+    let first = Server::builder()
+        .bind_unix(&path)
+        .handler(noop())
+        .build()
+        .await
+        .unwrap();
+    let second = Server::builder()
+        .bind_unix(&path)
+        .handler(noop())
+        .build()
+        .await;
+    match second {
+        Err(Error::Bind { addr, source }) => {
+            assert_eq!(addr, Addr::Unix(Some(path.clone())));
+            assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
+        }
+        other => panic!("expected AddrInUse, got {other:?}"),
+    }
+    // The live server's socket was not touched.
+    assert!(path.exists());
+    drop(first);
+    assert!(
+        !path.exists(),
+        "dropping an unrun server removes its socket file"
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_socket_is_never_removed() {
+    let dir = TempDir::new("unix-file");
+    let path = dir.path("important.txt");
+    std::fs::write(&path, b"keep me").unwrap();
+    let result = Server::builder()
+        .bind_unix(&path)
+        .handler(noop())
+        .build()
+        .await;
+    assert!(
+        matches!(&result, Err(Error::Bind { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists),
+        "{result:?}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+}
+
+#[tokio::test]
+async fn socket_permissions_can_be_set() {
+    let dir = TempDir::new("unix-mode");
+    let path = dir.path("private.sock");
+    let _server = Server::builder()
+        .bind_unix(&path)
+        .unix_permissions(0o600)
+        .handler(noop())
+        .build()
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
