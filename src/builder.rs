@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 #[cfg(unix)]
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::limit::DEFAULT_MAX_CONNECTIONS;
+use crate::listen::{Listen, ListenOn, ProxyProtocol};
 use crate::listener::{self, Listener};
 use crate::timeout::{DEFAULT_IDLE_TIMEOUT, Timeouts};
 use crate::{Addr, Error, Handler, Server};
@@ -47,7 +48,7 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 /// ```
 #[must_use = "a builder does nothing until `build().await` is called"]
 pub struct Builder {
-    listen: Vec<ListenOn>,
+    listen: Vec<Listen>,
     handler: Option<Arc<dyn Handler>>,
     shutdown_signal: Option<ExternalSignal>,
     config: Config,
@@ -67,19 +68,6 @@ pub(crate) struct Config {
     pub(crate) reuse_port: bool,
     pub(crate) ipv6_only: Option<bool>,
     pub(crate) unix_mode: Option<u32>,
-}
-
-/// One thing to listen on, as given to the builder.
-#[derive(Debug)]
-enum ListenOn {
-    Tcp(BindTarget),
-    #[cfg(unix)]
-    UnixPath(PathBuf),
-    TcpListener(std::net::TcpListener),
-    #[cfg(unix)]
-    UnixListener(std::os::unix::net::UnixListener),
-    #[cfg(unix)]
-    Systemd,
 }
 
 pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -133,7 +121,7 @@ impl Builder {
     /// A name is resolved in [`build`](Builder::build); when it resolves to
     /// several addresses the first that can be bound is used.
     pub fn bind(mut self, addr: impl ToBindAddr) -> Self {
-        self.listen.push(ListenOn::Tcp(addr.into_target()));
+        self.listen.push(Listen::tcp(addr));
         self
     }
 
@@ -148,8 +136,7 @@ impl Builder {
     /// [`unix_permissions`](Builder::unix_permissions).
     #[cfg(unix)]
     pub fn bind_unix(mut self, path: impl AsRef<Path>) -> Self {
-        self.listen
-            .push(ListenOn::UnixPath(path.as_ref().to_path_buf()));
+        self.listen.push(Listen::unix(path));
         self
     }
 
@@ -167,7 +154,7 @@ impl Builder {
     /// example one inherited from a parent process or made by a test. The
     /// socket options of this builder are not applied to it.
     pub fn tcp_listener(mut self, listener: std::net::TcpListener) -> Self {
-        self.listen.push(ListenOn::TcpListener(listener));
+        self.listen.push(Listen::tcp_listener(listener));
         self
     }
 
@@ -175,7 +162,7 @@ impl Builder {
     /// socket file is left alone when the server stops.
     #[cfg(unix)]
     pub fn unix_listener(mut self, listener: std::os::unix::net::UnixListener) -> Self {
-        self.listen.push(ListenOn::UnixListener(listener));
+        self.listen.push(Listen::unix_listener(listener));
         self
     }
 
@@ -187,7 +174,15 @@ impl Builder {
     /// sockets were passed to this process.
     #[cfg(unix)]
     pub fn systemd_listeners(mut self) -> Self {
-        self.listen.push(ListenOn::Systemd);
+        self.listen.push(Listen::systemd());
+        self
+    }
+
+    /// Something to listen on with settings of its own, such as reading a
+    /// PROXY protocol header on each connection; see [`Listen`]. Call it
+    /// again to add more listeners.
+    pub fn listen(mut self, listen: Listen) -> Self {
+        self.listen.push(listen);
         self
     }
 
@@ -382,48 +377,81 @@ impl Builder {
     }
 }
 
-impl ListenOn {
+impl Listen {
     /// Binds or takes over what this names: usually one listener, several
-    /// for systemd.
-    async fn open(self, config: &Config) -> Result<Vec<Listener>, Error> {
-        let listener = match self {
+    /// for systemd; each with this `Listen`'s settings.
+    async fn open(self, config: &Config) -> Result<Vec<Bound>, Error> {
+        if let Some(proxy) = &self.proxy {
+            proxy.validate().map_err(|reason| Error::InvalidConfig {
+                option: "proxy_protocol",
+                reason,
+            })?;
+        }
+        let listeners = match self.on {
             ListenOn::Tcp(target) => {
                 let addrs = target.resolve().await?;
-                listener::bind_tcp(&addrs, config).map_err(|(addr, source)| Error::Bind {
-                    addr: Addr::Tcp(addr),
-                    source,
-                })?
+                let listener =
+                    listener::bind_tcp(&addrs, config).map_err(|(addr, source)| Error::Bind {
+                        addr: Addr::Tcp(addr),
+                        source,
+                    })?;
+                vec![listener]
             }
             #[cfg(unix)]
             ListenOn::UnixPath(path) => {
-                listener::bind_unix(&path, config).map_err(|source| Error::Bind {
-                    addr: Addr::Unix(Some(path)),
-                    source,
-                })?
+                vec![
+                    listener::bind_unix(&path, config).map_err(|source| Error::Bind {
+                        addr: Addr::Unix(Some(path)),
+                        source,
+                    })?,
+                ]
             }
             ListenOn::TcpListener(std) => {
-                Listener::from_std_tcp(std).map_err(|source| Error::Listener {
-                    what: "given TCP listener",
-                    source,
-                })?
+                vec![
+                    Listener::from_std_tcp(std).map_err(|source| Error::Listener {
+                        what: "given TCP listener",
+                        source,
+                    })?,
+                ]
             }
             #[cfg(unix)]
             ListenOn::UnixListener(std) => {
-                Listener::from_std_unix(std).map_err(|source| Error::Listener {
-                    what: "given Unix listener",
-                    source,
-                })?
+                vec![
+                    Listener::from_std_unix(std).map_err(|source| Error::Listener {
+                        what: "given Unix listener",
+                        source,
+                    })?,
+                ]
             }
             #[cfg(unix)]
-            ListenOn::Systemd => {
-                return listener::systemd().map_err(|source| Error::Listener {
-                    what: "systemd sockets",
-                    source,
-                });
-            }
+            ListenOn::Systemd => listener::systemd().map_err(|source| Error::Listener {
+                what: "systemd sockets",
+                source,
+            })?,
         };
-        Ok(vec![listener])
+        listeners
+            .into_iter()
+            .map(|listener| {
+                if self.proxy.is_some() && !matches!(listener, Listener::Tcp(_)) {
+                    return Err(Error::InvalidConfig {
+                        option: "proxy_protocol",
+                        reason: "the PROXY protocol is supported on TCP listeners only",
+                    });
+                }
+                Ok(Bound {
+                    listener,
+                    proxy: self.proxy.clone(),
+                })
+            })
+            .collect()
     }
+}
+
+/// A listener and its settings, ready for the server.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub(crate) listener: Listener,
+    pub(crate) proxy: Option<ProxyProtocol>,
 }
 
 impl Config {
@@ -495,7 +523,7 @@ impl fmt::Debug for Builder {
 /// implemented outside this crate.
 pub trait ToBindAddr: sealed::Sealed {}
 
-mod sealed {
+pub(crate) mod sealed {
     use super::BindTarget;
 
     #[allow(unreachable_pub)] // public only so it can be a supertrait of a public trait

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
 
+use crate::proxy::ProxyHeader;
 use crate::timeout::Activity;
 use crate::{Addr, ShutdownSignal};
 
@@ -61,6 +62,16 @@ pub struct Connection {
     shutdown: ShutdownSignal,
     /// Read and write times, for the server's timeouts.
     activity: Activity,
+    /// What the PROXY protocol header said, when the listener reads one.
+    /// Boxed: most connections have none and stay one pointer smaller.
+    proxy: Option<Box<ProxyInfo>>,
+}
+
+/// A PROXY protocol header and the balancer that sent it.
+#[derive(Debug)]
+pub(crate) struct ProxyInfo {
+    pub(crate) header: ProxyHeader,
+    pub(crate) balancer: Addr,
 }
 
 /// The transports a connection can run over. Crate-private so that adding
@@ -119,7 +130,12 @@ impl Connection {
             listener_addr,
             shutdown,
             activity,
+            proxy: None,
         }
+    }
+
+    pub(crate) fn set_proxy(&mut self, proxy: Option<Box<ProxyInfo>>) {
+        self.proxy = proxy;
     }
 
     /// The connection's number, unique within its server and increasing in
@@ -128,9 +144,26 @@ impl Connection {
         self.id
     }
 
-    /// The address of the remote end.
+    /// The address of the remote end: the client. Behind a load balancer
+    /// that sends a PROXY protocol header (see
+    /// [`Listen::proxy_protocol`](crate::Listen::proxy_protocol)), the client
+    /// the header names; the balancer's own address is then
+    /// [`balancer_addr`](Connection::balancer_addr).
     pub fn peer_addr(&self) -> Addr {
         self.peer.clone()
+    }
+
+    /// The address of the load balancer that sent a PROXY protocol header
+    /// for this connection, if one did.
+    pub fn balancer_addr(&self) -> Option<&Addr> {
+        self.proxy.as_ref().map(|proxy| &proxy.balancer)
+    }
+
+    /// The PROXY protocol header the load balancer sent, if one did: the
+    /// addresses, and for version 2 the TLVs (ALPN, authority, TLS details,
+    /// unique id, ...), read-only.
+    pub fn proxy_header(&self) -> Option<&ProxyHeader> {
+        self.proxy.as_ref().map(|proxy| &proxy.header)
     }
 
     /// The address of this end: the listener's address, or for a listener on

@@ -104,6 +104,35 @@
 //! time can be passed as `Arc<dyn Handler>`. See the [`Handler`] docs for
 //! why the trait is shaped this way.
 //!
+//! # Listeners
+//!
+//! A server listens on one or more addresses, TCP and Unix mixed
+//! ([`Builder::bind`], [`Builder::bind_unix`], already-bound std listeners,
+//! systemd socket activation); they share the handler, the limits, the
+//! statistics (also per listener: [`Stats::by_listener`]) and the shutdown.
+//! [`Connection::peer_addr`] is an [`Addr`], which says "IP and port" or
+//! "Unix path", so a handler serves every transport unchanged.
+//!
+//! # Testing handlers
+//!
+//! [`testing::TestConnection`] runs a handler on an in-memory connection with
+//! the peer address and id a test chooses, and hands the test the client's
+//! end and the shutdown trigger: no sockets, deterministic, fine under a
+//! paused clock.
+//!
+//! # Choosing switchboard
+//!
+//! switchboard is for your own protocol over TCP or Unix sockets: a line
+//! protocol, a binary RPC, a proxy, a game server, a chat. It owns the
+//! connection's life (accept, limits, timeouts, shutdown, accounting) and
+//! leaves the bytes to you. For HTTP, use hyper, axum or another HTTP stack:
+//! they parse HTTP/1 and HTTP/2 fully and run on the same tokio runtime (the
+//! `hello` example's small HTTP/1.1 server is a demonstration, not an HTTP
+//! stack). Compared with writing the accept loop yourself, you get the parts
+//! that are easy to get wrong: backpressure before `accept`, recovery from
+//! running out of descriptors, panic isolation, exact accounting, and a
+//! shutdown that neither drops work in flight nor waits for idle clients.
+//!
 //! # Runtime
 //!
 //! switchboard runs on the caller's tokio runtime, multi-thread or
@@ -122,8 +151,9 @@ mod connection;
 mod error;
 mod handler;
 mod limit;
+mod listen;
 mod listener;
-mod proxy;
+pub mod proxy;
 mod server;
 mod shutdown;
 mod signal;
@@ -138,6 +168,7 @@ pub use connection::Connection;
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
 pub use limit::DEFAULT_MAX_CONNECTIONS;
+pub use listen::{DEFAULT_PROXY_HEADER_TIMEOUT, Listen, ProxyProtocol};
 pub use server::{Server, ShutdownReport};
 pub use shutdown::{ShutdownHandle, ShutdownSignal};
 pub use signal::termination;

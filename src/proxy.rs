@@ -31,22 +31,26 @@
 //!
 //! # Examples
 //!
-//! ```ignore
-//! // Enabled once the module is re-exported by the integration change.
-//! use std::time::Duration;
+//! A server reads the header for you when a listener asks for it
+//! ([`Listen::proxy_protocol`](crate::Listen::proxy_protocol)); the handler
+//! then finds the client in [`Connection::peer_addr`](crate::Connection::peer_addr)
+//! and the header in [`Connection::proxy_header`](crate::Connection::proxy_header).
+//! The reader can also be used on its own:
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use switchboard::proxy::{read_header, DEFAULT_V2_MAX_LEN};
+//!
+//! # async fn demo(mut stream: tokio::net::TcpStream) -> Result<(), Box<dyn std::error::Error>> {
 //! let header = tokio::time::timeout(
 //!     Duration::from_secs(5),
 //!     read_header(&mut stream, DEFAULT_V2_MAX_LEN),
 //! )
-//! .await
-//! .map_err(|_elapsed| "no proxy header in time")??;
+//! .await??;
 //! let client = header.source_addr().unwrap_or(stream.peer_addr()?);
+//! # let _ = client;
+//! # Ok(()) }
 //! ```
-
-// Wired into the accept path by the integration change, which re-exports the
-// public items; until then they are unreachable from the crate root.
-#![allow(dead_code, unreachable_pub)]
 
 use std::fmt;
 use std::io;

@@ -26,10 +26,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, AcceptError, Backoff};
-use crate::builder::{Config, ExternalSignal, ShutdownFuture};
+use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
+use crate::connection::ProxyInfo;
 use crate::connection::Stream;
 use crate::handler::sealed::ErasedHandler;
 use crate::limit::Limits;
+use crate::listen::ProxyProtocol;
 use crate::listener::Listener;
 use crate::stats::{Counters, Outcome};
 use crate::task::{CatchUnwind, Tasks, panic_message};
@@ -47,8 +49,9 @@ use crate::{
 /// (and removes the Unix socket files it created).
 #[must_use = "a server does nothing until `run().await` is called"]
 pub struct Server {
-    /// Each listener with its address, in the order they were configured.
-    listeners: Vec<(Listener, Addr)>,
+    /// Each listener with its address and settings, in the order they were
+    /// configured.
+    listeners: Vec<Listening>,
     handler: Arc<dyn Handler>,
     config: Config,
     /// Cancelled by [`ShutdownHandle::shutdown`]; watched by the accept loop only.
@@ -60,13 +63,14 @@ pub struct Server {
 /// What happened during a server's life, returned by [`Server::run`].
 ///
 /// The counts are exact: every accepted connection ended in exactly one of
-/// `completed`, `failed`, `panicked`, `timed_out` or `aborted`, and every
+/// `completed`, `failed`, `panicked`, `timed_out`, `aborted` or
+/// `proxy_rejected`, and every
 /// connection live when the listener closed either ended before the drain
 /// deadline (`drained`, whether its handler returned or a timeout closed it)
 /// or was `aborted` at it:
 ///
 /// ```text
-/// accepted           == completed + failed + panicked + timed_out + aborted
+/// accepted           == completed + failed + panicked + timed_out + aborted + proxy_rejected
 /// active_at_shutdown == drained + aborted
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +86,9 @@ pub struct ShutdownReport {
     pub panicked: u64,
     /// Connections closed by a timeout (idle, first read, maximum age).
     pub timed_out: u64,
+    /// Connections closed before the handler ran because their PROXY
+    /// protocol header was refused.
+    pub proxy_rejected: u64,
     /// Connections still open when the listener closed.
     pub active_at_shutdown: u64,
     /// Of those, the ones whose handler ended by itself within the drain timeout.
@@ -102,24 +109,24 @@ impl Server {
     }
 
     pub(crate) fn new(
-        listeners: Vec<Listener>,
+        bound: Vec<Bound>,
         handler: Arc<dyn Handler>,
         config: Config,
         shutdown_signal: Option<ExternalSignal>,
     ) -> Result<Self, Error> {
-        let listeners = listeners
-            .into_iter()
-            .map(|listener| Ok((listener.local_addr()?, listener)))
-            .map(|found: io::Result<_>| {
-                found
-                    .map(|(addr, listener)| (listener, addr))
-                    .map_err(|source| Error::Listener {
-                        what: "listener's address",
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        let stats = Stats::new(listeners.iter().map(|(_, addr)| addr.clone()));
+        let mut listeners = Vec::with_capacity(bound.len());
+        for Bound { listener, proxy } in bound {
+            let addr = listener.local_addr().map_err(|source| Error::Listener {
+                what: "listener's address",
+                source,
+            })?;
+            listeners.push(Listening {
+                listener,
+                addr,
+                proxy: proxy.map(Arc::new),
+            });
+        }
+        let stats = Stats::new(listeners.iter().map(|l| l.addr.clone()));
         Ok(Server {
             listeners,
             handler,
@@ -134,16 +141,13 @@ impl Server {
     /// several), with the real port when port 0 was asked for.
     pub fn local_addr(&self) -> Addr {
         // `Builder::build` refuses to make a server without a listener.
-        self.listeners[0].1.clone()
+        self.listeners[0].addr.clone()
     }
 
     /// Every address the server listens on, in the order they were
     /// configured.
     pub fn local_addrs(&self) -> Vec<Addr> {
-        self.listeners
-            .iter()
-            .map(|(_, addr)| addr.clone())
-            .collect()
+        self.listeners.iter().map(|l| l.addr.clone()).collect()
     }
 
     /// A handle that triggers the graceful shutdown; see [`ShutdownHandle`].
@@ -217,13 +221,16 @@ impl Server {
         // Phase 1: every accept loop ends and drops its listener; new
         // connects are refused.
         let mut loops = JoinSet::new();
-        for (index, (listener, addr)) in listeners.into_iter().enumerate() {
-            tracing::info!(%addr, "listening");
+        for (index, listening) in listeners.into_iter().enumerate() {
+            tracing::info!(
+                addr = %listening.addr,
+                proxy_protocol = listening.proxy.is_some(),
+                "listening"
+            );
             let counters = Arc::clone(stats.counters(index));
             loops.spawn(accept_loop(
                 Arc::clone(&shared),
-                listener,
-                addr,
+                listening,
                 counters,
                 trigger.clone(),
             ));
@@ -250,6 +257,7 @@ impl Server {
             failed: end.failed,
             panicked: end.panicked,
             timed_out: end.timed_out(),
+            proxy_rejected: end.proxy_rejected,
             active_at_shutdown,
             drained: active_at_shutdown.saturating_sub(end.aborted),
             aborted: end.aborted,
@@ -313,19 +321,26 @@ impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "accepted {}, completed {}, failed {}, panicked {}, timed out {}; \
-             at shutdown {} active: {} drained, {} aborted in {:.1?}",
-            self.accepted,
-            self.completed,
-            self.failed,
-            self.panicked,
-            self.timed_out,
-            self.active_at_shutdown,
-            self.drained,
-            self.aborted,
-            self.drain_duration,
+            "accepted {}, completed {}, failed {}, panicked {}, timed out {}",
+            self.accepted, self.completed, self.failed, self.panicked, self.timed_out,
+        )?;
+        if self.proxy_rejected > 0 {
+            write!(f, ", proxy rejected {}", self.proxy_rejected)?;
+        }
+        write!(
+            f,
+            "; at shutdown {} active: {} drained, {} aborted in {:.1?}",
+            self.active_at_shutdown, self.drained, self.aborted, self.drain_duration,
         )
     }
+}
+
+/// A listener with what the server knows of it.
+#[derive(Debug)]
+struct Listening {
+    listener: Listener,
+    addr: Addr,
+    proxy: Option<Arc<ProxyProtocol>>,
 }
 
 /// What every accept loop and every new connection is made from.
@@ -343,11 +358,15 @@ struct Shared {
 /// fails; the listener is dropped (closed) on return.
 async fn accept_loop(
     shared: Arc<Shared>,
-    listener: Listener,
-    addr: Addr,
+    listening: Listening,
     counters: Arc<Counters>,
     trigger: CancellationToken,
 ) -> Result<(), (Addr, io::Error)> {
+    let Listening {
+        listener,
+        addr,
+        proxy,
+    } = listening;
     // Made once: registering a waiter on every iteration would cost a lock
     // per accepted connection.
     let stop = trigger.cancelled();
@@ -385,7 +404,15 @@ async fn accept_loop(
                     tracing::info!(%addr, "accepting again after resource exhaustion");
                 }
                 backoff.reset();
-                serve(&shared, stream, peer, &addr, &counters, permit);
+                serve(
+                    &shared,
+                    stream,
+                    peer,
+                    &addr,
+                    proxy.as_ref(),
+                    &counters,
+                    permit,
+                );
             }
             Err(err) => {
                 counters.accept_error();
@@ -418,12 +445,14 @@ async fn accept_loop(
     }
 }
 
-/// Admits an accepted stream, wraps it in a `Connection` and spawns its task.
+/// Admits an accepted stream and spawns its task, which reads the PROXY
+/// header if the listener asks for one, then runs the handler.
 fn serve(
     shared: &Shared,
-    stream: Stream,
+    mut stream: Stream,
     peer: Addr,
     listener_addr: &Addr,
+    proxy: Option<&Arc<ProxyProtocol>>,
     counters: &Arc<Counters>,
     permit: OwnedSemaphorePermit,
 ) {
@@ -440,19 +469,39 @@ fn serve(
     counters.accepted();
     let now = shared.clock.now();
     let state = Arc::new(ConnState::new(now));
-    let span = tracing::debug_span!("conn", id, %peer);
-    let conn = Connection::new(
-        stream,
-        id,
-        peer.clone(),
-        listener_addr.clone(),
-        shared.signal.clone(),
-        Activity::new(Arc::clone(&shared.clock), Arc::clone(&state)),
-    );
+    let span = tracing::debug_span!("conn", id, %peer, client = tracing::field::Empty);
     let handler = Arc::clone(&shared.handler);
+    let signal = shared.signal.clone();
+    let activity = Activity::new(Arc::clone(&shared.clock), Arc::clone(&state));
+    let listener_addr = listener_addr.clone();
+    // Only listeners with a PROXY header to read pay for these clones.
+    let preamble = proxy.map(|proxy| (Arc::clone(proxy), Arc::clone(counters)));
     shared.tasks.spawn(
         async move {
             tracing::debug!("connection opened");
+            let mut peer = peer;
+            let mut proxied = None;
+            if let (Some((proxy, counters)), Stream::Tcp(tcp)) = (preamble, &mut stream) {
+                let socket_peer = peer.as_tcp().expect("a TCP stream has a TCP peer");
+                match proxy.read(tcp, socket_peer, &counters).await {
+                    Ok(None) => {}
+                    Ok(Some(header)) => {
+                        if let Some(client) = header.source_addr() {
+                            tracing::Span::current()
+                                .record("client", tracing::field::display(client));
+                            peer = Addr::Tcp(client);
+                        }
+                        proxied = Some(Box::new(ProxyInfo {
+                            header,
+                            balancer: Addr::Tcp(socket_peer),
+                        }));
+                    }
+                    Err(()) => return Outcome::Refused,
+                }
+            }
+            let mut conn =
+                Connection::new(stream, id, peer.clone(), listener_addr, signal, activity);
+            conn.set_proxy(proxied);
             match CatchUnwind(handler.handle_erased(conn)).await {
                 Ok(Ok(())) => Outcome::Completed,
                 Ok(Err(err)) => {

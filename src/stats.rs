@@ -39,9 +39,9 @@ pub struct Stats {
 /// The counters at one instant. See [`Stats::snapshot`].
 ///
 /// Every accepted connection is either `active` or has ended in exactly one
-/// of `completed`, `failed`, `panicked`, the `timed_out_*` counters or
-/// `aborted`; connections closed by the per-IP limit are `rejected` and
-/// never `accepted`.
+/// of `completed`, `failed`, `panicked`, the `timed_out_*` counters,
+/// `aborted` or `proxy_rejected`; connections closed by the per-IP limit are
+/// `rejected` and never `accepted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
@@ -65,6 +65,10 @@ pub struct StatsSnapshot {
     pub timed_out_max_age: u64,
     /// Handlers aborted at the end of the drain timeout.
     pub aborted: u64,
+    /// Connections closed before the handler ran because their PROXY
+    /// protocol header was missing, malformed, late or untrusted (see
+    /// [`ProxyProtocol`](crate::ProxyProtocol)).
+    pub proxy_rejected: u64,
     /// Connections closed at once because their peer address already had
     /// [as many as allowed](crate::Builder::max_connections_per_ip).
     pub rejected: u64,
@@ -100,7 +104,7 @@ impl Stats {
     ///
     /// The counters are read one by one while connections come and go, so
     /// two counters may be a few events apart; the identity
-    /// `accepted == active + completed + failed + panicked + timed_out() + aborted`
+    /// `accepted == active + completed + failed + panicked + timed_out() + aborted + proxy_rejected`
     /// always holds.
     pub fn snapshot(&self) -> StatsSnapshot {
         self.listeners
@@ -133,6 +137,7 @@ impl Add for StatsSnapshot {
             timed_out_first_read: self.timed_out_first_read + other.timed_out_first_read,
             timed_out_max_age: self.timed_out_max_age + other.timed_out_max_age,
             aborted: self.aborted + other.aborted,
+            proxy_rejected: self.proxy_rejected + other.proxy_rejected,
             rejected: self.rejected + other.rejected,
             accept_errors: self.accept_errors + other.accept_errors,
         }
@@ -147,6 +152,9 @@ pub(crate) enum Outcome {
     Panicked,
     TimedOut(TimeoutKind),
     Aborted,
+    /// Closed before the handler ran (its PROXY header was refused); the
+    /// refusal's own counter was bumped where it was decided.
+    Refused,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +167,7 @@ pub(crate) struct Counters {
     timed_out_first_read: AtomicU64,
     timed_out_max_age: AtomicU64,
     aborted: AtomicU64,
+    proxy_rejected: AtomicU64,
     rejected: AtomicU64,
     accept_errors: AtomicU64,
 }
@@ -170,6 +179,10 @@ impl Counters {
 
     pub(crate) fn rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn proxy_rejected(&self) {
+        self.proxy_rejected.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn accept_error(&self) {
@@ -185,6 +198,8 @@ impl Counters {
             Outcome::TimedOut(TimeoutKind::FirstRead) => &self.timed_out_first_read,
             Outcome::TimedOut(TimeoutKind::MaxAge) => &self.timed_out_max_age,
             Outcome::Aborted => &self.aborted,
+            // Counted where the refusal was decided, with its reason.
+            Outcome::Refused => return,
         };
         // Release pairs with the Acquire loads in `snapshot`: whoever sees
         // this end also sees the `accepted` increment that preceded the spawn.
@@ -202,12 +217,14 @@ impl Counters {
             timed_out_first_read: self.timed_out_first_read.load(Ordering::Acquire),
             timed_out_max_age: self.timed_out_max_age.load(Ordering::Acquire),
             aborted: self.aborted.load(Ordering::Acquire),
+            proxy_rejected: self.proxy_rejected.load(Ordering::Acquire),
             rejected: self.rejected.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             ..StatsSnapshot::default()
         };
         s.accepted = self.accepted.load(Ordering::Relaxed);
-        let ended = s.completed + s.failed + s.panicked + s.timed_out() + s.aborted;
+        let ended =
+            s.completed + s.failed + s.panicked + s.timed_out() + s.aborted + s.proxy_rejected;
         // Never negative (see above); saturate rather than trust it blindly.
         s.active = s.accepted.saturating_sub(ended);
         s

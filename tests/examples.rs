@@ -36,8 +36,13 @@ struct Example {
 }
 
 async fn launch(name: &str) -> Example {
+    launch_with(name, "127.0.0.1:0", &[]).await
+}
+
+async fn launch_with(name: &str, addr: &str, env: &[(&str, &str)]) -> Example {
     let mut child = Command::new(example_path(name))
-        .arg("127.0.0.1:0")
+        .arg(addr)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -123,4 +128,42 @@ async fn echo_echoes_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert!(rest.is_empty());
+}
+
+/// `shutdown report: accepted N, ...` → N.
+fn accepted_in(report: &str) -> u64 {
+    report
+        .split("accepted ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no accepted count in {report:?}"))
+}
+
+#[tokio::test]
+async fn several_processes_share_one_port_with_so_reuseport() {
+    const CONNECTIONS: u64 = 64;
+    let reuse = [("SWITCHBOARD_REUSE_PORT", "1")];
+    let first = launch_with("hello", "127.0.0.1:0", &reuse).await;
+    let addr = first.addr.to_string();
+    let second = launch_with("hello", &addr, &reuse).await;
+    assert_eq!(second.addr, first.addr, "both listen on the same port");
+
+    // The kernel spreads new connections over the two listeners by a hash
+    // of their addresses: with 64 connections from 64 source ports, both
+    // get some (all to one has a chance of 2 in 2^64).
+    for _ in 0..CONNECTIONS {
+        let mut client = within("connect", TcpStream::connect(first.addr))
+            .await
+            .unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut client, false).await.status, 200);
+    }
+    let (one, two) = (first.terminate().await, second.terminate().await);
+    let (a, b) = (accepted_in(&one), accepted_in(&two));
+    assert_eq!(a + b, CONNECTIONS, "{one}\n{two}");
+    assert!(a > 0 && b > 0, "both instances served: {a} and {b}");
 }

@@ -94,10 +94,20 @@ async fn reuse_address_lets_a_restarted_server_bind_past_time_wait() {
         .reuse_address(false)
         .build()
         .await;
-    assert!(
-        matches!(&strict, Err(Error::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse),
-        "without SO_REUSEADDR the TIME_WAIT connection blocks the port: {strict:?}"
-    );
+    if in_time_wait(addr.port()) {
+        assert!(
+            matches!(&strict, Err(Error::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse),
+            "without SO_REUSEADDR the TIME_WAIT connection blocks the port: {strict:?}"
+        );
+    } else {
+        // The kernel keeps at most net.ipv4.tcp_max_tw_buckets of them and
+        // silently skips TIME_WAIT beyond that (a load test running on the
+        // same machine can fill the table): then nothing blocks the port.
+        eprintln!(
+            "SKIPPED the SO_REUSEADDR=off check: the kernel kept no TIME_WAIT socket on the port"
+        );
+        drop(strict);
+    }
     let restarted = Server::builder().bind(addr).handler(noop()).build().await;
     assert!(
         restarted.is_ok(),
@@ -134,4 +144,16 @@ async fn ipv6_only_decides_whether_ipv4_clients_reach_a_wildcard_ipv6_listener()
         let v6 = TcpStream::connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).await;
         assert!(v6.is_ok(), "{v6:?}");
     }
+}
+
+/// Whether a TCP socket in TIME_WAIT holds local `port` (from /proc/net/tcp).
+fn in_time_wait(port: u16) -> bool {
+    const TIME_WAIT: &str = "06";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields.get(1).and_then(|a| a.rsplit(':').next());
+        local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+            && fields.get(3) == Some(&TIME_WAIT)
+    })
 }

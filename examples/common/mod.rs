@@ -17,6 +17,9 @@ pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Unix socket, or `systemd` for the sockets passed by systemd socket
 /// activation. Several can be given, separated by commas.
 ///
+/// With `SWITCHBOARD_REUSE_PORT=1` in the environment the listeners set
+/// `SO_REUSEPORT`, so that several instances can share one port.
+///
 /// The first line on stdout is always `listening on ADDR[, ADDR...]` with the
 /// bound addresses, so scripts and tests can start an example on port 0.
 pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
@@ -31,6 +34,9 @@ pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
         .nth(1)
         .unwrap_or_else(|| DEFAULT_ADDR.to_owned());
     let mut builder = Server::builder();
+    if std::env::var_os("SWITCHBOARD_REUSE_PORT").is_some_and(|v| v == "1") {
+        builder = builder.reuse_port(true);
+    }
     for addr in addrs.split(',') {
         builder = if addr == "systemd" {
             builder.systemd_listeners()

@@ -71,7 +71,12 @@ pub async fn start(handler: impl Handler, configure: impl FnOnce(Builder) -> Bui
 pub fn assert_adds_up(report: &ShutdownReport) {
     assert_eq!(
         report.accepted,
-        report.completed + report.failed + report.panicked + report.timed_out + report.aborted,
+        report.completed
+            + report.failed
+            + report.panicked
+            + report.timed_out
+            + report.aborted
+            + report.proxy_rejected,
         "every accepted connection ends in exactly one outcome: {report:?}"
     );
     assert_eq!(

@@ -1,0 +1,379 @@
+//! Per-listener settings: what to listen on ([`Listen`]) and what runs on
+//! each of its connections before the handler: reading a PROXY protocol
+//! header ([`ProxyProtocol`]).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+#[cfg(unix)]
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::builder::{BindTarget, ToBindAddr};
+use crate::proxy::{self, ProxyError, ProxyHeader};
+use crate::stats::Counters;
+
+/// One thing to listen on, with its own settings; given to
+/// [`Builder::listen`](crate::Builder::listen).
+///
+/// [`Builder::bind`](crate::Builder::bind) and its siblings are shorthands
+/// for a `Listen` with default settings.
+///
+/// # Examples
+///
+/// ```no_run
+/// use switchboard::{handler_fn, Connection, Listen, ProxyProtocol, Server};
+///
+/// # async fn demo() -> Result<(), switchboard::Error> {
+/// # let handler = handler_fn(|_c: Connection| async { Ok::<_, std::io::Error>(()) });
+/// let server = Server::builder()
+///     // Clients reach this port only through the load balancer at 10.0.0.5.
+///     .listen(Listen::tcp("0.0.0.0:7000").proxy_protocol(
+///         ProxyProtocol::required().trust("10.0.0.5".parse().expect("an IP address")),
+///     ))
+///     // An admin port reached directly.
+///     .bind("127.0.0.1:7001")
+///     .handler(handler)
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a Listen does nothing until given to Builder::listen"]
+pub struct Listen {
+    pub(crate) on: ListenOn,
+    pub(crate) proxy: Option<ProxyProtocol>,
+}
+
+/// What to listen on.
+#[derive(Debug)]
+pub(crate) enum ListenOn {
+    Tcp(BindTarget),
+    #[cfg(unix)]
+    UnixPath(PathBuf),
+    TcpListener(std::net::TcpListener),
+    #[cfg(unix)]
+    UnixListener(std::os::unix::net::UnixListener),
+    #[cfg(unix)]
+    Systemd,
+}
+
+impl Listen {
+    fn on(on: ListenOn) -> Self {
+        Listen { on, proxy: None }
+    }
+
+    /// A TCP address to bind; see [`Builder::bind`](crate::Builder::bind).
+    pub fn tcp(addr: impl ToBindAddr) -> Self {
+        Listen::on(ListenOn::Tcp(addr.into_target()))
+    }
+
+    /// A Unix socket to create; see [`Builder::bind_unix`](crate::Builder::bind_unix).
+    #[cfg(unix)]
+    pub fn unix(path: impl AsRef<Path>) -> Self {
+        Listen::on(ListenOn::UnixPath(path.as_ref().to_path_buf()))
+    }
+
+    /// An already-bound std TCP listener; see
+    /// [`Builder::tcp_listener`](crate::Builder::tcp_listener).
+    pub fn tcp_listener(listener: std::net::TcpListener) -> Self {
+        Listen::on(ListenOn::TcpListener(listener))
+    }
+
+    /// An already-bound std Unix listener; see
+    /// [`Builder::unix_listener`](crate::Builder::unix_listener).
+    #[cfg(unix)]
+    pub fn unix_listener(listener: std::os::unix::net::UnixListener) -> Self {
+        Listen::on(ListenOn::UnixListener(listener))
+    }
+
+    /// The sockets passed by systemd socket activation; see
+    /// [`Builder::systemd_listeners`](crate::Builder::systemd_listeners).
+    /// The settings apply to each of them.
+    #[cfg(unix)]
+    pub fn systemd() -> Self {
+        Listen::on(ListenOn::Systemd)
+    }
+
+    /// Reads a PROXY protocol header (v1 or v2) at the start of every
+    /// connection, before the handler runs, so that
+    /// [`Connection::peer_addr`](crate::Connection::peer_addr) reports the
+    /// real client behind a load balancer. TCP listeners only: on a Unix
+    /// listener [`build`](crate::Builder::build) fails with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig).
+    ///
+    /// Default: off.
+    pub fn proxy_protocol(mut self, proxy: ProxyProtocol) -> Self {
+        self.proxy = Some(proxy);
+        self
+    }
+}
+
+/// Default for [`ProxyProtocol::header_timeout`].
+pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a listener reads the PROXY protocol header that load balancers
+/// (HAProxy `send-proxy`/`send-proxy-v2`, nginx `proxy_protocol`, Envoy, cloud
+/// network load balancers) put in front of each connection.
+///
+/// A header claims who the client is, so it is believed only from trusted
+/// peers: the [`trust`](ProxyProtocol::trust)ed addresses and networks, or
+/// any peer when none is given (only safe when nothing but the balancer can
+/// reach the listener). A header that is malformed, truncated, longer than
+/// allowed, late, or sent by an untrusted peer closes the connection before
+/// the handler sees it; that is logged at `warn` (a peer that closes before
+/// sending anything, as health checks do, at `debug`) and counted in
+/// [`StatsSnapshot::proxy_rejected`](crate::StatsSnapshot::proxy_rejected).
+#[derive(Clone, PartialEq, Eq)]
+#[must_use]
+pub struct ProxyProtocol {
+    required: bool,
+    trusted: Vec<(IpAddr, u8)>,
+    timeout: Duration,
+    max_header_len: usize,
+}
+
+impl ProxyProtocol {
+    /// Every connection must start with a header, from a trusted peer.
+    pub fn required() -> Self {
+        ProxyProtocol::new(true)
+    }
+
+    /// A trusted peer may start with a header; a connection without one is
+    /// served with the socket's own peer address. A header from an untrusted
+    /// peer is still refused.
+    ///
+    /// To tell, the listener waits for the first bytes (up to the
+    /// [header timeout](ProxyProtocol::header_timeout)), so use it only for
+    /// protocols where the client speaks first.
+    pub fn optional() -> Self {
+        ProxyProtocol::new(false)
+    }
+
+    fn new(required: bool) -> Self {
+        ProxyProtocol {
+            required,
+            trusted: Vec::new(),
+            timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
+            max_header_len: proxy::DEFAULT_V2_MAX_LEN,
+        }
+    }
+
+    /// Trusts headers from this address. Call it again to trust more.
+    ///
+    /// Default: every peer is trusted while no address or network is given.
+    pub fn trust(self, addr: IpAddr) -> Self {
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        self.trust_network(addr, bits)
+    }
+
+    /// Trusts headers from a network, such as `(10.0.0.0, 8)`. An IPv4
+    /// network also matches the same addresses mapped into IPv6
+    /// (`::ffff:10.1.2.3`), as a dual-stack listener reports them.
+    pub fn trust_network(mut self, addr: IpAddr, prefix_len: u8) -> Self {
+        self.trusted.push((addr, prefix_len));
+        self
+    }
+
+    /// How long a connection may take to send its whole header.
+    ///
+    /// Default: 5 s (the specification asks for at least 3 s, to allow one
+    /// TCP retransmission).
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest v2 header accepted (v1 headers are at most 107 bytes by
+    /// definition). At least 16.
+    ///
+    /// Default: 1024 bytes, room for both addresses and the usual TLVs.
+    pub fn max_header_len(mut self, len: usize) -> Self {
+        self.max_header_len = len;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        if self.timeout.is_zero() {
+            return Err("the header timeout must be longer than zero");
+        }
+        if self.max_header_len < proxy::V2_MIN_LEN {
+            return Err("the maximum header length must be at least 16 bytes");
+        }
+        for &(addr, prefix) in &self.trusted {
+            let bits = if addr.is_ipv4() { 32 } else { 128 };
+            if prefix > bits {
+                return Err("a trusted network's prefix is longer than its address");
+            }
+        }
+        Ok(())
+    }
+
+    fn is_trusted(&self, peer: IpAddr) -> bool {
+        self.trusted.is_empty()
+            || self
+                .trusted
+                .iter()
+                .any(|&(net, prefix)| in_network(peer, net, prefix))
+    }
+
+    /// Reads the header of a new connection from `peer`, applying the
+    /// policy above. `Ok(None)`: no header, serve the connection as it is.
+    /// `Err(())`: refused, logged and counted; close the connection.
+    pub(crate) async fn read(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        counters: &Counters,
+    ) -> Result<Option<ProxyHeader>, ()> {
+        let trusted = self.is_trusted(peer.ip());
+        if !trusted && self.required {
+            tracing::warn!(%peer, "PROXY protocol: connection from an untrusted address refused");
+            counters.proxy_rejected();
+            return Err(());
+        }
+        let read = tokio::time::timeout(
+            self.timeout,
+            proxy::read_header(stream, self.max_header_len),
+        )
+        .await;
+        let refusal = match read {
+            Ok(Ok(header)) if trusted => return Ok(Some(header)),
+            Ok(Err(ProxyError::NotProxyProtocol)) if !self.required => return Ok(None),
+            Ok(Ok(_)) | Ok(Err(ProxyError::NotProxyProtocol)) => {
+                // A header from an untrusted peer, or none where one is required.
+                if trusted {
+                    Refusal::Invalid(ProxyError::NotProxyProtocol)
+                } else {
+                    Refusal::Untrusted
+                }
+            }
+            Ok(Err(_)) if !trusted => Refusal::Untrusted,
+            Ok(Err(ProxyError::UnexpectedEof { received: 0 })) => Refusal::ClosedEarly,
+            Ok(Err(err)) => Refusal::Invalid(err),
+            Err(_elapsed) => Refusal::Timeout(self.timeout),
+        };
+        match &refusal {
+            Refusal::ClosedEarly => tracing::debug!(%peer, "PROXY protocol: {refusal}"),
+            _ => tracing::warn!(%peer, "PROXY protocol: {refusal}"),
+        }
+        counters.proxy_rejected();
+        Err(())
+    }
+}
+
+impl fmt::Debug for ProxyProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let trusted: Vec<String> = self
+            .trusted
+            .iter()
+            .map(|(a, p)| format!("{a}/{p}"))
+            .collect();
+        f.debug_struct("ProxyProtocol")
+            .field("required", &self.required)
+            .field("trusted", &trusted)
+            .field("timeout", &self.timeout)
+            .field("max_header_len", &self.max_header_len)
+            .finish()
+    }
+}
+
+/// Why a connection was refused before its handler ran.
+enum Refusal {
+    Untrusted,
+    ClosedEarly,
+    Timeout(Duration),
+    Invalid(ProxyError),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Untrusted => f.write_str("header from an untrusted address refused"),
+            Refusal::ClosedEarly => f.write_str("peer closed before sending a header"),
+            Refusal::Timeout(limit) => write!(f, "no complete header within {limit:?}"),
+            Refusal::Invalid(err) => write!(f, "invalid header refused: {err}"),
+        }
+    }
+}
+
+/// Whether `addr` is in `net/prefix`; IPv4 networks match IPv4-mapped IPv6.
+fn in_network(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => prefix_eq(
+            u128::from(u32::from(a)),
+            u128::from(u32::from(n)),
+            32,
+            prefix,
+        ),
+        (IpAddr::V6(a), IpAddr::V6(n)) => prefix_eq(u128::from(a), u128::from(n), 128, prefix),
+        _ => false,
+    }
+}
+
+fn prefix_eq(a: u128, b: u128, bits: u32, prefix: u8) -> bool {
+    let prefix = u32::from(prefix).min(bits);
+    if prefix == 0 {
+        return true;
+    }
+    let shift = bits - prefix;
+    (a >> shift) == (b >> shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(in_network(ip("10.1.2.3"), ip("10.0.0.0"), 8));
+        assert!(!in_network(ip("11.1.2.3"), ip("10.0.0.0"), 8));
+        assert!(in_network(ip("10.1.2.3"), ip("10.1.2.3"), 32));
+        assert!(!in_network(ip("10.1.2.4"), ip("10.1.2.3"), 32));
+        assert!(
+            in_network(ip("::ffff:10.1.2.3"), ip("10.0.0.0"), 8),
+            "mapped IPv4"
+        );
+        assert!(in_network(ip("2001:db8::1"), ip("2001:db8::"), 32));
+        assert!(!in_network(ip("2001:db9::1"), ip("2001:db8::"), 32));
+        assert!(
+            !in_network(ip("10.1.2.3"), ip("2001:db8::"), 0),
+            "families differ"
+        );
+        assert!(in_network(ip("192.0.2.1"), ip("0.0.0.0"), 0));
+    }
+
+    #[test]
+    fn an_empty_allow_list_trusts_everyone() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(ProxyProtocol::required().is_trusted(ip("192.0.2.1")));
+        let listed = ProxyProtocol::required().trust(ip("10.0.0.5"));
+        assert!(listed.is_trusted(ip("10.0.0.5")));
+        assert!(!listed.is_trusted(ip("10.0.0.6")));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(ProxyProtocol::required().validate().is_ok());
+        assert!(
+            ProxyProtocol::required()
+                .max_header_len(15)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ProxyProtocol::required()
+                .header_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        let bad_prefix = ProxyProtocol::optional().trust_network("10.0.0.0".parse().unwrap(), 33);
+        assert!(bad_prefix.validate().is_err());
+    }
+}

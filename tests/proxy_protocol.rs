@@ -1,0 +1,271 @@
+//! The PROXY protocol on a listener: the handler sees the real client, and
+//! every bad header is refused before the handler runs.
+
+mod common;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::{assert_adds_up, assert_closed, within};
+use switchboard::proxy::ProxyVersion;
+use switchboard::{
+    Addr, Connection, Error, Handler, Listen, ProxyProtocol, Server, ShutdownHandle, Stats,
+    handler_fn,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// What the handler saw of its connection.
+#[derive(Debug)]
+struct Seen {
+    peer: Addr,
+    balancer: Option<Addr>,
+    version: Option<ProxyVersion>,
+    authority: Option<String>,
+    first_bytes: Vec<u8>,
+}
+
+/// Reports what it sees, then echoes the first chunk back.
+fn observer(tx: mpsc::UnboundedSender<Seen>) -> impl Handler {
+    handler_fn(move |mut conn: Connection| {
+        let tx = tx.clone();
+        async move {
+            let chunk = conn.read_chunk(256).await?;
+            let header = conn.proxy_header();
+            let _ = tx.send(Seen {
+                peer: conn.peer_addr(),
+                balancer: conn.balancer_addr().cloned(),
+                version: header.map(|h| h.version()),
+                authority: header.and_then(|h| h.authority()).map(str::to_owned),
+                first_bytes: chunk.to_vec(),
+            });
+            conn.write_all(&chunk).await?;
+            Ok::<_, io::Error>(())
+        }
+    })
+}
+
+struct Proxied {
+    addr: SocketAddr,
+    stats: Stats,
+    shutdown: ShutdownHandle,
+    task: JoinHandle<Result<switchboard::ShutdownReport, Error>>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+async fn start(proxy: ProxyProtocol) -> Proxied {
+    let (tx, seen) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .listen(Listen::tcp("127.0.0.1:0").proxy_protocol(proxy))
+        .handler(observer(tx))
+        .build()
+        .await
+        .unwrap();
+    Proxied {
+        addr: server.local_addr().as_tcp().unwrap(),
+        stats: server.stats(),
+        shutdown: server.shutdown_handle(),
+        task: tokio::spawn(server.run()),
+        seen,
+    }
+}
+
+impl Proxied {
+    async fn stop(self) -> switchboard::ShutdownReport {
+        self.shutdown.shutdown();
+        within("run to return", self.task).await.unwrap().unwrap()
+    }
+}
+
+/// A v2 PROXY header for TCP over IPv4 with an AUTHORITY TLV.
+fn v2_header(src: SocketAddr, dst: SocketAddr, authority: &str) -> Vec<u8> {
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
+        panic!("IPv4 only in this helper")
+    };
+    let mut body = Vec::new();
+    body.extend_from_slice(&src.ip().octets());
+    body.extend_from_slice(&dst.ip().octets());
+    body.extend_from_slice(&src.port().to_be_bytes());
+    body.extend_from_slice(&dst.port().to_be_bytes());
+    body.push(0x02); // PP2_TYPE_AUTHORITY
+    body.extend_from_slice(&(authority.len() as u16).to_be_bytes());
+    body.extend_from_slice(authority.as_bytes());
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.push(0x21); // version 2, PROXY
+    header.push(0x11); // AF_INET, STREAM
+    header.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    header.extend_from_slice(&body);
+    header
+}
+
+#[tokio::test]
+async fn a_v1_header_names_the_real_client() {
+    let mut server = start(ProxyProtocol::required()).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    client
+        .write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\nhello")
+        .await
+        .unwrap();
+    let mut echo = [0u8; 5];
+    within("the echo", client.read_exact(&mut echo))
+        .await
+        .unwrap();
+    assert_eq!(
+        &echo, b"hello",
+        "the payload after the header reaches the handler intact"
+    );
+    let seen = within("the handler's report", server.seen.recv())
+        .await
+        .unwrap();
+    assert_eq!(seen.peer, Addr::Tcp("203.0.113.7:51000".parse().unwrap()));
+    assert_eq!(seen.balancer, Some(Addr::Tcp(client.local_addr().unwrap())));
+    assert_eq!(seen.version, Some(ProxyVersion::V1));
+    assert_eq!(seen.first_bytes, b"hello");
+    let report = server.stop().await;
+    assert_eq!(
+        (report.completed, report.by_listener[0].1.proxy_rejected),
+        (1, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_v2_header_with_tlvs() {
+    let mut server = start(ProxyProtocol::required()).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let src: SocketAddr = "198.51.100.9:40000".parse().unwrap();
+    let mut bytes = v2_header(src, server.addr, "example.com");
+    bytes.extend_from_slice(b"payload");
+    // Sent in two pieces: the header may arrive split.
+    client.write_all(&bytes[..10]).await.unwrap();
+    client.flush().await.unwrap();
+    client.write_all(&bytes[10..]).await.unwrap();
+    let seen = within("the handler's report", server.seen.recv())
+        .await
+        .unwrap();
+    assert_eq!(seen.peer, Addr::Tcp(src));
+    assert_eq!(seen.version, Some(ProxyVersion::V2));
+    assert_eq!(seen.authority.as_deref(), Some("example.com"));
+    assert_eq!(seen.first_bytes, b"payload");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_headers_never_reach_the_handler() {
+    let mut server =
+        start(ProxyProtocol::required().header_timeout(Duration::from_millis(300))).await;
+    let bad: [&[u8]; 5] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",    // no header at all
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",     // bare LF
+        b"PROXY TCP4 999.2.3.4 5.6.7.8 1 2\r\n", // bad address
+        &[b'P'; 200],                            // over-long v1 line
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff", // v2 announcing 65,535 bytes
+    ];
+    for bytes in bad {
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        let _ = client.write_all(bytes).await;
+        assert_closed(&mut client).await;
+    }
+    // A header that never completes is cut off at the header timeout.
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"PROXY TCP4 1.2.3.4").await.unwrap();
+    let since = Instant::now();
+    assert_closed(&mut slow).await;
+    assert!(
+        since.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        since.elapsed()
+    );
+
+    assert!(server.seen.try_recv().is_err(), "the handler never ran");
+    let snapshot = server.stats.snapshot();
+    assert_eq!(snapshot.proxy_rejected, 6, "{snapshot:?}");
+    assert_eq!(snapshot.completed + snapshot.failed, 0);
+    let report = server.stop().await;
+    assert_eq!(report.accepted, 6);
+    assert_adds_up(&report);
+}
+
+#[tokio::test]
+async fn headers_from_untrusted_peers_are_refused() {
+    let balancer: IpAddr = "10.0.0.5".parse().unwrap();
+    let mut server = start(ProxyProtocol::required().trust(balancer)).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    client
+        .write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhi")
+        .await
+        .unwrap();
+    assert_closed(&mut client).await;
+    assert!(server.seen.try_recv().is_err());
+    assert_eq!(server.stats.snapshot().proxy_rejected, 1);
+    server.stop().await;
+
+    // Optional: an untrusted peer without a header is served as it is; with
+    // one it is refused, so it cannot spoof its address.
+    let mut server = start(ProxyProtocol::optional().trust(balancer)).await;
+    let mut direct = TcpStream::connect(server.addr).await.unwrap();
+    direct.write_all(b"plain").await.unwrap();
+    let seen = within("the handler's report", server.seen.recv())
+        .await
+        .unwrap();
+    assert_eq!(seen.peer, Addr::Tcp(direct.local_addr().unwrap()));
+    assert_eq!(seen.balancer, None);
+    let mut spoofer = TcpStream::connect(server.addr).await.unwrap();
+    spoofer
+        .write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhi")
+        .await
+        .unwrap();
+    assert_closed(&mut spoofer).await;
+    assert_eq!(server.stats.snapshot().proxy_rejected, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn optional_mode_serves_trusted_peers_with_or_without_a_header() {
+    let loopback: IpAddr = "127.0.0.0".parse().unwrap();
+    let mut server = start(ProxyProtocol::optional().trust_network(loopback, 8)).await;
+    let mut with = TcpStream::connect(server.addr).await.unwrap();
+    with.write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\nx")
+        .await
+        .unwrap();
+    let seen = within("the handler's report", server.seen.recv())
+        .await
+        .unwrap();
+    assert_eq!(seen.peer, Addr::Tcp("203.0.113.7:51000".parse().unwrap()));
+    let mut without = TcpStream::connect(server.addr).await.unwrap();
+    without
+        .write_all(b"PRIVMSG #x :PROXY is a word")
+        .await
+        .unwrap();
+    let seen = within("the handler's report", server.seen.recv())
+        .await
+        .unwrap();
+    assert_eq!(seen.peer, Addr::Tcp(without.local_addr().unwrap()));
+    assert_eq!(seen.first_bytes, b"PRIVMSG #x :PROXY is a word");
+    server.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_proxy_protocol_is_refused_on_unix_listeners_at_build() {
+    let dir = common::TempDir::new("proxy-unix");
+    let result = Server::builder()
+        .listen(Listen::unix(dir.path("p.sock")).proxy_protocol(ProxyProtocol::required()))
+        .handler(handler_fn(|_c: Connection| async {
+            Ok::<_, io::Error>(())
+        }))
+        .build()
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::InvalidConfig {
+                option: "proxy_protocol",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+}
