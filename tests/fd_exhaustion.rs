@@ -8,12 +8,11 @@
 mod common;
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{start, within};
+use common::{Logs, start, within};
 use switchboard::{Connection, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -73,37 +72,9 @@ fn set_nofile(soft: u64, hard: u64) {
     assert_eq!(nofile_limits().0, soft);
 }
 
-/// Collects everything the library logs.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn count(&self, needle: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .matches(needle)
-            .count()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_server_backs_off_and_recovers_by_itself() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .init();
+    let logs = Logs::install(tracing::Level::INFO);
 
     let running = start(
         handler_fn(|mut conn: Connection| async move {
@@ -193,6 +164,14 @@ async fn out_of_descriptors_the_server_backs_off_and_recovers_by_itself() {
 
     let report = running.stop().await;
     assert_eq!(report.accepted, 2);
-    assert_eq!(logs.count("out of resources"), 1, "one warning per episode");
-    assert_eq!(logs.count("accepting again after resource exhaustion"), 1);
+    assert_eq!(
+        logs.lines_with("out of resources").len(),
+        1,
+        "one warning per episode"
+    );
+    assert_eq!(
+        logs.lines_with("accepting again after resource exhaustion")
+            .len(),
+        1
+    );
 }
