@@ -6,13 +6,15 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 #[cfg(unix)]
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+#[cfg(unix)]
+use crate::handover::Handover;
 use crate::limit::DEFAULT_MAX_CONNECTIONS;
 use crate::listen::{Listen, ListenOn, ProxyProtocol};
 use crate::listener::{self, Listener};
@@ -49,6 +51,9 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 #[must_use = "a builder does nothing until `build().await` is called"]
 pub struct Builder {
     listen: Vec<Listen>,
+    /// The control socket for zero-downtime restarts, if any.
+    #[cfg(unix)]
+    handover: Option<PathBuf>,
     handler: Option<Arc<dyn Handler>>,
     shutdown_signal: Option<ExternalSignal>,
     config: Config,
@@ -87,6 +92,8 @@ impl Builder {
     pub(crate) fn new() -> Self {
         Builder {
             listen: Vec::new(),
+            #[cfg(unix)]
+            handover: None,
             handler: None,
             shutdown_signal: None,
             config: Config {
@@ -183,6 +190,29 @@ impl Builder {
     /// again to add more listeners.
     pub fn listen(mut self, listen: Listen) -> Self {
         self.listen.push(listen);
+        self
+    }
+
+    /// Enables zero-downtime restarts through a control socket at `path`
+    /// (a Unix socket, owner-only).
+    ///
+    /// [`build`](Builder::build) first looks there for a running server of
+    /// the same program: if one answers, this server *takes over its
+    /// listening sockets* (the same ports and Unix paths, the same queue of
+    /// waiting clients; nothing is rebound, no client is refused) instead of
+    /// binding its own, and once it accepts it tells the old server, which
+    /// stops accepting and drains. The listeners must be configured the same
+    /// way in both (their number and order; settings such as the PROXY
+    /// protocol are this server's). If nobody answers, it binds as usual and
+    /// creates the control socket, where it offers its listeners to its own
+    /// successor until it shuts down.
+    ///
+    /// Not with [`systemd_listeners`](Builder::systemd_listeners).
+    ///
+    /// Default: off.
+    #[cfg(unix)]
+    pub fn handover(mut self, path: impl AsRef<Path>) -> Self {
+        self.handover = Some(path.as_ref().to_path_buf());
         self
     }
 
@@ -369,25 +399,94 @@ impl Builder {
             return Err(Error::NoBindAddress);
         }
         self.config.validate()?;
-        let mut listeners = Vec::with_capacity(self.listen.len());
-        for on in self.listen {
-            listeners.extend(on.open(&self.config).await?);
+        for listen in &self.listen {
+            listen.validate()?;
         }
-        Server::new(listeners, handler, self.config, self.shutdown_signal)
+        let mut bound = Vec::with_capacity(self.listen.len());
+        #[cfg(unix)]
+        let (handover, inherited) = match &self.handover {
+            Some(path) => {
+                if self
+                    .listen
+                    .iter()
+                    .any(|l| matches!(l.on, ListenOn::Systemd))
+                {
+                    return Err(Error::InvalidConfig {
+                        option: "handover",
+                        reason: "cannot be combined with systemd_listeners",
+                    });
+                }
+                let (handover, inherited) =
+                    Handover::acquire(path)
+                        .await
+                        .map_err(|source| Error::Listener {
+                            what: "handover control socket",
+                            source,
+                        })?;
+                (Some(handover), inherited)
+            }
+            None => (None, None),
+        };
+        #[cfg(not(unix))]
+        let inherited: Option<Vec<Listener>> = None;
+        match inherited {
+            Some(inherited) => {
+                if inherited.len() != self.listen.len() {
+                    return Err(Error::Listener {
+                        what: "handed-over sockets",
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the running server handed over {} listeners; {} are configured",
+                                inherited.len(),
+                                self.listen.len()
+                            ),
+                        ),
+                    });
+                }
+                for (listen, socket) in self.listen.into_iter().zip(inherited) {
+                    #[cfg(unix)]
+                    let socket =
+                        Listener::from_inherited(socket).map_err(|source| Error::Listener {
+                            what: "handed-over sockets",
+                            source,
+                        })?;
+                    bound.push(listen.attach(socket)?);
+                }
+            }
+            None => {
+                for listen in self.listen {
+                    bound.extend(listen.open(&self.config).await?);
+                }
+            }
+        }
+        Server::new(
+            bound,
+            handler,
+            self.config,
+            self.shutdown_signal,
+            #[cfg(unix)]
+            handover,
+        )
     }
 }
 
 impl Listen {
-    /// Binds or takes over what this names: usually one listener, several
-    /// for systemd; each with this `Listen`'s settings.
-    async fn open(self, config: &Config) -> Result<Vec<Bound>, Error> {
+    fn validate(&self) -> Result<(), Error> {
         if let Some(proxy) = &self.proxy {
             proxy.validate().map_err(|reason| Error::InvalidConfig {
                 option: "proxy_protocol",
                 reason,
             })?;
         }
-        let listeners = match self.on {
+        Ok(())
+    }
+
+    /// Binds or takes over what this names: usually one listener, several
+    /// for systemd; each with this `Listen`'s settings.
+    async fn open(self, config: &Config) -> Result<Vec<Bound>, Error> {
+        let Listen { on, proxy } = self;
+        let listeners = match on {
             ListenOn::Tcp(target) => {
                 let addrs = target.resolve().await?;
                 let listener =
@@ -431,20 +530,29 @@ impl Listen {
         };
         listeners
             .into_iter()
-            .map(|listener| {
-                if self.proxy.is_some() && !matches!(listener, Listener::Tcp(_)) {
-                    return Err(Error::InvalidConfig {
-                        option: "proxy_protocol",
-                        reason: "the PROXY protocol is supported on TCP listeners only",
-                    });
-                }
-                Ok(Bound {
-                    listener,
-                    proxy: self.proxy.clone(),
-                })
-            })
+            .map(|listener| bound(&proxy, listener))
             .collect()
     }
+
+    /// Gives `listener` (handed over by a predecessor) this `Listen`'s
+    /// settings.
+    fn attach(self, listener: Listener) -> Result<Bound, Error> {
+        bound(&self.proxy, listener)
+    }
+}
+
+/// A listener with its settings, checked against each other.
+fn bound(proxy: &Option<ProxyProtocol>, listener: Listener) -> Result<Bound, Error> {
+    if proxy.is_some() && !matches!(listener, Listener::Tcp(_)) {
+        return Err(Error::InvalidConfig {
+            option: "proxy_protocol",
+            reason: "the PROXY protocol is supported on TCP listeners only",
+        });
+    }
+    Ok(Bound {
+        listener,
+        proxy: proxy.clone(),
+    })
 }
 
 /// A listener and its settings, ready for the server.

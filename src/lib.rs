@@ -150,6 +150,8 @@ mod builder;
 mod connection;
 mod error;
 mod handler;
+#[cfg(unix)]
+mod handover;
 mod limit;
 mod listen;
 mod listener;

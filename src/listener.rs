@@ -11,9 +11,16 @@ use tokio::net::TcpListener;
 #[cfg(unix)]
 use tokio::net::UnixListener;
 
+#[cfg(unix)]
+use std::sync::Arc;
+#[cfg(unix)]
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::Addr;
 use crate::builder::Config;
 use crate::connection::Stream;
+#[cfg(unix)]
+use crate::handover::Inherited;
 
 /// One listening socket of a server.
 #[derive(Debug)]
@@ -57,6 +64,44 @@ impl Listener {
                 let (stream, peer) = listener.accept().await?;
                 let path = peer.as_pathname().map(Path::to_path_buf);
                 Ok((Stream::Unix(stream), Addr::Unix(path)))
+            }
+        }
+    }
+
+    /// A duplicate of this listener's descriptor, to hand to a successor.
+    #[cfg(unix)]
+    pub(crate) fn duplicate(&self) -> io::Result<Inherited> {
+        match self {
+            Listener::Tcp(listener) => Inherited::duplicate_tcp(listener),
+            Listener::Unix { listener, .. } => Inherited::duplicate_unix(listener),
+        }
+    }
+
+    /// The flag that, once set, keeps this listener's socket file when it is
+    /// dropped (it was handed over).
+    #[cfg(unix)]
+    pub(crate) fn file_keeper(&self) -> Option<Arc<AtomicBool>> {
+        match self {
+            Listener::Unix {
+                _file: Some(file), ..
+            } => Some(Arc::clone(&file.keep)),
+            _ => None,
+        }
+    }
+
+    /// Takes over a listener handed over by a predecessor. A Unix socket's
+    /// file becomes this server's to remove when it stops.
+    #[cfg(unix)]
+    pub(crate) fn from_inherited(inherited: Inherited) -> io::Result<Self> {
+        match inherited {
+            Inherited::Tcp(listener) => Listener::from_std_tcp(listener),
+            Inherited::Unix(listener) => {
+                let path = listener.local_addr()?.as_pathname().map(Path::to_path_buf);
+                let mut listener = Listener::from_std_unix(listener)?;
+                if let (Listener::Unix { _file, .. }, Some(path)) = (&mut listener, path) {
+                    *_file = Some(SocketFile::new(path));
+                }
+                Ok(listener)
             }
         }
     }
@@ -172,7 +217,7 @@ pub(crate) fn bind_unix(path: &Path, config: &Config) -> io::Result<Listener> {
     socket.set_nonblocking(true)?;
     socket.bind(&socket2::SockAddr::unix(path)?)?;
     // From here on the file is ours: removed if anything below fails.
-    let file = SocketFile(path.to_path_buf());
+    let file = SocketFile::new(path.to_path_buf());
     if let Some(mode) = config.unix_mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
@@ -216,17 +261,34 @@ pub(crate) fn systemd() -> io::Result<Vec<Listener>> {
 }
 
 /// A socket file created by this server: removed when dropped, so a cleanly
-/// stopped server leaves no stale file behind.
+/// stopped server leaves no stale file behind; unless the socket was handed
+/// over to a successor, which serves on it now (`keep`).
 #[cfg(unix)]
 #[derive(Debug)]
-pub(crate) struct SocketFile(PathBuf);
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    keep: Arc<AtomicBool>,
+}
+
+#[cfg(unix)]
+impl SocketFile {
+    fn new(path: PathBuf) -> Self {
+        SocketFile {
+            path,
+            keep: Arc::default(),
+        }
+    }
+}
 
 #[cfg(unix)]
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        if let Err(err) = std::fs::remove_file(&self.0) {
+        if self.keep.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(err) = std::fs::remove_file(&self.path) {
             if err.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.0.display(), error = %err, "cannot remove the socket file");
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot remove the socket file");
             }
         }
     }

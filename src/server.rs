@@ -30,6 +30,8 @@ use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
 use crate::connection::ProxyInfo;
 use crate::connection::Stream;
 use crate::handler::sealed::ErasedHandler;
+#[cfg(unix)]
+use crate::handover::{Handover, Offering};
 use crate::limit::Limits;
 use crate::listen::ProxyProtocol;
 use crate::listener::Listener;
@@ -58,6 +60,9 @@ pub struct Server {
     trigger: CancellationToken,
     shutdown_signal: Option<ExternalSignal>,
     stats: Stats,
+    /// Zero-downtime restarts: the control socket and the predecessor.
+    #[cfg(unix)]
+    handover: Option<Handover>,
 }
 
 /// What happened during a server's life, returned by [`Server::run`].
@@ -100,6 +105,10 @@ pub struct ShutdownReport {
     /// The final counters of each listener, in the order they were
     /// configured (their sum is the rest of this report).
     pub by_listener: Vec<(Addr, StatsSnapshot)>,
+    /// Whether the shutdown came from a successor taking the listeners over
+    /// (see [`Builder::handover`]): they stayed open, served by the
+    /// successor, while this server drained.
+    pub handed_over: bool,
 }
 
 impl Server {
@@ -113,6 +122,7 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: Config,
         shutdown_signal: Option<ExternalSignal>,
+        #[cfg(unix)] handover: Option<Handover>,
     ) -> Result<Self, Error> {
         let mut listeners = Vec::with_capacity(bound.len());
         for Bound { listener, proxy } in bound {
@@ -134,6 +144,8 @@ impl Server {
             trigger: CancellationToken::new(),
             shutdown_signal,
             stats,
+            #[cfg(unix)]
+            handover,
         })
     }
 
@@ -192,6 +204,8 @@ impl Server {
             trigger,
             shutdown_signal,
             stats,
+            #[cfg(unix)]
+            handover,
         } = self;
         let connections = CancellationToken::new();
         let tasks = Arc::new(Tasks::new());
@@ -220,6 +234,9 @@ impl Server {
 
         // Phase 1: every accept loop ends and drops its listener; new
         // connects are refused.
+        #[cfg(unix)]
+        let offering =
+            handover.and_then(|handover| offer_listeners(handover, &listeners, &trigger));
         let mut loops = JoinSet::new();
         for (index, listening) in listeners.into_iter().enumerate() {
             tracing::info!(
@@ -236,11 +253,25 @@ impl Server {
             ));
         }
         let fatal = supervise(&mut loops, &trigger, shutdown_signal).await;
+        #[cfg(unix)]
+        let handed_over = match offering {
+            Some(offering) => offering.finish().await,
+            None => false,
+        };
+        #[cfg(not(unix))]
+        let handed_over = false;
         let active_at_shutdown = stats.snapshot().active;
-        tracing::info!(
-            active = active_at_shutdown,
-            "shutdown begun: listeners closed"
-        );
+        if handed_over {
+            tracing::info!(
+                active = active_at_shutdown,
+                "shutdown begun: listeners handed over"
+            );
+        } else {
+            tracing::info!(
+                active = active_at_shutdown,
+                "shutdown begun: listeners closed"
+            );
+        }
         connections.cancel();
 
         // Phase 2: drain, then abort what is left.
@@ -263,11 +294,37 @@ impl Server {
             aborted: end.aborted,
             drain_duration: drain.duration,
             by_listener: stats.by_listener(),
+            handed_over,
         };
         tracing::info!(%report, "shutdown complete");
         match fatal {
             None => Ok(report),
             Some((addr, source)) => Err(Error::Accept { addr, source }),
+        }
+    }
+}
+
+/// Starts offering duplicates of `listeners` to a successor (and tells the
+/// predecessor, if any, that this server is ready). Without descriptors to
+/// spare for the duplicates the server runs on without handovers.
+#[cfg(unix)]
+fn offer_listeners(
+    handover: Handover,
+    listeners: &[Listening],
+    trigger: &CancellationToken,
+) -> Option<Offering> {
+    let sockets: io::Result<Vec<_>> = listeners.iter().map(|l| l.listener.duplicate()).collect();
+    match sockets {
+        Ok(sockets) => {
+            let keepers = listeners
+                .iter()
+                .filter_map(|l| l.listener.file_keeper())
+                .collect();
+            Some(handover.start(sockets, keepers, trigger))
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot duplicate the listeners: restarts will not be seamless");
+            None
         }
     }
 }

@@ -20,6 +20,10 @@ pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// With `SWITCHBOARD_REUSE_PORT=1` in the environment the listeners set
 /// `SO_REUSEPORT`, so that several instances can share one port.
 ///
+/// With `SWITCHBOARD_HANDOVER=PATH` the server restarts without downtime:
+/// a new instance started with the same arguments and `PATH` takes over the
+/// running one's listeners, and the old one drains and exits.
+///
 /// The first line on stdout is always `listening on ADDR[, ADDR...]` with the
 /// bound addresses, so scripts and tests can start an example on port 0.
 pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
@@ -36,6 +40,9 @@ pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
     let mut builder = Server::builder();
     if std::env::var_os("SWITCHBOARD_REUSE_PORT").is_some_and(|v| v == "1") {
         builder = builder.reuse_port(true);
+    }
+    if let Some(control) = std::env::var_os("SWITCHBOARD_HANDOVER") {
+        builder = builder.handover(control);
     }
     for addr in addrs.split(',') {
         builder = if addr == "systemd" {

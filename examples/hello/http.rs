@@ -7,6 +7,10 @@
 //! `Connection: close` and returns, so idle keep-alive clients never hold a
 //! shutdown up.
 //!
+//! The HTTP logic is generic over the byte stream ([`Stream`]), so that the
+//! benchmarks' hand-written tokio server runs exactly the same code on a bare
+//! `TcpStream` as the [`Hello`] handler runs on a switchboard `Connection`.
+//!
 //! Shared by the `hello` example, its tests and the benchmarks.
 
 use std::cell::RefCell;
@@ -17,7 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use switchboard::{Connection, Handler};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The body of every successful response.
 pub(crate) const BODY: &str = "Hello from async Rust!";
@@ -26,6 +31,9 @@ pub(crate) const BODY: &str = "Hello from async Rust!";
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// The largest request body read (and discarded); a larger one gets `413`.
 pub(crate) const MAX_BODY: u64 = 64 * 1024;
+/// Once shutdown has begun, how long a new connection may take to send its
+/// first request before it is closed.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// After an error response, how long and how much the handler keeps reading
 /// before it closes, so that the client sees the response instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -39,11 +47,43 @@ impl Handler for Hello {
     type Error = io::Error;
 
     async fn handle(&self, conn: Connection) -> io::Result<()> {
-        match serve(conn).await {
-            // A client that resets or vanishes is not a server failure.
-            Err(err) if client_gone(&err) => Ok(()),
-            result => result,
-        }
+        let shutdown = conn.shutdown_requested();
+        serve_http(conn, shutdown).await
+    }
+}
+
+/// A byte stream the HTTP logic can serve, and whether its server is
+/// shutting down.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin {
+    /// Asked after each request: once true, the response says
+    /// `Connection: close` and the connection ends.
+    fn is_shutting_down(&self) -> bool;
+}
+
+impl Stream for Connection {
+    fn is_shutting_down(&self) -> bool {
+        Connection::is_shutting_down(self)
+    }
+}
+
+/// A bare socket, as a hand-written server without graceful shutdown has.
+impl Stream for TcpStream {
+    fn is_shutting_down(&self) -> bool {
+        false
+    }
+}
+
+/// Serves HTTP requests on `conn` until the client closes, or until
+/// `shutdown` completes (then an idle connection ends at once, and a request
+/// in flight is answered with `Connection: close`).
+pub(crate) async fn serve_http<S: Stream>(
+    conn: S,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    match serve(conn, shutdown).await {
+        // A client that resets or vanishes is not a server failure.
+        Err(err) if client_gone(&err) => Ok(()),
+        result => result,
     }
 }
 
@@ -56,13 +96,15 @@ fn client_gone(err: &io::Error) -> bool {
 }
 
 /// Serves requests on one connection until it closes or shutdown begins.
-async fn serve(mut conn: Connection) -> io::Result<()> {
+async fn serve<S: Stream>(mut conn: S, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut out = Vec::with_capacity(256);
-    let shutdown = conn.shutdown_requested();
     tokio::pin!(shutdown);
+    let mut first = true;
     loop {
-        let head_len = match read_head(&mut conn, &mut buf, shutdown.as_mut()).await? {
+        let head = read_head(&mut conn, &mut buf, shutdown.as_mut(), first).await?;
+        first = false;
+        let head_len = match head {
             Head::Complete(len) => len,
             Head::Idle => return Ok(()),
             Head::TooLarge => return reject(conn, Status::HeaderFieldsTooLarge).await,
@@ -139,11 +181,14 @@ enum Head {
     TooLarge,
 }
 
-/// Reads until the buffer holds a complete request head.
-async fn read_head(
-    conn: &mut Connection,
+/// Reads until the buffer holds a complete request head. `first`: this is
+/// the connection's first request, which a client that just connected is
+/// about to send.
+async fn read_head<S: Stream>(
+    conn: &mut S,
     buf: &mut BytesMut,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    first: bool,
 ) -> io::Result<Head> {
     let mut searched = 0;
     loop {
@@ -170,7 +215,18 @@ async fn read_head(
             tokio::select! {
                 biased;
                 n = conn.read_buf(buf) => n?,
-                () = &mut shutdown => return Ok(Head::Idle),
+                () = &mut shutdown => {
+                    if !first {
+                        return Ok(Head::Idle);
+                    }
+                    // A connection accepted just before shutdown began has
+                    // its first request on the way: closing it now would
+                    // fail a client that did nothing wrong. Wait briefly.
+                    match tokio::time::timeout(FIRST_REQUEST_GRACE, conn.read_buf(buf)).await {
+                        Ok(n) => n?,
+                        Err(_elapsed) => return Ok(Head::Idle),
+                    }
+                }
             }
         } else {
             conn.read_buf(buf).await?
@@ -306,7 +362,7 @@ fn trim_ows(s: &[u8]) -> &[u8] {
 
 /// Reads and drops a request body of `len` bytes, part of which may be
 /// buffered already. Returns `false` if the client closed first.
-async fn discard_body(conn: &mut Connection, buf: &mut BytesMut, len: u64) -> io::Result<bool> {
+async fn discard_body<S: Stream>(conn: &mut S, buf: &mut BytesMut, len: u64) -> io::Result<bool> {
     let buffered = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
     buf.advance(buffered);
     let mut rest = len - buffered as u64;
@@ -360,7 +416,7 @@ fn write_head(out: &mut Vec<u8>, status: Status, body_len: usize, keep_alive: bo
 
 /// Sends an error response, then closes the connection without losing it
 /// to a reset: see [`LINGER`].
-async fn reject(mut conn: Connection, status: Status) -> io::Result<()> {
+async fn reject<S: Stream>(mut conn: S, status: Status) -> io::Result<()> {
     let body = format!("{}\n", status.line());
     let mut out = Vec::with_capacity(256);
     write_head(&mut out, status, body.len(), false, true);

@@ -1,0 +1,1531 @@
+//! Zero-downtime restart: a running server hands its listening sockets to
+//! the process that replaces it, over a Unix control socket with
+//! `SCM_RIGHTS`.
+//!
+//! # The model
+//!
+//! A listening socket is a kernel object, not a number in one process: its
+//! queue of connections waiting to be accepted belongs to the socket, and
+//! every process holding a descriptor of it may accept from that queue. So a
+//! restart needs no second bind and no moment without a listener: the
+//! running server (the predecessor) passes duplicates of its descriptors to
+//! the new process (the successor); for a while both accept from the same
+//! queues; then the predecessor closes its copies and drains. The socket
+//! stays open as long as one copy does, so no client is ever refused.
+//!
+//! ```text
+//! predecessor: offer(control, sockets)        successor: take_over(control)
+//!   accept a control connection  <────────── connect
+//!   read REQUEST                 <────────── REQUEST
+//!   send OFFER + descriptors     ──────────> check every descriptor, own them
+//!                                            start accepting on them
+//!   read READY                   <────────── Predecessor::ready: READY
+//!   handed_over(): stop accepting, drain
+//!   send DONE                    ──────────> ready() returns
+//! ```
+//!
+//! The control socket itself travels with the listeners, so the successor
+//! offers them to *its* successor on the very same socket, without a rebind
+//! and without a moment when the control path answers nobody.
+//!
+//! # The wire protocol, version 1
+//!
+//! Every message is an 8-byte header and a body of at most
+//! [`MAX_DESCRIPTORS`] bytes:
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 0..4 | magic `SBHO` |
+//! | 4 | protocol version, `1` |
+//! | 5 | message type: 1 REQUEST, 2 OFFER, 3 READY, 4 DONE, 5 REJECT |
+//! | 6..8 | body length, big-endian `u16` |
+//!
+//! Only OFFER has a body: one byte per descriptor sent with it as
+//! `SCM_RIGHTS` ancillary data, in the same order (1 a TCP listener, 2 a
+//! Unix listener, 3 the control listener, which comes last and only there).
+//! REJECT answers a REQUEST of another version; its version field names the
+//! version the running server speaks. The header layout is frozen across
+//! versions so that such a mismatch can always be reported.
+//!
+//! # Failure policy
+//!
+//! Every read and write of a handover is bounded by the caller's timeout;
+//! a malformed, unexpected or over-long message is an `InvalidData` error,
+//! never a panic or a hang. Descriptors become owned values the moment they
+//! are received, so every error path closes them; each one is checked (a
+//! stream socket, listening, of the family its kind says) before it is
+//! trusted. Only a process of the same user (or root) may take over: the
+//! control file is created owner-only (`0o600`) before it listens, and on
+//! each connection the peer's credentials are checked as well.
+//!
+//! On the predecessor's side a failed handover (the successor vanished,
+//! timed out, sent garbage, speaks another version) changes nothing: it is
+//! logged at `warn` and the server keeps serving and offering. On the
+//! successor's side every failure is an error of [`take_over`] or
+//! [`Predecessor::ready`]; "nobody offers sockets at this path" is not one
+//! ([`take_over`] returns `Ok(None)` and the caller binds as usual).
+
+use std::future::Future;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rustix::net::sockopt;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
+};
+use socket2::{Domain, SockAddr, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::{self, AcceptError, Backoff};
+
+/// The most listening sockets one handover carries.
+pub(crate) const MAX_LISTENERS: usize = 64;
+
+/// The most descriptors in one message: the listeners and the control
+/// socket. Far below the kernel's own cap (`SCM_MAX_FD`, 253 on Linux).
+pub(crate) const MAX_DESCRIPTORS: usize = MAX_LISTENERS + 1;
+
+/// A listening socket handed over, with its kind.
+#[derive(Debug)]
+pub(crate) enum Inherited {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Inherited {
+    /// A duplicate of a running TCP listener's descriptor, to [`offer`]. It
+    /// refers to the same socket (same queue, same port), so the listener
+    /// keeps serving meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// The process is out of descriptors.
+    pub(crate) fn duplicate_tcp(listener: &tokio::net::TcpListener) -> io::Result<Self> {
+        let fd = listener.as_fd().try_clone_to_owned()?;
+        Ok(Inherited::Tcp(fd.into()))
+    }
+
+    /// A duplicate of a running Unix listener's descriptor, to [`offer`].
+    ///
+    /// # Errors
+    ///
+    /// The process is out of descriptors.
+    pub(crate) fn duplicate_unix(listener: &tokio::net::UnixListener) -> io::Result<Self> {
+        let fd = listener.as_fd().try_clone_to_owned()?;
+        Ok(Inherited::Unix(fd.into()))
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Inherited::Tcp(_) => KIND_TCP,
+            Inherited::Unix(_) => KIND_UNIX,
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Inherited::Tcp(listener) => listener.as_fd(),
+            Inherited::Unix(listener) => listener.as_fd(),
+        }
+    }
+}
+
+/// The listening control socket at which a server offers its sockets to a
+/// successor: bound by [`Control::bind`], or received from a predecessor
+/// with [`take_over`].
+#[derive(Debug)]
+pub(crate) struct Control {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    /// The file at `path` when it was bound or connected to: a clean stop
+    /// removes the file only if it is still that one, never a file another
+    /// server has put there since.
+    file: FileId,
+}
+
+impl Control {
+    /// Creates the control socket at `path`, owner-only (`0o600`): whoever
+    /// may connect to it may take the server's sockets.
+    ///
+    /// A file already at `path` is handled like [`Builder::bind_unix`]
+    /// handles one: a socket nobody listens on (left by a server that died)
+    /// is replaced; a socket a live server listens on is an `AddrInUse`
+    /// error (that server's successor calls [`take_over`] instead);
+    /// anything that is not a socket is never touched and is an error too.
+    ///
+    /// [`Builder::bind_unix`]: crate::Builder::bind_unix
+    ///
+    /// # Errors
+    ///
+    /// As above, and any error of creating, binding or listening.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the only await is the look at what is already at
+    /// `path`; nothing is created or removed before it ends.
+    pub(crate) async fn bind(path: &Path, timeout: Duration) -> io::Result<Control> {
+        match connect(path, timeout).await? {
+            Found::Nothing => {}
+            Found::Stale => {
+                std::fs::remove_file(path)?;
+                tracing::info!(path = %path.display(), "removed a stale handover control socket file");
+            }
+            Found::Live(..) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "a running server already offers its sockets at this control path \
+                     (its successor takes them over instead of binding)",
+                ));
+            }
+        }
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.bind(&SockAddr::unix(path)?)?;
+        // Owner-only before `listen`: until then every connect is refused,
+        // so no other user can slip in between the bind and the chmod.
+        let listening = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| socket.listen(CONTROL_BACKLOG))
+            .and_then(|()| FileId::of(path));
+        match listening {
+            Ok(file) => Ok(Control {
+                listener: socket.into(),
+                path: path.to_path_buf(),
+                file,
+            }),
+            Err(err) => {
+                let _ = std::fs::remove_file(path);
+                Err(err)
+            }
+        }
+    }
+
+    /// The path of the control socket.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What a successor received from the running server, from [`take_over`].
+#[derive(Debug)]
+pub(crate) struct TakeOver {
+    /// The listening sockets, in the predecessor's order. They accept at
+    /// once: the kernel queues connections for them meanwhile.
+    pub(crate) listeners: Vec<Inherited>,
+    /// The control socket to [`offer`] these sockets to our own successor.
+    pub(crate) control: Control,
+    /// The connection to the predecessor, to tell it when we are ready.
+    pub(crate) predecessor: Predecessor,
+}
+
+/// The connection to the server we take over from; see [`Predecessor::ready`].
+///
+/// Dropping it without calling `ready` cancels the handover: the
+/// predecessor keeps serving.
+#[derive(Debug)]
+pub(crate) struct Predecessor {
+    stream: UnixStream,
+    timeout: Duration,
+}
+
+impl Predecessor {
+    /// Tells the predecessor that this process is accepting on the sockets
+    /// now, and waits for it to confirm that it has stopped accepting and
+    /// begun its drain.
+    ///
+    /// Call it once this server accepts on every inherited listener. Until
+    /// then the predecessor goes on serving, so calling it late costs
+    /// nothing but must happen within the timeout given to [`take_over`].
+    ///
+    /// # Errors
+    ///
+    /// The predecessor vanished, timed out or answered something else. The
+    /// sockets are ours either way, and keep working; the predecessor
+    /// either drains or (if it never saw "ready") keeps serving beside us.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, the predecessor may or may not have
+    /// received "ready".
+    pub(crate) async fn ready(self) -> io::Result<()> {
+        let timeout = self.timeout;
+        within(
+            timeout,
+            "telling the running server that we are ready",
+            send_frame(&self.stream, Message::Ready, &[], &[]),
+        )
+        .await?;
+        let done = within(
+            timeout,
+            "waiting for the running server to confirm the handover",
+            read_frame(&self.stream),
+        )
+        .await?;
+        expect(done, Message::Done).map(drop)
+    }
+}
+
+/// Why [`offer`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offered {
+    /// A successor took the sockets over and is ready; `handed_over` ran.
+    HandedOver,
+    /// `stop` was cancelled first.
+    Stopped,
+}
+
+/// Successor side: if a server offers its sockets at `control`, takes them.
+///
+/// Returns `Ok(None)` when nobody offers there (no file, or a stale file
+/// nobody listens on): the caller binds its listeners as usual. Otherwise
+/// the running server goes on serving until [`Predecessor::ready`].
+///
+/// # Errors
+///
+/// A file at `control` that is not a socket; a running server that does not
+/// answer within `timeout` (each step is bounded by it), speaks another
+/// protocol version, runs as another user, or sends a malformed offer (the
+/// descriptors received are closed); out of descriptors.
+///
+/// # Cancel safety
+///
+/// Cancel safe: the predecessor sees the connection close and keeps
+/// serving; descriptors already received are closed.
+pub(crate) async fn take_over(control: &Path, timeout: Duration) -> io::Result<Option<TakeOver>> {
+    let (stream, file) = match connect(control, timeout).await? {
+        Found::Live(stream, file) => (stream, file),
+        Found::Nothing | Found::Stale => return Ok(None),
+    };
+    check_peer(&stream)?;
+    within(
+        timeout,
+        "asking the running server for its sockets",
+        send_frame(&stream, Message::Request, &[], &[]),
+    )
+    .await?;
+    let offer = within(
+        timeout,
+        "waiting for the running server's sockets",
+        read_frame(&stream),
+    )
+    .await?;
+    let (listeners, control_listener) = parse_offer(expect(offer, Message::Offer)?)?;
+    Ok(Some(TakeOver {
+        listeners,
+        control: Control {
+            listener: control_listener,
+            path: control.to_path_buf(),
+            file,
+        },
+        predecessor: Predecessor { stream, timeout },
+    }))
+}
+
+/// Predecessor side: serves handover requests on `control` until `stop` is
+/// cancelled or one handover succeeds.
+///
+/// To each successor it sends duplicates of `sockets` and of the control
+/// listener, then waits for its "ready" (each step bounded by `timeout`).
+/// On "ready" it calls `handed_over` (which should begin the graceful
+/// shutdown: stop accepting, drain), confirms to the successor, and returns
+/// [`Offered::HandedOver`]. A successor that vanishes, times out or
+/// misbehaves before "ready" changes nothing: logged at `warn`, and the
+/// next one is served. Requests are served one at a time; others wait in
+/// the control socket's backlog.
+///
+/// `sockets` are held until this returns: cancel `stop` when the server's
+/// shutdown begins, or these copies keep the listening sockets open (and
+/// clients queued) after the server has closed its own.
+///
+/// When `stop` is cancelled while no handover is in progress, the control
+/// file is removed (if it is still ours). After a handover it is left to
+/// the successor, which serves on the same socket.
+///
+/// # Errors
+///
+/// More than [`MAX_LISTENERS`] sockets; the control listener cannot be
+/// registered with the runtime or fails with an error that is neither a
+/// per-connection error nor resource exhaustion.
+///
+/// # Cancel safety
+///
+/// Cancel safe: dropping the future closes this process's copies and drops
+/// any handover in progress (the successor sees it fail).
+pub(crate) async fn offer(
+    control: Control,
+    sockets: Vec<Inherited>,
+    timeout: Duration,
+    stop: CancellationToken,
+    handed_over: impl FnOnce() + Send,
+) -> io::Result<Offered> {
+    if sockets.len() > MAX_LISTENERS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} listening sockets exceed the handover limit of {MAX_LISTENERS}",
+                sockets.len()
+            ),
+        ));
+    }
+    let Control {
+        listener,
+        path,
+        file,
+    } = control;
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
+    let mut backoff = Backoff::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => {
+                file.remove_if_at(&path);
+                return Ok(Offered::Stopped);
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(err) => match accept::classify(&err) {
+                AcceptError::Connection => continue,
+                AcceptError::Resources => {
+                    if backoff.begin_episode() {
+                        tracing::warn!(error = %err, "handover control socket: cannot accept, backing off");
+                    }
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+                AcceptError::Fatal => return Err(err),
+            },
+        };
+        tracing::info!(path = %path.display(), "a successor asks for the listening sockets");
+        let session = tokio::select! {
+            // A handover in progress may already have sent the control
+            // socket: leave the file to the successor.
+            () = stop.cancelled() => return Ok(Offered::Stopped),
+            session = hand_over(&stream, &sockets, &listener, timeout) => session,
+        };
+        match session {
+            Ok(()) => {
+                handed_over();
+                // The successor serves either way; the confirmation only
+                // tells it that we stopped accepting.
+                let confirmed = within(
+                    timeout,
+                    "confirming the handover",
+                    send_frame(&stream, Message::Done, &[], &[]),
+                )
+                .await;
+                if let Err(err) = confirmed {
+                    tracing::debug!(error = %err, "could not confirm the handover to the successor");
+                }
+                tracing::info!(
+                    sockets = sockets.len(),
+                    "listening sockets handed over to the successor"
+                );
+                return Ok(Offered::HandedOver);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "handover to a successor failed; still serving");
+            }
+        }
+    }
+}
+
+/// Connections waiting on the control socket: successors come one at a
+/// time, so a few are plenty.
+const CONTROL_BACKLOG: i32 = 8;
+
+const MAGIC: [u8; 4] = *b"SBHO";
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 8;
+/// The longest body: one kind byte per descriptor of an OFFER.
+const MAX_BODY: usize = MAX_DESCRIPTORS;
+
+const KIND_TCP: u8 = 1;
+const KIND_UNIX: u8 = 2;
+const KIND_CONTROL: u8 = 3;
+
+/// `MSG_NOSIGNAL`: a successor that vanished must cost an `EPIPE` error,
+/// not a `SIGPIPE` that kills the server. Where the flag does not exist the
+/// Rust runtime's default (`SIGPIPE` ignored) is relied on.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: SendFlags = SendFlags::NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: SendFlags = SendFlags::empty();
+
+/// `MSG_CMSG_CLOEXEC`: received descriptors must not leak into programs this
+/// process starts.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RECV_FLAGS: RecvFlags = RecvFlags::CMSG_CLOEXEC;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const RECV_FLAGS: RecvFlags = RecvFlags::empty();
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Message {
+    Request,
+    Offer,
+    Ready,
+    Done,
+    Reject,
+}
+
+impl Message {
+    fn code(self) -> u8 {
+        match self {
+            Message::Request => 1,
+            Message::Offer => 2,
+            Message::Ready => 3,
+            Message::Done => 4,
+            Message::Reject => 5,
+        }
+    }
+}
+
+/// One message as received, its descriptors already owned.
+#[derive(Debug)]
+struct Frame {
+    version: u8,
+    code: u8,
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// The predecessor's half of one handover, up to the successor's "ready".
+async fn hand_over(
+    stream: &UnixStream,
+    sockets: &[Inherited],
+    control: &UnixListener,
+    timeout: Duration,
+) -> io::Result<()> {
+    check_peer(stream)?;
+    let request = within(
+        timeout,
+        "waiting for the successor's request",
+        read_frame(stream),
+    )
+    .await?;
+    if request.version != VERSION && request.code == Message::Request.code() {
+        // Best effort: the successor learns which version we speak.
+        let _ = within(
+            timeout,
+            "rejecting the request",
+            send_frame(stream, Message::Reject, &[], &[]),
+        )
+        .await;
+    }
+    expect(request, Message::Request)?;
+    let mut kinds: Vec<u8> = sockets.iter().map(Inherited::kind).collect();
+    kinds.push(KIND_CONTROL);
+    let mut fds: Vec<BorrowedFd<'_>> = sockets.iter().map(Inherited::fd).collect();
+    fds.push(control.as_fd());
+    within(
+        timeout,
+        "sending the sockets",
+        send_frame(stream, Message::Offer, &kinds, &fds),
+    )
+    .await?;
+    let ready = within(
+        timeout,
+        "waiting for the successor to be ready",
+        read_frame(stream),
+    )
+    .await?;
+    expect(ready, Message::Ready).map(drop)
+}
+
+/// Checks a received message's version and type, and that only an OFFER
+/// carries a body or descriptors.
+fn expect(frame: Frame, want: Message) -> io::Result<Frame> {
+    if frame.code == Message::Reject.code() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the other server speaks handover protocol version {}, this one speaks {VERSION}",
+                frame.version
+            ),
+        ));
+    }
+    if frame.version != VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "handover protocol version {} is not supported (this server speaks {VERSION})",
+                frame.version
+            ),
+        ));
+    }
+    if frame.code != want.code() {
+        return Err(invalid(format!(
+            "expected a {want:?} message, received message type {}",
+            frame.code
+        )));
+    }
+    if want != Message::Offer && (!frame.body.is_empty() || !frame.fds.is_empty()) {
+        return Err(invalid(format!(
+            "a {want:?} message carries no body and no descriptors"
+        )));
+    }
+    Ok(frame)
+}
+
+/// Turns an OFFER into owned, checked listeners and the control listener.
+/// On any error every received descriptor is closed (dropped).
+fn parse_offer(frame: Frame) -> io::Result<(Vec<Inherited>, std::os::unix::net::UnixListener)> {
+    let Frame {
+        body: kinds, fds, ..
+    } = frame;
+    if kinds.len() != fds.len() {
+        return Err(invalid(format!(
+            "the offer names {} sockets but carries {} descriptors",
+            kinds.len(),
+            fds.len()
+        )));
+    }
+    let Some((&KIND_CONTROL, listener_kinds)) = kinds.split_last() else {
+        return Err(invalid("the offer does not end with the control socket"));
+    };
+    if listener_kinds.is_empty() {
+        return Err(invalid("the offer holds no listening socket"));
+    }
+    let mut fds = fds.into_iter();
+    let mut listeners = Vec::with_capacity(listener_kinds.len());
+    for (index, (&kind, fd)) in listener_kinds.iter().zip(&mut fds).enumerate() {
+        let listener = match kind {
+            KIND_TCP => Inherited::Tcp(checked_listener(fd, Family::Ip, index)?.into()),
+            KIND_UNIX => Inherited::Unix(checked_listener(fd, Family::Unix, index)?.into()),
+            KIND_CONTROL => return Err(invalid("the offer holds two control sockets")),
+            other => return Err(invalid(format!("unknown socket kind {other} in the offer"))),
+        };
+        listeners.push(listener);
+    }
+    let control = fds
+        .next()
+        .ok_or_else(|| invalid("the offer lacks the control socket"))?;
+    let control = checked_listener(control, Family::Unix, listener_kinds.len())?;
+    Ok((listeners, control.into()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Ip,
+    Unix,
+}
+
+/// Checks that a received descriptor is what the offer says: a listening
+/// stream socket of the right family.
+fn checked_listener(fd: OwnedFd, family: Family, index: usize) -> io::Result<OwnedFd> {
+    let not_a_socket = |err: rustix::io::Errno| {
+        invalid(format!(
+            "descriptor {index} of the offer is not a socket: {err}"
+        ))
+    };
+    let socket_type = sockopt::socket_type(&fd).map_err(not_a_socket)?;
+    let found = rustix::net::getsockname(&fd)
+        .map_err(not_a_socket)?
+        .address_family();
+    let family_ok = match family {
+        Family::Ip => found == AddressFamily::INET || found == AddressFamily::INET6,
+        Family::Unix => found == AddressFamily::UNIX,
+    };
+    if socket_type != SocketType::STREAM || !family_ok {
+        return Err(invalid(format!(
+            "descriptor {index} of the offer is not a {family:?} stream socket"
+        )));
+    }
+    // Apple systems declare SO_ACCEPTCONN but do not implement it.
+    #[cfg(not(target_vendor = "apple"))]
+    if !sockopt::socket_acceptconn(&fd).map_err(not_a_socket)? {
+        return Err(invalid(format!(
+            "descriptor {index} of the offer is not listening"
+        )));
+    }
+    Ok(fd)
+}
+
+/// Only a process of our own user (or root) may hand over or take over
+/// sockets. The control file's mode already says so; this holds even if
+/// the file's permissions or directory were loosened by mistake.
+fn check_peer(stream: &UnixStream) -> io::Result<()> {
+    let peer = stream.peer_cred()?.uid();
+    let us = rustix::process::geteuid().as_raw();
+    if peer == us || peer == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the other end of the handover control socket runs as user {peer}, this server as {us}"
+            ),
+        ))
+    }
+}
+
+/// What is at a control path.
+#[derive(Debug)]
+enum Found {
+    Nothing,
+    /// A socket file nobody listens on.
+    Stale,
+    Live(UnixStream, FileId),
+}
+
+async fn connect(path: &Path, timeout: Duration) -> io::Result<Found> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Found::Nothing),
+        Err(err) => return Err(err),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the handover control path exists and is not a socket; refusing to use it",
+        ));
+    }
+    let file = FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    let connected = within(
+        timeout,
+        "connecting to the handover control socket",
+        UnixStream::connect(path),
+    )
+    .await;
+    match connected {
+        Ok(stream) => Ok(Found::Live(stream, file)),
+        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => Ok(Found::Stale),
+        // Removed between the look and the connect.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
+        Err(err) => Err(err),
+    }
+}
+
+/// A file's identity, to tell whether a path still names the same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(path: &Path) -> io::Result<FileId> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Removes the file at `path` if it is still this one.
+    fn remove_if_at(self, path: &Path) {
+        if FileId::of(path).ok() != Some(self) {
+            return;
+        }
+        if let Err(err) = std::fs::remove_file(path) {
+            if err.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %err, "cannot remove the handover control socket file");
+            }
+        }
+    }
+}
+
+/// Sends one message, its descriptors as `SCM_RIGHTS` with its first byte.
+async fn send_frame(
+    stream: &UnixStream,
+    message: Message,
+    body: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    if body.len() > MAX_BODY || fds.len() > MAX_DESCRIPTORS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "handover message over the size limit",
+        ));
+    }
+    let len = u16::try_from(body.len()).map_err(|_| invalid("body length"))?;
+    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+    bytes.extend_from_slice(&MAGIC);
+    bytes.push(VERSION);
+    bytes.push(message.code());
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes.extend_from_slice(body);
+    let mut sent = 0;
+    while sent < bytes.len() {
+        // A stream socket may take part of the bytes; the descriptors went
+        // with the first part, so the rest goes without them.
+        let attach = if sent == 0 { fds } else { &[] };
+        let rest = &bytes[sent..];
+        let n = stream
+            .async_io(Interest::WRITABLE, || send_some(stream, rest, attach))
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += n;
+    }
+    Ok(())
+}
+
+fn send_some(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_DESCRIPTORS))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one handover message",
+        ));
+    }
+    Ok(rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(bytes)],
+        &mut ancillary,
+        SEND_FLAGS,
+    )?)
+}
+
+/// Reads one message: the header, then exactly the body it announces, so
+/// that nothing of the next message is consumed.
+async fn read_frame(stream: &UnixStream) -> io::Result<Frame> {
+    let mut fds = Vec::new();
+    let mut header = [0; HEADER_LEN];
+    read_exact(stream, &mut header, &mut fds).await?;
+    if header[..4] != MAGIC {
+        return Err(invalid("not a switchboard handover message (bad magic)"));
+    }
+    let len = usize::from(u16::from_be_bytes([header[6], header[7]]));
+    if len > MAX_BODY {
+        return Err(invalid(format!(
+            "a handover message body of {len} bytes exceeds the limit of {MAX_BODY}"
+        )));
+    }
+    let mut body = vec![0; len];
+    read_exact(stream, &mut body, &mut fds).await?;
+    Ok(Frame {
+        version: header[4],
+        code: header[5],
+        body,
+        fds,
+    })
+}
+
+/// Fills `buf`, keeping the descriptors that arrive on the way in `fds`
+/// (owned at once: closed if the caller fails).
+async fn read_exact(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let (n, batch) = stream
+            .async_io(Interest::READABLE, || recv_some(stream, &mut buf[filled..]))
+            .await?;
+        if !batch.is_empty() {
+            if !fds.is_empty() {
+                return Err(invalid("descriptors arrived twice in one handover message"));
+            }
+            *fds = batch;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the other end closed the handover control connection",
+            ));
+        }
+        filled += n;
+    }
+    Ok(())
+}
+
+fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_DESCRIPTORS))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        stream,
+        &mut [IoSliceMut::new(buf)],
+        &mut ancillary,
+        RECV_FLAGS,
+    )?;
+    let mut fds = Vec::new();
+    for message in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    if received.flags.contains(ReturnFlags::CTRUNC) {
+        // The kernel closed what did not fit; `fds` closes the rest.
+        return Err(invalid(
+            "more descriptors than a handover message may carry",
+        ));
+    }
+    Ok((received.bytes, fds))
+}
+
+/// `fut`, or a `TimedOut` error saying what took too long.
+async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out after {timeout:?} {what}"),
+        )),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    /// The handover timeout in tests: long enough for a loaded CI machine.
+    const STEP: Duration = Duration::from_secs(3);
+
+    /// A directory of its own under the system's temporary directory,
+    /// removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let unique = format!(
+                "switchboard-handover-{}-{name}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = std::env::temp_dir().join(unique);
+            std::fs::create_dir_all(&path).expect("create the test directory");
+            TempDir(path)
+        }
+
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Every await that could hang goes through this.
+    async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .unwrap_or_else(|_| panic!("timed out: {what}"))
+    }
+
+    /// A running predecessor: `offer` in a task, and a flag set by
+    /// `handed_over`.
+    struct Offering {
+        task: JoinHandle<io::Result<Offered>>,
+        handed_over: Arc<AtomicBool>,
+        stop: CancellationToken,
+    }
+
+    impl Offering {
+        fn start(control: Control, sockets: Vec<Inherited>, timeout: Duration) -> Offering {
+            let handed_over = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&handed_over);
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(offer(control, sockets, timeout, stop.clone(), move || {
+                flag.store(true, Ordering::SeqCst)
+            }));
+            Offering {
+                task,
+                handed_over,
+                stop,
+            }
+        }
+
+        fn handed_over(&self) -> bool {
+            self.handed_over.load(Ordering::SeqCst)
+        }
+
+        async fn ended(self) -> Offered {
+            bounded("offer to end", self.task)
+                .await
+                .expect("offer task panicked")
+                .expect("offer failed")
+        }
+    }
+
+    fn tcp_listener() -> std::net::TcpListener {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+    }
+
+    fn copy_tcp(listener: &std::net::TcpListener) -> Inherited {
+        Inherited::Tcp(listener.try_clone().expect("dup"))
+    }
+
+    async fn take(path: &Path) -> TakeOver {
+        bounded("take_over", take_over(path, STEP))
+            .await
+            .expect("take_over failed")
+            .expect("take_over found nobody offering")
+    }
+
+    fn into_tokio_tcp(listener: std::net::TcpListener) -> tokio::net::TcpListener {
+        listener.set_nonblocking(true).expect("nonblocking");
+        tokio::net::TcpListener::from_std(listener).expect("register listener")
+    }
+
+    /// Accepts one connection and checks it is the client's by a byte
+    /// the client sent.
+    async fn accept_byte(listener: &tokio::net::TcpListener) -> u8 {
+        let (mut conn, _) = bounded("accept", listener.accept()).await.expect("accept");
+        let mut byte = [0];
+        bounded("read the client's byte", conn.read_exact(&mut byte))
+            .await
+            .expect("read");
+        byte[0]
+    }
+
+    async fn client(addr: std::net::SocketAddr, byte: u8) -> tokio::net::TcpStream {
+        let mut conn = bounded("connect", tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("a client was refused");
+        conn.write_all(&[byte]).await.expect("client write");
+        conn
+    }
+
+    #[tokio::test]
+    async fn hands_over_tcp_and_unix_listeners_without_refusing_a_client() {
+        let dir = TempDir::new("basic");
+        let control_path = dir.join("control.sock");
+        let app_path = dir.join("app.sock");
+        let tcp = tcp_listener();
+        let addr = tcp.local_addr().expect("local_addr");
+        let unix = std::os::unix::net::UnixListener::bind(&app_path).expect("bind unix");
+        let control = bounded("bind control", Control::bind(&control_path, STEP))
+            .await
+            .expect("bind control");
+        let sockets = vec![
+            copy_tcp(&tcp),
+            Inherited::Unix(unix.try_clone().expect("dup")),
+        ];
+        let old = Offering::start(control, sockets, STEP);
+
+        let TakeOver {
+            listeners,
+            control,
+            predecessor,
+        } = take(&control_path).await;
+        assert!(
+            !old.handed_over(),
+            "handed_over ran before the successor said ready"
+        );
+        let [Inherited::Tcp(new_tcp), Inherited::Unix(new_unix)] =
+            <[Inherited; 2]>::try_from(listeners).expect("two listeners")
+        else {
+            panic!("the listeners arrived in another order or kind");
+        };
+        assert_eq!(new_tcp.local_addr().expect("local_addr"), addr);
+        let new_unix_addr = new_unix.local_addr().expect("local_addr");
+        assert_eq!(new_unix_addr.as_pathname(), Some(app_path.as_path()));
+        assert_eq!(control.path(), control_path);
+
+        // A client queued before the old process closes its listener is
+        // accepted by the new one: the queue belongs to the socket.
+        let _early = client(addr, 1).await;
+        drop(tcp);
+        drop(unix);
+        bounded("ready", predecessor.ready())
+            .await
+            .expect("ready failed");
+        assert!(
+            old.handed_over(),
+            "handed_over did not run before the confirmation"
+        );
+        assert_eq!(old.ended().await, Offered::HandedOver);
+        // Every copy of the old process is closed now.
+        let _late = client(addr, 2).await;
+        let new_tcp = into_tokio_tcp(new_tcp);
+        let mut bytes = [accept_byte(&new_tcp).await, accept_byte(&new_tcp).await];
+        bytes.sort_unstable();
+        assert_eq!(bytes, [1, 2]);
+
+        new_unix.set_nonblocking(true).expect("nonblocking");
+        let new_unix = UnixListener::from_std(new_unix).expect("register");
+        let _unix_client = bounded("unix connect", UnixStream::connect(&app_path))
+            .await
+            .expect("unix client refused");
+        bounded("unix accept", new_unix.accept())
+            .await
+            .expect("unix accept");
+        assert!(
+            control_path.exists(),
+            "the control file was removed although the successor serves on it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_third_generation_takes_over_from_the_second() {
+        let dir = TempDir::new("generations");
+        let control_path = dir.join("control.sock");
+        let tcp = tcp_listener();
+        let addr = tcp.local_addr().expect("local_addr");
+        let control = bounded("bind", Control::bind(&control_path, STEP))
+            .await
+            .expect("bind control");
+        let first = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
+        drop(tcp);
+
+        let second = take(&control_path).await;
+        bounded("ready 1->2", second.predecessor.ready())
+            .await
+            .expect("ready 1->2");
+        assert_eq!(first.ended().await, Offered::HandedOver);
+        let [Inherited::Tcp(second_tcp)] =
+            <[Inherited; 1]>::try_from(second.listeners).expect("one listener")
+        else {
+            panic!("not a TCP listener");
+        };
+        let second_offers = Offering::start(second.control, vec![copy_tcp(&second_tcp)], STEP);
+
+        let third = take(&control_path).await;
+        assert!(!second_offers.handed_over());
+        bounded("ready 2->3", third.predecessor.ready())
+            .await
+            .expect("ready 2->3");
+        assert!(second_offers.handed_over());
+        assert_eq!(second_offers.ended().await, Offered::HandedOver);
+        drop(second_tcp);
+        let [Inherited::Tcp(third_tcp)] =
+            <[Inherited; 1]>::try_from(third.listeners).expect("one listener")
+        else {
+            panic!("not a TCP listener");
+        };
+        assert_eq!(third_tcp.local_addr().expect("local_addr"), addr);
+        let _c = client(addr, 3).await;
+        assert_eq!(accept_byte(&into_tokio_tcp(third_tcp)).await, 3);
+
+        // The last generation stops without a successor: the file goes.
+        let third_offers = Offering::start(third.control, Vec::new(), STEP);
+        third_offers.stop.cancel();
+        assert_eq!(third_offers.ended().await, Offered::Stopped);
+        assert!(
+            !control_path.exists(),
+            "a clean stop left the control file behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_successor_that_vanishes_before_ready_leaves_the_old_server_serving() {
+        let dir = TempDir::new("vanish");
+        let control_path = dir.join("control.sock");
+        let tcp = into_tokio_tcp(tcp_listener());
+        let addr = tcp.local_addr().expect("local_addr");
+        let control = bounded("bind", Control::bind(&control_path, STEP))
+            .await
+            .expect("bind control");
+        let dup = Inherited::duplicate_tcp(&tcp).expect("duplicate");
+        let old = Offering::start(control, vec![dup], STEP);
+
+        let vanishing = take(&control_path).await;
+        drop(vanishing);
+        // The old listener still accepts, and nothing was handed over.
+        let _c = client(addr, 7).await;
+        assert_eq!(accept_byte(&tcp).await, 7);
+        assert!(!old.handed_over());
+        assert!(!old.task.is_finished());
+
+        // And it still offers: the next successor succeeds.
+        let next = take(&control_path).await;
+        bounded("ready", next.predecessor.ready())
+            .await
+            .expect("ready");
+        assert_eq!(old.ended().await, Offered::HandedOver);
+    }
+
+    #[tokio::test]
+    async fn garbage_and_silence_on_the_control_socket_are_rejected_and_serving_goes_on() {
+        let dir = TempDir::new("garbage");
+        let control_path = dir.join("control.sock");
+        let tcp = tcp_listener();
+        let control = bounded("bind", Control::bind(&control_path, STEP))
+            .await
+            .expect("bind control");
+        // A short timeout so that the silent client below costs little.
+        let old = Offering::start(control, vec![copy_tcp(&tcp)], Duration::from_millis(300));
+
+        let garbage: [&[u8]; 4] = [
+            b"GET / HTTP/1.1\r\n\r\n",
+            // Right magic, an over-long body.
+            b"SBHO\x01\x01\xff\xff",
+            // A READY where a REQUEST belongs.
+            b"SBHO\x01\x03\x00\x00",
+            // A REQUEST with a body.
+            b"SBHO\x01\x01\x00\x02ab",
+        ];
+        for bytes in garbage {
+            let mut conn = bounded("connect", UnixStream::connect(&control_path))
+                .await
+                .expect("connect");
+            conn.write_all(bytes).await.expect("write garbage");
+            let mut rest = Vec::new();
+            // Closed with garbage left unread, the connection may be reset.
+            match bounded("the server to close", conn.read_to_end(&mut rest)).await {
+                Ok(_) => assert!(rest.is_empty(), "answered garbage with {rest:?}"),
+                Err(err) => assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}"),
+            }
+        }
+
+        // Another version is told which one the server speaks.
+        let mut conn = bounded("connect", UnixStream::connect(&control_path))
+            .await
+            .expect("connect");
+        conn.write_all(b"SBHO\x09\x01\x00\x00")
+            .await
+            .expect("write");
+        let mut reply = Vec::new();
+        bounded("the reject", conn.read_to_end(&mut reply))
+            .await
+            .expect("read");
+        assert_eq!(reply, b"SBHO\x01\x05\x00\x00");
+
+        // A client that says nothing is dropped at the timeout.
+        let mut silent = bounded("connect", UnixStream::connect(&control_path))
+            .await
+            .expect("connect");
+        let mut rest = Vec::new();
+        bounded(
+            "the silent client to be dropped",
+            silent.read_to_end(&mut rest),
+        )
+        .await
+        .expect("read");
+
+        assert!(!old.handed_over());
+        let next = take(&control_path).await;
+        bounded("ready", next.predecessor.ready())
+            .await
+            .expect("ready");
+        assert_eq!(old.ended().await, Offered::HandedOver);
+    }
+
+    /// A fake predecessor: accepts one connection on `path` and runs `act`
+    /// on it.
+    fn fake_predecessor<F, Fut>(path: &Path, act: F) -> JoinHandle<()>
+    where
+        F: FnOnce(UnixStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = UnixListener::bind(path).expect("bind fake");
+        tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.expect("fake accept");
+            act(conn).await;
+        })
+    }
+
+    #[tokio::test]
+    async fn a_malformed_offer_is_an_error_and_its_descriptors_are_closed() {
+        let dir = TempDir::new("malformed");
+        let path = dir.join("control.sock");
+        // Declares a TCP listener and sends one end of a socket pair.
+        let (pair_ours, mut pair_theirs) = UnixStream::pair().expect("pair");
+        let fake_control =
+            std::os::unix::net::UnixListener::bind(dir.join("c2.sock")).expect("bind");
+        let fake = fake_predecessor(&path, move |conn| async move {
+            read_frame(&conn).await.expect("request");
+            let fds = [pair_ours.as_fd(), fake_control.as_fd()];
+            send_frame(&conn, Message::Offer, &[KIND_TCP, KIND_CONTROL], &fds)
+                .await
+                .expect("send");
+            // Our copy goes; only the successor's copy could keep it open.
+            drop(pair_ours);
+        });
+        let err = bounded("take_over", take_over(&path, STEP))
+            .await
+            .expect_err("a socket pair passed for a TCP listener");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        bounded("fake", fake).await.expect("fake panicked");
+        let mut rest = Vec::new();
+        bounded(
+            "the received descriptor to be closed",
+            pair_theirs.read_to_end(&mut rest),
+        )
+        .await
+        .expect("read");
+    }
+
+    #[tokio::test]
+    async fn garbage_or_silence_from_a_predecessor_is_an_error_not_a_hang() {
+        let dir = TempDir::new("bad-predecessor");
+
+        let path = dir.join("garbage.sock");
+        let fake = fake_predecessor(&path, |mut conn| async move {
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+        });
+        let err = bounded("take_over", take_over(&path, STEP))
+            .await
+            .expect_err("garbage offer");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        bounded("fake", fake).await.expect("fake panicked");
+
+        let path = dir.join("count.sock");
+        let fake = fake_predecessor(&path, |conn| async move {
+            read_frame(&conn).await.expect("request");
+            // Names two sockets, sends no descriptor.
+            let _ = send_frame(&conn, Message::Offer, &[KIND_TCP, KIND_CONTROL], &[]).await;
+        });
+        let err = bounded("take_over", take_over(&path, STEP))
+            .await
+            .expect_err("an offer without descriptors");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        bounded("fake", fake).await.expect("fake panicked");
+
+        let path = dir.join("reject.sock");
+        let fake = fake_predecessor(&path, |conn| async move {
+            read_frame(&conn).await.expect("request");
+            let _ = send_frame(&conn, Message::Reject, &[], &[]).await;
+        });
+        let err = bounded("take_over", take_over(&path, STEP))
+            .await
+            .expect_err("a reject");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
+        bounded("fake", fake).await.expect("fake panicked");
+
+        let path = dir.join("silent.sock");
+        let (hold, held) = tokio::sync::oneshot::channel::<()>();
+        let fake = fake_predecessor(&path, |conn| async move {
+            let _ = held.await;
+            drop(conn);
+        });
+        let started = std::time::Instant::now();
+        let err = bounded("take_over", take_over(&path, Duration::from_millis(200)))
+            .await
+            .expect_err("a silent predecessor");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(hold);
+        bounded("fake", fake).await.expect("fake panicked");
+    }
+
+    #[tokio::test]
+    async fn ready_fails_when_the_predecessor_vanishes_before_confirming() {
+        let dir = TempDir::new("no-done");
+        let path = dir.join("control.sock");
+        let tcp = tcp_listener();
+        let fake_control =
+            std::os::unix::net::UnixListener::bind(dir.join("c2.sock")).expect("bind");
+        let fake = fake_predecessor(&path, move |conn| async move {
+            read_frame(&conn).await.expect("request");
+            let fds = [tcp.as_fd(), fake_control.as_fd()];
+            send_frame(&conn, Message::Offer, &[KIND_TCP, KIND_CONTROL], &fds)
+                .await
+                .expect("send");
+            read_frame(&conn).await.expect("ready");
+            // Gone without DONE.
+        });
+        let taken = take(&path).await;
+        let err = bounded("ready", taken.predecessor.ready())
+            .await
+            .expect_err("no confirmation");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        bounded("fake", fake).await.expect("fake panicked");
+    }
+
+    #[tokio::test]
+    async fn nobody_offering_is_none_and_the_control_file_is_owner_only() {
+        let dir = TempDir::new("paths");
+        let path = dir.join("control.sock");
+        let none = bounded("take_over", take_over(&path, STEP)).await;
+        assert!(matches!(none, Ok(None)), "missing file: {none:?}");
+
+        // A stale file: a socket nobody listens on any more.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        assert!(path.exists());
+        let none = bounded("take_over", take_over(&path, STEP)).await;
+        assert!(matches!(none, Ok(None)), "stale file: {none:?}");
+
+        // Binding replaces the stale file, owner-only.
+        let control = bounded("bind", Control::bind(&path, STEP))
+            .await
+            .expect("bind over a stale file");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+
+        // A live one is not replaced.
+        let err = bounded("bind", Control::bind(&path, STEP))
+            .await
+            .expect_err("bound over a live control socket");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+
+        // A stop with no handover removes the file.
+        let offering = Offering::start(control, vec![copy_tcp(&tcp_listener())], STEP);
+        offering.stop.cancel();
+        assert_eq!(offering.ended().await, Offered::Stopped);
+        assert!(!path.exists(), "a clean stop left the control file");
+
+        // Anything else at the path is left alone and is an error.
+        std::fs::write(&path, b"not a socket").expect("write");
+        let err = bounded("take_over", take_over(&path, STEP))
+            .await
+            .expect_err("a regular file");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        let err = bounded("bind", Control::bind(&path, STEP))
+            .await
+            .expect_err("a regular file");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), b"not a socket");
+    }
+
+    #[tokio::test]
+    async fn too_many_sockets_are_refused_up_front() {
+        let dir = TempDir::new("too-many");
+        let control = bounded("bind", Control::bind(&dir.join("control.sock"), STEP))
+            .await
+            .expect("bind control");
+        let tcp = tcp_listener();
+        let sockets = (0..=MAX_LISTENERS).map(|_| copy_tcp(&tcp)).collect();
+        let err = bounded(
+            "offer",
+            offer(control, sockets, STEP, CancellationToken::new(), || {}),
+        )
+        .await
+        .expect_err("more than MAX_LISTENERS");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+    }
+}
+
+/// How long each step of a handover may take (connecting, the offer,
+/// "ready", the confirmation).
+pub(crate) const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server's part in restarts: the control socket it offers its listeners
+/// on, and the predecessor it took them from, if any.
+#[derive(Debug)]
+pub(crate) struct Handover {
+    control: Control,
+    predecessor: Option<Predecessor>,
+}
+
+impl Handover {
+    /// Takes the listeners of the server running with this control socket,
+    /// if there is one; otherwise creates the control socket. The listeners
+    /// come back in the predecessor's order.
+    pub(crate) async fn acquire(path: &Path) -> io::Result<(Handover, Option<Vec<Inherited>>)> {
+        match take_over(path, HANDOVER_TIMEOUT).await? {
+            Some(TakeOver {
+                listeners,
+                control,
+                predecessor,
+            }) => {
+                tracing::info!(
+                    control = %path.display(),
+                    listeners = listeners.len(),
+                    "took over the listeners of the running server"
+                );
+                let handover = Handover {
+                    control,
+                    predecessor: Some(predecessor),
+                };
+                Ok((handover, Some(listeners)))
+            }
+            None => {
+                let control = Control::bind(path, HANDOVER_TIMEOUT).await?;
+                let handover = Handover {
+                    control,
+                    predecessor: None,
+                };
+                Ok((handover, None))
+            }
+        }
+    }
+
+    /// Once the server accepts on its listeners: tells the predecessor (if
+    /// any) to drain, and offers `sockets` (duplicates of the listeners) to
+    /// a successor until `trigger` fires. A successor that takes them fires
+    /// `trigger` itself, after setting every `keepers` flag so that this
+    /// server leaves the socket files in place for the successor.
+    pub(crate) fn start(
+        self,
+        sockets: Vec<Inherited>,
+        keepers: Vec<Arc<AtomicBool>>,
+        trigger: &CancellationToken,
+    ) -> Offering {
+        tracing::debug!(control = %self.control.path().display(), "offering the listeners to a successor");
+        let stop = trigger.child_token();
+        let trigger = trigger.clone();
+        let handed_over = move || {
+            for keeper in &keepers {
+                keeper.store(true, Ordering::Relaxed);
+            }
+            tracing::info!("listeners handed over to a successor; draining");
+            trigger.cancel();
+        };
+        let offer = tokio::spawn(offer(
+            self.control,
+            sockets,
+            HANDOVER_TIMEOUT,
+            stop,
+            handed_over,
+        ));
+        let ready = self.predecessor.map(|predecessor| {
+            tokio::spawn(async move {
+                match predecessor.ready().await {
+                    Ok(()) => tracing::info!("the previous server stopped accepting and is draining"),
+                    Err(err) => tracing::warn!(error = %err, "the previous server did not confirm the handover"),
+                }
+            })
+        });
+        Offering { offer, ready }
+    }
+}
+
+/// The tasks [`Handover::start`] spawned.
+#[derive(Debug)]
+pub(crate) struct Offering {
+    offer: tokio::task::JoinHandle<io::Result<Offered>>,
+    ready: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Offering {
+    /// Waits for both tasks (the offer ends when shutdown begins); whether
+    /// the listeners were handed over.
+    pub(crate) async fn finish(self) -> bool {
+        if let Some(ready) = self.ready {
+            // Bounded by HANDOVER_TIMEOUT inside; it logs its own result.
+            let _ = ready.await;
+        }
+        match self.offer.await {
+            Ok(Ok(Offered::HandedOver)) => true,
+            Ok(Ok(Offered::Stopped)) => false,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "handover control socket failed; restarts will not be seamless");
+                false
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "the handover task ended abnormally");
+                false
+            }
+        }
+    }
+}

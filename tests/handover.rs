@@ -1,0 +1,250 @@
+//! Zero-downtime restart: a second process takes over the first one's
+//! listening sockets while clients keep connecting, and not one connection
+//! is refused or fails.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TempDir, read_response, within};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout, Command};
+
+fn hello_example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("hello");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+struct Instance {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    addr: SocketAddr,
+}
+
+async fn start_hello(control: &Path) -> Instance {
+    let mut child = Command::new(hello_example())
+        .arg("127.0.0.1:0")
+        .env("SWITCHBOARD_HANDOVER", control)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the example starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    within("the `listening on` line", stdout.read_line(&mut first))
+        .await
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening on")
+        .parse()
+        .unwrap();
+    Instance {
+        child,
+        stdout,
+        addr,
+    }
+}
+
+impl Instance {
+    /// Waits for the process to exit (by itself or after SIGTERM); its report.
+    async fn exit(mut self, terminate: bool) -> String {
+        if terminate {
+            let pid = self.child.id().unwrap().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .await
+                    .unwrap()
+                    .success()
+            );
+        }
+        let status = within("the example to exit", self.child.wait())
+            .await
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).await.unwrap();
+        rest
+    }
+}
+
+fn accepted_in(report: &str) -> u64 {
+    report
+        .split("accepted ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no accepted count in {report:?}"))
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// One request per connection, over and over, until `stop`; bounded.
+async fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    for _ in 0..100_000 {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut client = TcpStream::connect(addr).await?;
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await?;
+            let response = read_response(&mut client, false).await;
+            Ok::<_, std::io::Error>(response.status)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(200)) => tally.ok.fetch_add(1, Ordering::Relaxed),
+            other => {
+                eprintln!("request failed: {other:?}");
+                tally.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_takes_over_the_listeners_under_load_without_a_single_failure() {
+    let dir = TempDir::new("handover");
+    let control = dir.path("control.sock");
+    let old = start_hello(&control).await;
+    let addr = old.addr;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(client_loop(addr, Arc::clone(&stop), Arc::clone(&tally))))
+        .collect();
+    let served = |t: &Tally| t.ok.load(Ordering::Relaxed);
+    within("load on the old process", async {
+        while served(&tally) < 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await; // polling a counter, bounded
+        }
+    })
+    .await;
+
+    // The successor: same arguments; it prints the address it took over.
+    let handover_started = Instant::now();
+    let before = served(&tally);
+    let new = start_hello(&control).await;
+    assert_eq!(new.addr, addr, "the successor serves the very same socket");
+    let old_report = old.exit(false).await; // it drains and exits by itself
+    let during = served(&tally) - before;
+    let handover_took = handover_started.elapsed();
+
+    let after_start = served(&tally);
+    within("load on the new process", async {
+        while served(&tally) < after_start + 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        within("a client loop", client).await.unwrap();
+    }
+    let new_report = new.exit(true).await;
+
+    let (ok, failed) = (served(&tally), tally.failed.load(Ordering::Relaxed));
+    println!(
+        "handover: {ok} requests served ({during} while the successor started and the old \
+         process drained, in {handover_took:?}), {failed} failed; old: {} new: {}",
+        old_report.trim(),
+        new_report.trim()
+    );
+    assert_eq!(failed, 0, "no request was refused or failed");
+    assert_eq!(accepted_in(&old_report) + accepted_in(&new_report), ok);
+    assert!(old_report.contains("0 aborted"), "{old_report}");
+    assert!(
+        !control.exists() || new_report.contains("accepted"),
+        "control socket handled"
+    );
+}
+
+#[tokio::test]
+async fn in_process_takeover_keeps_unix_socket_files_for_the_successor() {
+    use switchboard::{Connection, Server, handler_fn};
+
+    let dir = TempDir::new("handover-unix");
+    let (control, socket) = (dir.path("control.sock"), dir.path("app.sock"));
+    let greeter = |name: &'static str| {
+        handler_fn(move |mut conn: Connection| async move {
+            conn.write_all(name.as_bytes()).await?;
+            Ok::<_, std::io::Error>(())
+        })
+    };
+    let build = |name| {
+        Server::builder()
+            .bind("127.0.0.1:0")
+            .bind_unix(&socket)
+            .handover(&control)
+            .handler(greeter(name))
+            .build()
+    };
+    let old = build("old").await.unwrap();
+    let addrs = old.local_addrs();
+    let old_run = tokio::spawn(old.run());
+    let greeting = async |path: &Path| {
+        let mut client = within("connect", tokio::net::UnixStream::connect(path))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        within("the greeting", client.read_to_string(&mut text))
+            .await
+            .unwrap();
+        text
+    };
+    assert_eq!(greeting(&socket).await, "old");
+
+    let new = build("new").await.unwrap();
+    assert_eq!(new.local_addrs(), addrs, "same TCP port, same Unix path");
+    let new_shutdown = new.shutdown_handle();
+    let new_run = tokio::spawn(new.run());
+    let old_report = within("the old server to hand over and drain", old_run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(old_report.handed_over);
+    assert!(
+        socket.exists(),
+        "the old server left the socket file to its successor"
+    );
+    assert_eq!(greeting(&socket).await, "new");
+
+    new_shutdown.shutdown();
+    let new_report = within("the new server to stop", new_run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!new_report.handed_over);
+    assert!(!socket.exists(), "a clean stop removes the socket file");
+    assert!(!control.exists(), "and the control socket");
+}
