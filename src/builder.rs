@@ -479,13 +479,19 @@ impl Listen {
                 reason,
             })?;
         }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            tls.validate()
+                .map_err(|(option, reason)| Error::InvalidConfig { option, reason })?;
+        }
         Ok(())
     }
 
     /// Binds or takes over what this names: usually one listener, several
     /// for systemd; each with this `Listen`'s settings.
     async fn open(self, config: &Config) -> Result<Vec<Bound>, Error> {
-        let Listen { on, proxy } = self;
+        let settings = Settings::of(&self);
+        let on = self.on;
         let listeners = match on {
             ListenOn::Tcp(target) => {
                 let addrs = target.resolve().await?;
@@ -530,29 +536,57 @@ impl Listen {
         };
         listeners
             .into_iter()
-            .map(|listener| bound(&proxy, listener))
+            .map(|listener| settings.bound(listener))
             .collect()
     }
 
     /// Gives `listener` (handed over by a predecessor) this `Listen`'s
     /// settings.
     fn attach(self, listener: Listener) -> Result<Bound, Error> {
-        bound(&self.proxy, listener)
+        Settings::of(&self).bound(listener)
     }
 }
 
-/// A listener with its settings, checked against each other.
-fn bound(proxy: &Option<ProxyProtocol>, listener: Listener) -> Result<Bound, Error> {
-    if proxy.is_some() && !matches!(listener, Listener::Tcp(_)) {
-        return Err(Error::InvalidConfig {
-            option: "proxy_protocol",
-            reason: "the PROXY protocol is supported on TCP listeners only",
-        });
+/// What a `Listen` asks of each of its connections before the handler.
+struct Settings {
+    proxy: Option<ProxyProtocol>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::TlsConfig>,
+}
+
+impl Settings {
+    fn of(listen: &Listen) -> Self {
+        Settings {
+            proxy: listen.proxy.clone(),
+            #[cfg(feature = "tls")]
+            tls: listen.tls.clone(),
+        }
     }
-    Ok(Bound {
-        listener,
-        proxy: proxy.clone(),
-    })
+
+    /// A listener with these settings, checked against each other.
+    fn bound(&self, listener: Listener) -> Result<Bound, Error> {
+        let tcp = matches!(listener, Listener::Tcp(_));
+        if self.proxy.is_some() && !tcp {
+            return Err(Error::InvalidConfig {
+                option: "proxy_protocol",
+                reason: "the PROXY protocol is supported on TCP listeners only",
+            });
+        }
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() && !tcp {
+            return Err(Error::InvalidConfig {
+                option: "tls",
+                reason: "TLS is supported on TCP listeners only",
+            });
+        }
+        Ok(Bound {
+            listener,
+            proxy: self.proxy.clone(),
+            // One acceptor per listener: the cap on handshakes is per listener.
+            #[cfg(feature = "tls")]
+            tls: self.tls.as_ref().map(crate::tls::TlsAcceptor::new),
+        })
+    }
 }
 
 /// A listener and its settings, ready for the server.
@@ -560,6 +594,8 @@ fn bound(proxy: &Option<ProxyProtocol>, listener: Listener) -> Result<Bound, Err
 pub(crate) struct Bound {
     pub(crate) listener: Listener,
     pub(crate) proxy: Option<ProxyProtocol>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl Config {

@@ -65,6 +65,9 @@ pub struct Connection {
     /// What the PROXY protocol header said, when the listener reads one.
     /// Boxed: most connections have none and stay one pointer smaller.
     proxy: Option<Box<ProxyInfo>>,
+    /// What the TLS handshake negotiated, on a TLS listener.
+    #[cfg(feature = "tls")]
+    tls: Option<Box<crate::TlsInfo>>,
 }
 
 /// A PROXY protocol header and the balancer that sent it.
@@ -83,6 +86,10 @@ pub(crate) enum Stream {
     Unix(UnixStream),
     /// An in-memory pipe, for testing handlers without sockets.
     Duplex(DuplexStream),
+    /// TLS over TCP. Boxed: the TLS state is over a kilobyte, a TCP stream
+    /// a few words.
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 /// Waits for readiness, then reads at most `$max` bytes into a buffer made
@@ -110,6 +117,8 @@ macro_rules! with_stream {
             #[cfg(unix)]
             Stream::Unix($s) => $body,
             Stream::Duplex($s) => $body,
+            #[cfg(feature = "tls")]
+            Stream::Tls($s) => $body,
         }
     };
 }
@@ -131,11 +140,25 @@ impl Connection {
             shutdown,
             activity,
             proxy: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
     pub(crate) fn set_proxy(&mut self, proxy: Option<Box<ProxyInfo>>) {
         self.proxy = proxy;
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_tls(&mut self, tls: Option<crate::TlsInfo>) {
+        self.tls = tls.map(Box::new);
+    }
+
+    /// What the TLS handshake negotiated (ALPN protocol, SNI server name,
+    /// version, cipher suite), on a [TLS listener](crate::Listen::tls).
+    #[cfg(feature = "tls")]
+    pub fn tls_info(&self) -> Option<&crate::TlsInfo> {
+        self.tls.as_deref()
     }
 
     /// The connection's number, unique within its server and increasing in
@@ -169,31 +192,37 @@ impl Connection {
     /// The address of this end: the listener's address, or for a listener on
     /// a wildcard address (`0.0.0.0`, `::`) the address the client reached.
     pub fn local_addr(&self) -> Addr {
-        match (&self.stream, &self.listener_addr) {
-            (Stream::Tcp(stream), Addr::Tcp(listener)) if listener.ip().is_unspecified() => stream
-                .local_addr()
-                .map(Addr::Tcp)
-                .unwrap_or_else(|_| self.listener_addr.clone()),
+        match &self.listener_addr {
+            Addr::Tcp(listener) if listener.ip().is_unspecified() => {
+                match self.as_tcp().map(TcpStream::local_addr) {
+                    Some(Ok(addr)) => Addr::Tcp(addr),
+                    _ => self.listener_addr.clone(),
+                }
+            }
             _ => self.listener_addr.clone(),
         }
     }
 
-    /// The transport's name: `"tcp"`, `"unix"`, or `"memory"` for a
-    /// [`testing`](crate::testing) connection.
+    /// The transport's name: `"tcp"`, `"unix"`, `"tls"`, or `"memory"` for
+    /// a [`testing`](crate::testing) connection.
     pub fn transport(&self) -> &'static str {
         match self.stream {
             Stream::Tcp(_) => "tcp",
             #[cfg(unix)]
             Stream::Unix(_) => "unix",
             Stream::Duplex(_) => "memory",
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => "tls",
         }
     }
 
-    /// The underlying TCP stream, to read or set socket options
-    /// (`nodelay`, `ttl`, ...).
+    /// The underlying TCP stream (under TLS too), to read or set socket
+    /// options (`nodelay`, `ttl`, ...).
     pub fn as_tcp(&self) -> Option<&TcpStream> {
         match &self.stream {
             Stream::Tcp(stream) => Some(stream),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => Some(stream.get_ref().0),
             _ => None,
         }
     }
@@ -251,11 +280,11 @@ impl Connection {
             Stream::Unix(stream) => read_when_ready!(stream, max),
             // An in-memory pipe has no readiness to wait for: read into a
             // buffer allocated up front (tests only).
-            Stream::Duplex(stream) => {
-                let mut buf = BytesMut::with_capacity(max);
-                stream.read_buf(&mut buf).await?;
-                buf
-            }
+            Stream::Duplex(stream) => read_into_new(stream, max).await?,
+            // TLS may hold decrypted bytes already while the socket is not
+            // readable: read through it.
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => read_into_new(stream, max).await?,
         };
         if !buf.is_empty() {
             self.activity.read();
@@ -352,6 +381,14 @@ impl AsyncWrite for Connection {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         with_stream!(&mut self.get_mut().stream, s => Pin::new(s).poll_shutdown(cx))
     }
+}
+
+/// Reads at most `max` bytes into a buffer allocated before waiting; for
+/// streams without socket readiness.
+async fn read_into_new(stream: &mut (impl AsyncRead + Unpin), max: usize) -> io::Result<BytesMut> {
+    let mut buf = BytesMut::with_capacity(max);
+    stream.read_buf(&mut buf).await?;
+    Ok(buf)
 }
 
 /// Records a write that moved bytes.

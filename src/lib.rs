@@ -155,6 +155,7 @@ mod handover;
 mod limit;
 mod listen;
 mod listener;
+mod preamble;
 pub mod proxy;
 mod server;
 mod shutdown;
@@ -163,6 +164,8 @@ mod stats;
 mod task;
 pub mod testing;
 mod timeout;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use addr::Addr;
 pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, ToBindAddr};
@@ -176,6 +179,15 @@ pub use shutdown::{ShutdownHandle, ShutdownSignal};
 pub use signal::termination;
 pub use stats::{Stats, StatsSnapshot};
 pub use timeout::DEFAULT_IDLE_TIMEOUT;
+#[cfg(feature = "tls")]
+pub use tls::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES, TlsConfig, TlsConfigError,
+    TlsInfo,
+};
+/// The `rustls` version this crate's TLS is built on, for
+/// [`TlsConfig::new`] and [`TlsInfo`].
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

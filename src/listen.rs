@@ -44,6 +44,8 @@ use crate::stats::Counters;
 pub struct Listen {
     pub(crate) on: ListenOn,
     pub(crate) proxy: Option<ProxyProtocol>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::TlsConfig>,
 }
 
 /// What to listen on.
@@ -61,7 +63,12 @@ pub(crate) enum ListenOn {
 
 impl Listen {
     fn on(on: ListenOn) -> Self {
-        Listen { on, proxy: None }
+        Listen {
+            on,
+            proxy: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
     }
 
     /// A TCP address to bind; see [`Builder::bind`](crate::Builder::bind).
@@ -106,6 +113,24 @@ impl Listen {
     /// Default: off.
     pub fn proxy_protocol(mut self, proxy: ProxyProtocol) -> Self {
         self.proxy = Some(proxy);
+        self
+    }
+
+    /// Serves TLS on this listener: each connection's handshake runs in its
+    /// own task (after the PROXY header, if any) under the configuration's
+    /// deadline and cap on handshakes in progress, before the handler sees
+    /// the decrypted stream. [`Connection::tls_info`](crate::Connection::tls_info)
+    /// tells what was negotiated (ALPN, SNI). TCP listeners only.
+    ///
+    /// A failed handshake closes the connection without reaching the
+    /// handler; it is logged at `debug` (scanners would flood a busier
+    /// level) and counted in
+    /// [`StatsSnapshot::tls_failed`](crate::StatsSnapshot::tls_failed).
+    ///
+    /// Default: plain TCP.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 }

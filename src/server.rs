@@ -27,14 +27,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, AcceptError, Backoff};
 use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
-use crate::connection::ProxyInfo;
 use crate::connection::Stream;
 use crate::handler::sealed::ErasedHandler;
 #[cfg(unix)]
 use crate::handover::{Handover, Offering};
 use crate::limit::Limits;
-use crate::listen::ProxyProtocol;
 use crate::listener::Listener;
+use crate::preamble::Preamble;
 use crate::stats::{Counters, Outcome};
 use crate::task::{CatchUnwind, Tasks, panic_message};
 use crate::timeout::{self, Activity, Clock, ConnState};
@@ -68,14 +67,15 @@ pub struct Server {
 /// What happened during a server's life, returned by [`Server::run`].
 ///
 /// The counts are exact: every accepted connection ended in exactly one of
-/// `completed`, `failed`, `panicked`, `timed_out`, `aborted` or
-/// `proxy_rejected`, and every
+/// `completed`, `failed`, `panicked`, `timed_out`, `aborted`,
+/// `proxy_rejected` or `tls_failed`, and every
 /// connection live when the listener closed either ended before the drain
 /// deadline (`drained`, whether its handler returned or a timeout closed it)
 /// or was `aborted` at it:
 ///
 /// ```text
-/// accepted           == completed + failed + panicked + timed_out + aborted + proxy_rejected
+/// accepted           == completed + failed + panicked + timed_out + aborted
+///                       + proxy_rejected + tls_failed
 /// active_at_shutdown == drained + aborted
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +94,9 @@ pub struct ShutdownReport {
     /// Connections closed before the handler ran because their PROXY
     /// protocol header was refused.
     pub proxy_rejected: u64,
+    /// Connections closed before the handler ran because their TLS
+    /// handshake failed.
+    pub tls_failed: u64,
     /// Connections still open when the listener closed.
     pub active_at_shutdown: u64,
     /// Of those, the ones whose handler ended by itself within the drain timeout.
@@ -125,7 +128,13 @@ impl Server {
         #[cfg(unix)] handover: Option<Handover>,
     ) -> Result<Self, Error> {
         let mut listeners = Vec::with_capacity(bound.len());
-        for Bound { listener, proxy } in bound {
+        for Bound {
+            listener,
+            proxy,
+            #[cfg(feature = "tls")]
+            tls,
+        } in bound
+        {
             let addr = listener.local_addr().map_err(|source| Error::Listener {
                 what: "listener's address",
                 source,
@@ -133,7 +142,11 @@ impl Server {
             listeners.push(Listening {
                 listener,
                 addr,
-                proxy: proxy.map(Arc::new),
+                preamble: Preamble::new(
+                    proxy,
+                    #[cfg(feature = "tls")]
+                    tls,
+                ),
             });
         }
         let stats = Stats::new(listeners.iter().map(|l| l.addr.clone()));
@@ -241,7 +254,7 @@ impl Server {
         for (index, listening) in listeners.into_iter().enumerate() {
             tracing::info!(
                 addr = %listening.addr,
-                proxy_protocol = listening.proxy.is_some(),
+                proxy_protocol = listening.preamble.as_ref().is_some_and(|p| p.reads_proxy_header()),
                 "listening"
             );
             let counters = Arc::clone(stats.counters(index));
@@ -289,6 +302,7 @@ impl Server {
             panicked: end.panicked,
             timed_out: end.timed_out(),
             proxy_rejected: end.proxy_rejected,
+            tls_failed: end.tls_failed,
             active_at_shutdown,
             drained: active_at_shutdown.saturating_sub(end.aborted),
             aborted: end.aborted,
@@ -384,6 +398,9 @@ impl fmt::Display for ShutdownReport {
         if self.proxy_rejected > 0 {
             write!(f, ", proxy rejected {}", self.proxy_rejected)?;
         }
+        if self.tls_failed > 0 {
+            write!(f, ", TLS failed {}", self.tls_failed)?;
+        }
         write!(
             f,
             "; at shutdown {} active: {} drained, {} aborted in {:.1?}",
@@ -397,7 +414,8 @@ impl fmt::Display for ShutdownReport {
 struct Listening {
     listener: Listener,
     addr: Addr,
-    proxy: Option<Arc<ProxyProtocol>>,
+    /// What each connection goes through before its handler, if anything.
+    preamble: Option<Arc<Preamble>>,
 }
 
 /// What every accept loop and every new connection is made from.
@@ -422,7 +440,7 @@ async fn accept_loop(
     let Listening {
         listener,
         addr,
-        proxy,
+        preamble,
     } = listening;
     // Made once: registering a waiter on every iteration would cost a lock
     // per accepted connection.
@@ -466,7 +484,7 @@ async fn accept_loop(
                     stream,
                     peer,
                     &addr,
-                    proxy.as_ref(),
+                    preamble.as_ref(),
                     &counters,
                     permit,
                 );
@@ -506,10 +524,10 @@ async fn accept_loop(
 /// header if the listener asks for one, then runs the handler.
 fn serve(
     shared: &Shared,
-    mut stream: Stream,
+    stream: Stream,
     peer: Addr,
     listener_addr: &Addr,
-    proxy: Option<&Arc<ProxyProtocol>>,
+    preamble: Option<&Arc<Preamble>>,
     counters: &Arc<Counters>,
     permit: OwnedSemaphorePermit,
 ) {
@@ -531,34 +549,32 @@ fn serve(
     let signal = shared.signal.clone();
     let activity = Activity::new(Arc::clone(&shared.clock), Arc::clone(&state));
     let listener_addr = listener_addr.clone();
-    // Only listeners with a PROXY header to read pay for these clones.
-    let preamble = proxy.map(|proxy| (Arc::clone(proxy), Arc::clone(counters)));
+    // Only listeners with work before the handler pay for these clones.
+    let preamble = preamble.map(|preamble| (Arc::clone(preamble), Arc::clone(counters)));
     shared.tasks.spawn(
         async move {
             tracing::debug!("connection opened");
-            let mut peer = peer;
-            let mut proxied = None;
-            if let (Some((proxy, counters)), Stream::Tcp(tcp)) = (preamble, &mut stream) {
-                let socket_peer = peer.as_tcp().expect("a TCP stream has a TCP peer");
-                match proxy.read(tcp, socket_peer, &counters).await {
-                    Ok(None) => {}
-                    Ok(Some(header)) => {
-                        if let Some(client) = header.source_addr() {
-                            tracing::Span::current()
-                                .record("client", tracing::field::display(client));
-                            peer = Addr::Tcp(client);
-                        }
-                        proxied = Some(Box::new(ProxyInfo {
-                            header,
-                            balancer: Addr::Tcp(socket_peer),
-                        }));
-                    }
-                    Err(()) => return Outcome::Refused,
+            let conn = match preamble {
+                None => Connection::new(stream, id, peer, listener_addr, signal, activity),
+                Some((preamble, counters)) => {
+                    let Ok(prepared) = preamble.run(stream, peer, &counters).await else {
+                        return Outcome::Refused;
+                    };
+                    let mut conn = Connection::new(
+                        prepared.stream,
+                        id,
+                        prepared.peer,
+                        listener_addr,
+                        signal,
+                        activity,
+                    );
+                    conn.set_proxy(prepared.proxy);
+                    #[cfg(feature = "tls")]
+                    conn.set_tls(prepared.tls);
+                    conn
                 }
-            }
-            let mut conn =
-                Connection::new(stream, id, peer.clone(), listener_addr, signal, activity);
-            conn.set_proxy(proxied);
+            };
+            let peer = conn.peer_addr();
             match CatchUnwind(handler.handle_erased(conn)).await {
                 Ok(Ok(())) => Outcome::Completed,
                 Ok(Err(err)) => {

@@ -40,8 +40,8 @@ pub struct Stats {
 ///
 /// Every accepted connection is either `active` or has ended in exactly one
 /// of `completed`, `failed`, `panicked`, the `timed_out_*` counters,
-/// `aborted` or `proxy_rejected`; connections closed by the per-IP limit are
-/// `rejected` and never `accepted`.
+/// `aborted`, `proxy_rejected` or `tls_failed`; connections closed by the
+/// per-IP limit are `rejected` and never `accepted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
@@ -69,6 +69,10 @@ pub struct StatsSnapshot {
     /// protocol header was missing, malformed, late or untrusted (see
     /// [`ProxyProtocol`](crate::ProxyProtocol)).
     pub proxy_rejected: u64,
+    /// Connections closed before the handler ran because their TLS
+    /// handshake failed or timed out (see [`Listen::tls`](crate::Listen::tls);
+    /// always 0 without the `tls` feature).
+    pub tls_failed: u64,
     /// Connections closed at once because their peer address already had
     /// [as many as allowed](crate::Builder::max_connections_per_ip).
     pub rejected: u64,
@@ -81,6 +85,12 @@ impl StatsSnapshot {
     /// Connections closed by any of the timeouts.
     pub fn timed_out(&self) -> u64 {
         self.timed_out_idle + self.timed_out_first_read + self.timed_out_max_age
+    }
+
+    /// Connections closed before the handler ran: `proxy_rejected` plus
+    /// `tls_failed`.
+    pub fn refused(&self) -> u64 {
+        self.proxy_rejected + self.tls_failed
     }
 }
 
@@ -104,7 +114,7 @@ impl Stats {
     ///
     /// The counters are read one by one while connections come and go, so
     /// two counters may be a few events apart; the identity
-    /// `accepted == active + completed + failed + panicked + timed_out() + aborted + proxy_rejected`
+    /// `accepted == active + completed + failed + panicked + timed_out() + aborted + refused()`
     /// always holds.
     pub fn snapshot(&self) -> StatsSnapshot {
         self.listeners
@@ -138,6 +148,7 @@ impl Add for StatsSnapshot {
             timed_out_max_age: self.timed_out_max_age + other.timed_out_max_age,
             aborted: self.aborted + other.aborted,
             proxy_rejected: self.proxy_rejected + other.proxy_rejected,
+            tls_failed: self.tls_failed + other.tls_failed,
             rejected: self.rejected + other.rejected,
             accept_errors: self.accept_errors + other.accept_errors,
         }
@@ -168,6 +179,7 @@ pub(crate) struct Counters {
     timed_out_max_age: AtomicU64,
     aborted: AtomicU64,
     proxy_rejected: AtomicU64,
+    tls_failed: AtomicU64,
     rejected: AtomicU64,
     accept_errors: AtomicU64,
 }
@@ -183,6 +195,11 @@ impl Counters {
 
     pub(crate) fn proxy_rejected(&self) {
         self.proxy_rejected.fetch_add(1, Ordering::Release);
+    }
+
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls_failed(&self) {
+        self.tls_failed.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn accept_error(&self) {
@@ -218,13 +235,13 @@ impl Counters {
             timed_out_max_age: self.timed_out_max_age.load(Ordering::Acquire),
             aborted: self.aborted.load(Ordering::Acquire),
             proxy_rejected: self.proxy_rejected.load(Ordering::Acquire),
+            tls_failed: self.tls_failed.load(Ordering::Acquire),
             rejected: self.rejected.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             ..StatsSnapshot::default()
         };
         s.accepted = self.accepted.load(Ordering::Relaxed);
-        let ended =
-            s.completed + s.failed + s.panicked + s.timed_out() + s.aborted + s.proxy_rejected;
+        let ended = s.completed + s.failed + s.panicked + s.timed_out() + s.aborted + s.refused();
         // Never negative (see above); saturate rather than trust it blindly.
         s.active = s.accepted.saturating_sub(ended);
         s

@@ -24,6 +24,11 @@ pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// a new instance started with the same arguments and `PATH` takes over the
 /// running one's listeners, and the old one drains and exits.
 ///
+/// With `SWITCHBOARD_TLS_CERT=cert.pem` and `SWITCHBOARD_TLS_KEY=key.pem`
+/// (and the crate's `tls` feature: `cargo run --features tls --example ...`)
+/// every TCP listener serves TLS, offering the ALPN protocols listed in
+/// `SWITCHBOARD_TLS_ALPN` (comma-separated), if any.
+///
 /// The first line on stdout is always `listening on ADDR[, ADDR...]` with the
 /// bound addresses, so scripts and tests can start an example on port 0.
 pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
@@ -50,7 +55,11 @@ pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
         } else if let Some(path) = addr.strip_prefix("unix:") {
             builder.bind_unix(path)
         } else {
-            builder.bind(addr)
+            match tls_from_env()? {
+                #[cfg(feature = "tls")]
+                Some(tls) => builder.listen(switchboard::Listen::tcp(addr).tls(tls)),
+                _ => builder.bind(addr),
+            }
         };
     }
     let server = builder
@@ -67,4 +76,32 @@ pub(crate) async fn serve(handler: impl Handler) -> Result<(), Box<dyn Error>> {
     let report = server.run().await?;
     println!("shutdown report: {report}");
     Ok(())
+}
+
+/// The TLS settings the environment asks for, if any.
+#[cfg(feature = "tls")]
+fn tls_from_env() -> Result<Option<switchboard::TlsConfig>, Box<dyn Error>> {
+    let (Some(cert), Some(key)) = (
+        std::env::var_os("SWITCHBOARD_TLS_CERT"),
+        std::env::var_os("SWITCHBOARD_TLS_KEY"),
+    ) else {
+        return Ok(None);
+    };
+    let mut tls = switchboard::TlsConfig::from_pem(&std::fs::read(cert)?, &std::fs::read(key)?)?;
+    if let Ok(alpn) = std::env::var("SWITCHBOARD_TLS_ALPN") {
+        tls = tls.alpn_protocols(alpn.split(',').filter(|p| !p.is_empty()));
+    }
+    Ok(Some(tls))
+}
+
+/// Without the `tls` feature, asking for TLS is an error, not plain TCP.
+#[cfg(not(feature = "tls"))]
+fn tls_from_env() -> Result<Option<std::convert::Infallible>, Box<dyn Error>> {
+    if std::env::var_os("SWITCHBOARD_TLS_CERT").is_some() {
+        return Err(
+            "SWITCHBOARD_TLS_CERT is set, but the example was built without the `tls` feature"
+                .into(),
+        );
+    }
+    Ok(None)
 }

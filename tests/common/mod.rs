@@ -76,7 +76,8 @@ pub fn assert_adds_up(report: &ShutdownReport) {
             + report.panicked
             + report.timed_out
             + report.aborted
-            + report.proxy_rejected,
+            + report.proxy_rejected
+            + report.tls_failed,
         "every accepted connection ends in exactly one outcome: {report:?}"
     );
     assert_eq!(

@@ -1,0 +1,282 @@
+//! TLS listeners (feature `tls`): the handshake runs before the handler,
+//! which sees the decrypted stream and what was negotiated; a real client
+//! (`curl`, and `openssl s_client`) talks to the hello example in TLS mode.
+#![cfg(feature = "tls")]
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use common::{TempDir, assert_adds_up, within};
+use switchboard::rustls::pki_types::ServerName;
+use switchboard::rustls::{ClientConfig, RootCertStore};
+use switchboard::{Addr, Connection, Listen, ProxyProtocol, Server, TlsConfig, handler_fn};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+struct Cert {
+    cert_pem: String,
+    key_pem: String,
+    der: switchboard::rustls::pki_types::CertificateDer<'static>,
+}
+
+fn cert() -> Cert {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    Cert {
+        cert_pem: cert.pem(),
+        key_pem: signing_key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+fn connector(cert: &Cert, alpn: &[&str]) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let provider = Arc::new(switchboard::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// What the handler saw.
+#[derive(Debug)]
+struct Seen {
+    peer: Addr,
+    transport: &'static str,
+    sni: Option<String>,
+    alpn: Option<Vec<u8>>,
+}
+
+fn reporter(tx: mpsc::UnboundedSender<Seen>) -> impl switchboard::Handler {
+    handler_fn(move |mut conn: Connection| {
+        let tx = tx.clone();
+        async move {
+            let info = conn.tls_info();
+            let _ = tx.send(Seen {
+                peer: conn.peer_addr(),
+                transport: conn.transport(),
+                sni: info.and_then(|i| i.server_name()).map(str::to_owned),
+                alpn: info.and_then(|i| i.alpn_protocol()).map(<[u8]>::to_vec),
+            });
+            let chunk = conn.read_chunk(64).await?;
+            conn.write_all(&chunk).await?;
+            conn.shutdown().await?;
+            Ok::<_, io::Error>(())
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_handler_sees_the_decrypted_stream_sni_and_alpn() {
+    let cert = cert();
+    let tls = TlsConfig::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())
+        .unwrap()
+        .alpn_protocols(["h2", "http/1.1"]);
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .listen(Listen::tcp("127.0.0.1:0").tls(tls))
+        .handler(reporter(tx))
+        .build()
+        .await
+        .unwrap();
+    let addr = server.local_addr().as_tcp().unwrap();
+    let (stats, shutdown) = (server.stats(), server.shutdown_handle());
+    let running = tokio::spawn(server.run());
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = within(
+        "the handshake",
+        connector(&cert, &["http/1.1"]).connect(name, tcp),
+    )
+    .await
+    .unwrap();
+    client.write_all(b"secret").await.unwrap();
+    let mut echo = Vec::new();
+    within("the echo", client.read_to_end(&mut echo))
+        .await
+        .unwrap();
+    assert_eq!(echo, b"secret");
+    let seen_first = within("the handler's report", seen.recv()).await.unwrap();
+    assert_eq!(seen_first.transport, "tls");
+    assert_eq!(seen_first.sni.as_deref(), Some("localhost"));
+    assert_eq!(seen_first.alpn.as_deref(), Some(&b"http/1.1"[..]));
+
+    // Plain text on the TLS port: refused before the handler, counted.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // At most a TLS alert comes back (record type 21), then the close.
+    let mut answer = Vec::new();
+    let _ = within("the close", plain.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty() || answer[0] == 21, "{answer:?}");
+    assert!(seen.try_recv().is_err(), "the handler never ran for it");
+    assert_eq!(stats.snapshot().tls_failed, 1);
+
+    shutdown.shutdown();
+    let report = within("run to return", running).await.unwrap().unwrap();
+    assert_eq!((report.completed, report.tls_failed), (1, 1));
+    assert_adds_up(&report);
+}
+
+#[tokio::test]
+async fn a_proxy_header_then_tls() {
+    let cert = cert();
+    let tls = TlsConfig::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap();
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .listen(
+            Listen::tcp("127.0.0.1:0")
+                .proxy_protocol(ProxyProtocol::required())
+                .tls(tls),
+        )
+        .handler(reporter(tx))
+        .build()
+        .await
+        .unwrap();
+    let addr = server.local_addr().as_tcp().unwrap();
+    let shutdown = server.shutdown_handle();
+    let running = tokio::spawn(server.run());
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.9 192.0.2.1 44000 443\r\n")
+        .await
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = within("the handshake", connector(&cert, &[]).connect(name, tcp))
+        .await
+        .unwrap();
+    client.write_all(b"x").await.unwrap();
+    let seen = within("the handler's report", seen.recv()).await.unwrap();
+    assert_eq!(seen.peer, Addr::Tcp("203.0.113.9:44000".parse().unwrap()));
+    assert_eq!(seen.transport, "tls");
+    shutdown.shutdown();
+    within("run to return", running).await.unwrap().unwrap();
+}
+
+/// The hello example in TLS mode, started with a certificate made here.
+struct TlsHello {
+    child: tokio::process::Child,
+    /// Kept open: the example prints its report at exit.
+    _stdout: BufReader<tokio::process::ChildStdout>,
+    addr: SocketAddr,
+    _dir: TempDir,
+    ca: std::path::PathBuf,
+}
+
+async fn tls_hello(cert: &Cert) -> TlsHello {
+    let dir = TempDir::new("tls-hello");
+    let (cert_path, key_path) = (dir.path("cert.pem"), dir.path("key.pem"));
+    std::fs::write(&cert_path, &cert.cert_pem).unwrap();
+    std::fs::write(&key_path, &cert.key_pem).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let hello = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("hello");
+    let mut child = Command::new(hello)
+        .arg("127.0.0.1:0")
+        .env("SWITCHBOARD_TLS_CERT", &cert_path)
+        .env("SWITCHBOARD_TLS_KEY", &key_path)
+        .env("SWITCHBOARD_TLS_ALPN", "http/1.1")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the hello example starts (built by `cargo test --features tls`)");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    within("the `listening on` line", stdout.read_line(&mut first))
+        .await
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening on")
+        .parse()
+        .unwrap();
+    TlsHello {
+        child,
+        _stdout: stdout,
+        addr,
+        ca: cert_path,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn curl_and_openssl_talk_to_the_hello_example_over_tls() {
+    let cert = cert();
+    let mut hello = tls_hello(&cert).await;
+    let port = hello.addr.port();
+
+    let curl = within(
+        "curl",
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&hello.ca)
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .arg(format!("https://localhost:{port}/"))
+            .output(),
+    )
+    .await;
+    match curl {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "curl failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "Hello from async Rust!"
+            );
+        }
+        Err(err) => panic!("curl cannot run ({err}): install curl"),
+    }
+
+    let openssl = within(
+        "openssl s_client",
+        Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", "localhost", "-verify_hostname", "localhost"])
+            .args(["-verify_return_error", "-alpn", "http/1.1", "-CAfile"])
+            .arg(&hello.ca)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("openssl runs (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&openssl.stdout);
+    assert!(text.contains("Verification: OK"), "{text}");
+    assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
+
+    let pid = hello.child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let status = within("the example to exit", hello.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
