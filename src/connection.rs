@@ -1,20 +1,19 @@
 //! `Connection`: one accepted stream and everything known about it.
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, Interest, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
 
 use crate::proxy::ProxyHeader;
 use crate::timeout::Activity;
-use crate::{Addr, ShutdownSignal};
+use crate::{Addr, ShutdownRequested, ShutdownSignal};
 
 /// One accepted connection, handed to [`Handler::handle`](crate::Handler::handle).
 ///
@@ -94,15 +93,36 @@ pub(crate) enum Stream {
 
 /// Waits for readiness, then reads at most `$max` bytes into a buffer made
 /// only then; a socket stream's `read_chunk`.
+///
+/// A read shorter than `$max` shows the socket's receive queue is drained, so
+/// the readiness it was read under is cleared (as tokio's own `poll_read`
+/// does): the next call then waits for new bytes instead of allocating a
+/// buffer only to meet `WouldBlock`. The readiness is cleared with the event
+/// captured *before* the read, so bytes that arrived meanwhile (a newer
+/// event) are not missed.
 macro_rules! read_when_ready {
     ($stream:expr, $max:expr) => {
         loop {
             $stream.readable().await?;
             let mut buf = BytesMut::with_capacity($max);
-            match $stream.try_read_buf(&mut buf) {
-                Ok(_) => break buf,
-                // Readiness can be spurious; wait again.
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            let mut read = 0;
+            let attempt = $stream.try_io(Interest::READABLE, || {
+                read = $stream.try_read_buf(&mut buf)?;
+                if read > 0 && read < $max {
+                    // Not an error: the signal for `try_io` to clear readiness.
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match attempt {
+                Ok(()) => break buf,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if read > 0 {
+                        break buf;
+                    }
+                    // Readiness was spurious; wait again.
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -309,7 +329,7 @@ impl Connection {
     ///
     /// Cancel safe: a dropped future misses nothing, and a new one completes
     /// at once if shutdown has begun.
-    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+    pub fn shutdown_requested(&self) -> ShutdownRequested {
         self.shutdown.shutdown_requested()
     }
 

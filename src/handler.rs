@@ -137,7 +137,11 @@ impl<F> fmt::Debug for HandlerFn<F> {
 }
 
 pub(crate) mod sealed {
+    use std::sync::Arc;
+
     use super::{Connection, HandleFuture, Handler};
+    use crate::server::Job;
+    use crate::task::Tasks;
 
     /// The dyn-compatible form of [`Handler`]; see the module docs.
     ///
@@ -147,11 +151,22 @@ pub(crate) mod sealed {
     pub trait ErasedHandler {
         /// Calls `handle` and boxes its future and its error.
         fn handle_erased(&self, conn: Connection) -> HandleFuture<'_>;
+
+        /// Spawns a connection's task with this handler's own future type
+        /// inside it: the server's way in, one allocation cheaper per
+        /// connection than boxing the future.
+        #[allow(private_interfaces)] // sealed: `Job` is never named outside the crate
+        fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job);
     }
 
     impl<H: Handler> ErasedHandler for H {
         fn handle_erased(&self, conn: Connection) -> HandleFuture<'_> {
             Box::pin(async move { self.handle(conn).await.map_err(Into::into) })
+        }
+
+        #[allow(private_interfaces)] // see the declaration
+        fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job) {
+            crate::server::spawn_connection(self, tasks, job);
         }
     }
 }

@@ -175,7 +175,7 @@ pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
 pub use limit::DEFAULT_MAX_CONNECTIONS;
 pub use listen::{DEFAULT_PROXY_HEADER_TIMEOUT, Listen, ProxyProtocol};
 pub use server::{Server, ShutdownReport};
-pub use shutdown::{ShutdownHandle, ShutdownSignal};
+pub use shutdown::{ShutdownHandle, ShutdownRequested, ShutdownSignal};
 pub use signal::termination;
 pub use stats::{Stats, StatsSnapshot};
 pub use timeout::DEFAULT_IDLE_TIMEOUT;

@@ -28,17 +28,18 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::{self, AcceptError, Backoff};
 use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
 use crate::connection::Stream;
-use crate::handler::sealed::ErasedHandler;
 #[cfg(unix)]
 use crate::handover::{Handover, Offering};
-use crate::limit::Limits;
+use crate::limit::{Admission, Limits};
 use crate::listener::Listener;
 use crate::preamble::Preamble;
+use crate::shutdown::Fired;
 use crate::stats::{Counters, Outcome};
 use crate::task::{CatchUnwind, Tasks, panic_message};
 use crate::timeout::{self, Activity, Clock, ConnState};
 use crate::{
-    Addr, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats, StatsSnapshot,
+    Addr, BoxError, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats,
+    StatsSnapshot,
 };
 
 /// A bound server, ready to [`run`](Server::run).
@@ -220,7 +221,7 @@ impl Server {
             #[cfg(unix)]
             handover,
         } = self;
-        let connections = CancellationToken::new();
+        let connections = Arc::new(Fired::default());
         let tasks = Arc::new(Tasks::new());
         let clock = Arc::new(Clock::new());
         let sweeper_stop = CancellationToken::new();
@@ -238,7 +239,7 @@ impl Server {
         let shared = Arc::new(Shared {
             handler,
             limits: Limits::new(config.max_connections, config.max_connections_per_ip),
-            signal: ShutdownSignal::new(connections.clone()),
+            signal: ShutdownSignal::new(Arc::clone(&connections)),
             tasks: Arc::clone(&tasks),
             clock,
             next_id: AtomicU64::new(1),
@@ -285,7 +286,7 @@ impl Server {
                 "shutdown begun: listeners closed"
             );
         }
-        connections.cancel();
+        connections.fire();
 
         // Phase 2: drain, then abort what is left.
         let drain = tasks.drain(config.drain_timeout).await;
@@ -545,61 +546,108 @@ fn serve(
     let now = shared.clock.now();
     let state = Arc::new(ConnState::new(now));
     let span = tracing::debug_span!("conn", id, %peer, client = tracing::field::Empty);
-    let handler = Arc::clone(&shared.handler);
-    let signal = shared.signal.clone();
-    let activity = Activity::new(Arc::clone(&shared.clock), Arc::clone(&state));
-    let listener_addr = listener_addr.clone();
-    // Only listeners with work before the handler pay for these clones.
-    let preamble = preamble.map(|preamble| (Arc::clone(preamble), Arc::clone(counters)));
-    shared.tasks.spawn(
-        async move {
-            tracing::debug!("connection opened");
-            let conn = match preamble {
-                None => Connection::new(stream, id, peer, listener_addr, signal, activity),
-                Some((preamble, counters)) => {
-                    let Ok(prepared) = preamble.run(stream, peer, &counters).await else {
-                        return Outcome::Refused;
-                    };
-                    let mut conn = Connection::new(
-                        prepared.stream,
-                        id,
-                        prepared.peer,
-                        listener_addr,
-                        signal,
-                        activity,
-                    );
-                    conn.set_proxy(prepared.proxy);
-                    #[cfg(feature = "tls")]
-                    conn.set_tls(prepared.tls);
-                    conn
-                }
-            };
-            let peer = conn.peer_addr();
-            match CatchUnwind(handler.handle_erased(conn)).await {
-                Ok(Ok(())) => Outcome::Completed,
-                Ok(Err(err)) => {
-                    // id and peer repeated so the line is useful even where
-                    // the debug-level span is filtered out.
-                    tracing::warn!(conn.id = id, %peer, error = %err, "handler failed");
-                    Outcome::Failed
-                }
-                Err(payload) => {
-                    tracing::error!(
-                        conn.id = id,
-                        %peer,
-                        panic = panic_message(payload.as_ref()),
-                        "handler panicked"
-                    );
-                    Outcome::Panicked
-                }
-            }
-        },
+    let job = Job {
+        stream,
+        peer,
+        id,
+        listener_addr: listener_addr.clone(),
+        signal: shared.signal.clone(),
+        activity: Activity::new(Arc::clone(&shared.clock), Arc::clone(&state)),
+        // Only listeners with work before the handler pay for these clones.
+        preamble: preamble.map(|preamble| (Arc::clone(preamble), Arc::clone(counters))),
         span,
-        Arc::clone(counters),
+        counters: Arc::clone(counters),
         state,
-        now,
+        accepted_at: now,
         admission,
-    );
+    };
+    // Through the handler's vtable into `spawn_connection::<H>`, so that the
+    // task holds the handler's future itself, not a box of it.
+    Arc::clone(&shared.handler).spawn_connection(&shared.tasks, job);
+}
+
+/// Everything a connection's task is made of.
+#[allow(unreachable_pub)] // named by the sealed handler trait only
+#[derive(Debug)]
+pub struct Job {
+    stream: Stream,
+    peer: Addr,
+    id: u64,
+    listener_addr: Addr,
+    signal: ShutdownSignal,
+    activity: Activity,
+    preamble: Option<(Arc<Preamble>, Arc<Counters>)>,
+    span: tracing::Span,
+    counters: Arc<Counters>,
+    state: Arc<ConnState>,
+    accepted_at: u64,
+    admission: Admission,
+}
+
+/// Spawns a connection's task: the preamble (PROXY header, TLS), then the
+/// handler, with panics caught and the outcome counted. Generic over the
+/// handler so that its future lives in the task itself.
+pub(crate) fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: Job) {
+    let Job {
+        stream,
+        peer,
+        id,
+        listener_addr,
+        signal,
+        activity,
+        preamble,
+        span,
+        counters,
+        state,
+        accepted_at,
+        admission,
+    } = job;
+    let serve = async move {
+        tracing::debug!("connection opened");
+        let conn = match preamble {
+            None => Connection::new(stream, id, peer, listener_addr, signal, activity),
+            Some((preamble, counters)) => {
+                let Ok(prepared) = preamble.run(stream, peer, &counters).await else {
+                    return Outcome::Refused;
+                };
+                let mut conn = Connection::new(
+                    prepared.stream,
+                    id,
+                    prepared.peer,
+                    listener_addr,
+                    signal,
+                    activity,
+                );
+                conn.set_proxy(prepared.proxy);
+                #[cfg(feature = "tls")]
+                conn.set_tls(prepared.tls);
+                conn
+            }
+        };
+        let peer = conn.peer_addr();
+        // `H::handle`, not `Arc<H>`'s `Handler` impl, which boxes.
+        let handling = std::pin::pin!(H::handle(&handler, conn));
+        match CatchUnwind(handling).await {
+            Ok(Ok(())) => Outcome::Completed,
+            Ok(Err(err)) => {
+                let err: BoxError = err.into();
+                // id and peer repeated so the line is useful even where the
+                // debug-level span is filtered out.
+                tracing::warn!(conn.id = id, %peer, error = %err, "handler failed");
+                Outcome::Failed
+            }
+            Err(payload) => {
+                tracing::error!(
+                    conn.id = id,
+                    %peer,
+                    panic = panic_message(payload.as_ref()),
+                    "handler panicked"
+                );
+                Outcome::Panicked
+            }
+        }
+    };
+    tasks.spawn(serve, span, counters, state, accepted_at, admission);
 }
 
 /// Per-connection TCP options. A failure is logged, not fatal: the peer may

@@ -1,15 +1,28 @@
 //! The cancellation channel: one trigger, many observers.
 //!
-//! Two tokens keep the phases of a shutdown in order. The *trigger* token is
-//! what [`ShutdownHandle::shutdown`] (or the builder's shutdown future)
-//! cancels; only the accept loop watches it. When the accept loop sees it, it
-//! closes the listener and only then cancels the *connections* token that every
-//! [`ShutdownSignal`] watches. So a handler that sees its signal knows that new
-//! connects are already refused, and a connection accepted in the same instant
-//! as the trigger still has a live signal that fires right after.
+//! Two signals keep the phases of a shutdown in order. The *trigger* (a
+//! `CancellationToken`) is what [`ShutdownHandle::shutdown`] (or the
+//! builder's shutdown future) cancels; only the accept loops watch it. When
+//! they have closed the listeners, the server fires the *connections' signal*
+//! ([`Fired`]) that every [`ShutdownSignal`] watches. So a handler that sees
+//! its signal knows that new connects are already refused, and a connection
+//! accepted in the same instant as the trigger still has a live signal that
+//! fires right after.
+//!
+//! The connections' signal is hand-written rather than another
+//! `CancellationToken` because it sits on the hot path of every connection:
+//! asking it is one atomic load (the token takes a lock shared by every
+//! connection), and a waiting future registers its waker once and then, on
+//! every poll by the same task, only compares wakers.
 
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
+use slab::Slab;
 use tokio_util::sync::CancellationToken;
 
 /// Triggers a server's graceful shutdown.
@@ -34,17 +47,34 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
     trigger: CancellationToken,
+    /// For a connection served outside a server ([`testing`](crate::testing)):
+    /// the signal to fire directly.
+    direct: Option<Arc<Fired>>,
 }
 
 impl ShutdownHandle {
     pub(crate) fn new(trigger: CancellationToken) -> Self {
-        ShutdownHandle { trigger }
+        ShutdownHandle {
+            trigger,
+            direct: None,
+        }
+    }
+
+    /// A handle that fires `fired` itself: no accept loop stands between.
+    pub(crate) fn direct(fired: Arc<Fired>) -> Self {
+        ShutdownHandle {
+            trigger: CancellationToken::new(),
+            direct: Some(fired),
+        }
     }
 
     /// Begins the graceful shutdown: stop accepting, signal every connection,
     /// drain. Returns at once; calling it again does nothing.
     pub fn shutdown(&self) {
         self.trigger.cancel();
+        if let Some(fired) = &self.direct {
+            fired.fire();
+        }
     }
 
     /// Whether shutdown has been triggered.
@@ -57,36 +87,173 @@ impl ShutdownHandle {
 ///
 /// Every [`Connection`](crate::Connection) carries one
 /// ([`Connection::shutdown_signal`](crate::Connection::shutdown_signal)); clone
-/// it into tasks the handler spawns. It fires once the listener is closed, and
-/// stays fired: a signal cloned or created after shutdown began is fired too.
+/// it into tasks the handler spawns. It fires once the listeners are closed,
+/// and stays fired: a signal cloned or created after shutdown began is fired
+/// too.
 #[derive(Debug, Clone)]
 pub struct ShutdownSignal {
-    token: CancellationToken,
+    fired: Arc<Fired>,
 }
 
 impl ShutdownSignal {
-    pub(crate) fn new(token: CancellationToken) -> Self {
-        ShutdownSignal { token }
+    pub(crate) fn new(fired: Arc<Fired>) -> Self {
+        ShutdownSignal { fired }
     }
 
     /// Whether the server is shutting down. One atomic load: cheap enough to
     /// ask after every request.
     pub fn is_shutting_down(&self) -> bool {
-        self.token.is_cancelled()
+        self.fired.is_fired()
     }
 
     /// Completes when the server begins shutting down (at once if it already
     /// has).
     ///
     /// The future owns what it needs and borrows nothing, so it can be made
-    /// once, pinned, and raced against reads of the connection in every loop
+    /// once and raced against reads of the connection in every loop
     /// iteration; see [`Connection::shutdown_requested`](crate::Connection::shutdown_requested).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a dropped future misses nothing, and a new one completes
     /// at once if shutdown has begun.
-    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
-        self.token.clone().cancelled_owned()
+    pub fn shutdown_requested(&self) -> ShutdownRequested {
+        ShutdownRequested {
+            fired: Arc::clone(&self.fired),
+            registered: None,
+        }
+    }
+}
+
+/// The future of [`ShutdownSignal::shutdown_requested`] and
+/// [`Connection::shutdown_requested`](crate::Connection::shutdown_requested):
+/// completes when the server begins shutting down.
+///
+/// It is `Unpin`, so `tokio::select!` can take `&mut` of it without pinning.
+#[must_use = "futures do nothing unless polled"]
+pub struct ShutdownRequested {
+    fired: Arc<Fired>,
+    /// Where this future's waker is registered, and a copy of it to tell
+    /// whether a later poll comes from the same task.
+    registered: Option<(usize, Waker)>,
+}
+
+impl Future for ShutdownRequested {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.fired.is_fired() {
+            return Poll::Ready(());
+        }
+        if let Some((_, waker)) = &self.registered {
+            if waker.will_wake(cx.waker()) {
+                // Registered for this very task: `fire` will wake it.
+                return Poll::Pending;
+            }
+        }
+        let this = &mut *self;
+        let mut waiters = this.fired.waiters();
+        // Checked again under the lock: `fire` sets the flag before it takes
+        // the lock to wake the waiters, so a waker stored now is woken.
+        if this.fired.is_fired() {
+            return Poll::Ready(());
+        }
+        match &mut this.registered {
+            Some((key, waker)) => {
+                if let Some(slot) = waiters.get_mut(*key) {
+                    slot.clone_from(cx.waker());
+                }
+                waker.clone_from(cx.waker());
+            }
+            None => {
+                let key = waiters.insert(cx.waker().clone());
+                this.registered = Some((key, cx.waker().clone()));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for ShutdownRequested {
+    fn drop(&mut self) {
+        if let Some((key, _)) = self.registered.take() {
+            // After `fire` the slab is empty and stays so: nothing to remove.
+            self.fired.waiters().try_remove(key);
+        }
+    }
+}
+
+impl fmt::Debug for ShutdownRequested {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownRequested")
+            .field("fired", &self.fired.is_fired())
+            .field("registered", &self.registered.is_some())
+            .finish()
+    }
+}
+
+/// A one-shot signal many futures can wait for.
+#[derive(Debug, Default)]
+pub(crate) struct Fired {
+    fired: AtomicBool,
+    waiters: Mutex<Slab<Waker>>,
+}
+
+impl Fired {
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Fires the signal and wakes every waiter; later calls do nothing.
+    pub(crate) fn fire(&self) {
+        if self.fired.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let waiters = std::mem::take(&mut *self.waiters());
+        for (_, waker) in waiters {
+            waker.wake();
+        }
+    }
+
+    /// The waiters stay consistent even if a thread panicked while holding
+    /// the lock (slab operations do not panic midway): poisoning is ignored.
+    fn waiters(&self) -> MutexGuard<'_, Slab<Waker>> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fires_every_waiter_once_and_stays_fired() {
+        let fired = Arc::new(Fired::default());
+        let signal = ShutdownSignal::new(Arc::clone(&fired));
+        let waiters: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(signal.shutdown_requested()))
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(!signal.is_shutting_down());
+        fired.fire();
+        fired.fire();
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert!(signal.is_shutting_down());
+        signal.shutdown_requested().await; // made after: ready at once
+        assert!(fired.waiters().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_deregisters() {
+        let fired = Arc::new(Fired::default());
+        let signal = ShutdownSignal::new(Arc::clone(&fired));
+        let mut waiting = signal.shutdown_requested();
+        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut waiting).poll(cx))).await;
+        assert!(polled.is_pending());
+        assert_eq!(fired.waiters().len(), 1);
+        drop(waiting);
+        assert!(fired.waiters().is_empty());
     }
 }

@@ -35,9 +35,9 @@ use std::sync::Arc;
 
 use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::connection::Stream;
+use crate::shutdown::Fired;
 use crate::timeout::{Activity, Clock, ConnState};
 use crate::{Addr, BoxError, Connection, Handler, ShutdownHandle, ShutdownSignal};
 
@@ -104,17 +104,17 @@ impl TestConnection {
     /// fires the connection's shutdown signal.
     pub fn pair(self) -> (Connection, DuplexStream, ShutdownHandle) {
         let (server_end, client_end) = tokio::io::duplex(self.buffer);
-        let token = CancellationToken::new();
+        let fired = Arc::new(Fired::default());
         let activity = Activity::new(Arc::new(Clock::new()), Arc::new(ConnState::default()));
         let conn = Connection::new(
             Stream::Duplex(server_end),
             self.id,
             self.peer,
             self.local,
-            ShutdownSignal::new(token.clone()),
+            ShutdownSignal::new(Arc::clone(&fired)),
             activity,
         );
-        (conn, client_end, ShutdownHandle::new(token))
+        (conn, client_end, ShutdownHandle::direct(fired))
     }
 
     /// Runs `handler` on the connection in a task of its own.
@@ -124,7 +124,7 @@ impl TestConnection {
     /// If called outside a tokio runtime.
     pub fn serve<H: Handler>(self, handler: H) -> Served {
         let (conn, client, shutdown) = self.pair();
-        let task = tokio::spawn(async move { handler.handle_erased(conn).await });
+        let task = tokio::spawn(async move { H::handle(&handler, conn).await.map_err(Into::into) });
         Served {
             client,
             shutdown,
