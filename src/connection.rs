@@ -1,12 +1,14 @@
 //! `Connection`: one accepted stream and everything known about it.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, Interest, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -51,22 +53,25 @@ use crate::{Addr, ShutdownRequested, ShutdownSignal};
 /// # let _ = echo;
 /// ```
 pub struct Connection {
-    stream: Stream,
+    // Crate-visible for the preamble (PROXY header, TLS), which sets the
+    // peer and wraps the stream before the handler sees the connection.
+    pub(crate) stream: Stream,
     id: u64,
-    peer: Addr,
-    /// The listener's address. For a listener on a wildcard address the
-    /// connection's real local address differs and is asked of the socket on
-    /// demand, so the common case costs no system call.
-    listener_addr: Addr,
+    pub(crate) peer: Addr,
+    /// The listener's address, shared by its connections. For a listener
+    /// on a wildcard address the connection's real local address differs
+    /// and is asked of the socket on demand, so the common case costs no
+    /// system call.
+    listener_addr: Arc<Addr>,
     shutdown: ShutdownSignal,
     /// Read and write times, for the server's timeouts.
     activity: Activity,
     /// What the PROXY protocol header said, when the listener reads one.
     /// Boxed: most connections have none and stay one pointer smaller.
-    proxy: Option<Box<ProxyInfo>>,
+    pub(crate) proxy: Option<Box<ProxyInfo>>,
     /// What the TLS handshake negotiated, on a TLS listener.
     #[cfg(feature = "tls")]
-    tls: Option<Box<crate::TlsInfo>>,
+    pub(crate) tls: Option<Box<crate::TlsInfo>>,
 }
 
 /// A PROXY protocol header and the balancer that sent it.
@@ -91,7 +96,7 @@ pub(crate) enum Stream {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// Waits for readiness, then reads at most `$max` bytes into a buffer made
+/// Polls for readiness, then reads at most `$max` bytes into a buffer made
 /// only then; a socket stream's `read_chunk`.
 ///
 /// A read shorter than `$max` shows the socket's receive queue is drained, so
@@ -101,9 +106,13 @@ pub(crate) enum Stream {
 /// captured *before* the read, so bytes that arrived meanwhile (a newer
 /// event) are not missed.
 macro_rules! read_when_ready {
-    ($stream:expr, $max:expr) => {
+    ($stream:expr, $cx:expr, $max:expr) => {
         loop {
-            $stream.readable().await?;
+            match $stream.poll_read_ready($cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => break Poll::Ready(Err(err)),
+                Poll::Pending => break Poll::Pending,
+            }
             let mut buf = BytesMut::with_capacity($max);
             let mut read = 0;
             let attempt = $stream.try_io(Interest::READABLE, || {
@@ -116,14 +125,15 @@ macro_rules! read_when_ready {
                 }
             });
             match attempt {
-                Ok(()) => break buf,
+                Ok(()) => break Poll::Ready(Ok(buf)),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     if read > 0 {
-                        break buf;
+                        break Poll::Ready(Ok(buf));
                     }
-                    // Readiness was spurious; wait again.
+                    // Readiness was spurious and is cleared now: polling
+                    // again registers the waker.
                 }
-                Err(err) => return Err(err),
+                Err(err) => break Poll::Ready(Err(err)),
             }
         }
     };
@@ -148,7 +158,7 @@ impl Connection {
         stream: Stream,
         id: u64,
         peer: Addr,
-        listener_addr: Addr,
+        listener_addr: Arc<Addr>,
         shutdown: ShutdownSignal,
         activity: Activity,
     ) -> Self {
@@ -163,15 +173,6 @@ impl Connection {
             #[cfg(feature = "tls")]
             tls: None,
         }
-    }
-
-    pub(crate) fn set_proxy(&mut self, proxy: Option<Box<ProxyInfo>>) {
-        self.proxy = proxy;
-    }
-
-    #[cfg(feature = "tls")]
-    pub(crate) fn set_tls(&mut self, tls: Option<crate::TlsInfo>) {
-        self.tls = tls.map(Box::new);
     }
 
     /// What the TLS handshake negotiated (ALPN protocol, SNI server name,
@@ -212,14 +213,14 @@ impl Connection {
     /// The address of this end: the listener's address, or for a listener on
     /// a wildcard address (`0.0.0.0`, `::`) the address the client reached.
     pub fn local_addr(&self) -> Addr {
-        match &self.listener_addr {
+        match &*self.listener_addr {
             Addr::Tcp(listener) if listener.ip().is_unspecified() => {
                 match self.as_tcp().map(TcpStream::local_addr) {
                     Some(Ok(addr)) => Addr::Tcp(addr),
-                    _ => self.listener_addr.clone(),
+                    _ => (*self.listener_addr).clone(),
                 }
             }
-            _ => self.listener_addr.clone(),
+            listener => listener.clone(),
         }
     }
 
@@ -293,23 +294,12 @@ impl Connection {
     /// });
     /// # let _ = echo;
     /// ```
-    pub async fn read_chunk(&mut self, max: usize) -> io::Result<BytesMut> {
-        let buf = match &mut self.stream {
-            Stream::Tcp(stream) => read_when_ready!(stream, max),
-            #[cfg(unix)]
-            Stream::Unix(stream) => read_when_ready!(stream, max),
-            // An in-memory pipe has no readiness to wait for: read into a
-            // buffer allocated up front (tests only).
-            Stream::Duplex(stream) => read_into_new(stream, max).await?,
-            // TLS may hold decrypted bytes already while the socket is not
-            // readable: read through it.
-            #[cfg(feature = "tls")]
-            Stream::Tls(stream) => read_into_new(stream, max).await?,
-        };
-        if !buf.is_empty() {
-            self.activity.read();
+    pub fn read_chunk(&mut self, max: usize) -> ReadChunk<'_> {
+        ReadChunk {
+            conn: self,
+            max,
+            buf: None,
         }
-        Ok(buf)
     }
 
     /// The server's shutdown signal; clone it into tasks the handler spawns.
@@ -403,12 +393,75 @@ impl AsyncWrite for Connection {
     }
 }
 
-/// Reads at most `max` bytes into a buffer allocated before waiting; for
-/// streams without socket readiness.
-async fn read_into_new(stream: &mut (impl AsyncRead + Unpin), max: usize) -> io::Result<BytesMut> {
-    let mut buf = BytesMut::with_capacity(max);
-    stream.read_buf(&mut buf).await?;
-    Ok(buf)
+/// The future of [`Connection::read_chunk`]: the bytes read, empty at EOF.
+///
+/// A few words long, so that a connection waiting in it costs almost
+/// nothing: on a socket the waker is stored in the socket's own
+/// registration, and the buffer is allocated only once bytes are ready.
+#[must_use = "futures do nothing unless polled"]
+pub struct ReadChunk<'a> {
+    conn: &'a mut Connection,
+    max: usize,
+    /// For streams without readiness (in-memory pipes, TLS, which may hold
+    /// decrypted bytes while the socket is not readable): the buffer read
+    /// into, allocated at the first poll.
+    buf: Option<BytesMut>,
+}
+
+impl Future for ReadChunk<'_> {
+    type Output = io::Result<BytesMut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let max = this.max;
+        let polled = match &mut this.conn.stream {
+            Stream::Tcp(stream) => read_when_ready!(stream, cx, max),
+            #[cfg(unix)]
+            Stream::Unix(stream) => read_when_ready!(stream, cx, max),
+            Stream::Duplex(stream) => poll_read_into(Pin::new(stream), cx, &mut this.buf, max),
+            #[cfg(feature = "tls")]
+            Stream::Tls(stream) => poll_read_into(Pin::new(stream), cx, &mut this.buf, max),
+        };
+        if let Poll::Ready(Ok(buf)) = &polled {
+            if !buf.is_empty() {
+                this.conn.activity.read();
+            }
+        }
+        polled
+    }
+}
+
+impl fmt::Debug for ReadChunk<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadChunk")
+            .field("connection", &self.conn.id)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads at most `max` bytes into `slot`'s buffer (allocated on first use)
+/// and hands the buffer over when the read completes.
+fn poll_read_into(
+    stream: Pin<&mut (impl AsyncRead + ?Sized)>,
+    cx: &mut Context<'_>,
+    slot: &mut Option<BytesMut>,
+    max: usize,
+) -> Poll<io::Result<BytesMut>> {
+    // Zeroed rather than uninitialised: this crate has no `unsafe`, and
+    // these transports are tests and TLS, where zeroing is the least cost.
+    let buf = slot.get_or_insert_with(|| BytesMut::zeroed(max));
+    let mut read_buf = ReadBuf::new(&mut buf[..]);
+    match stream.poll_read(cx, &mut read_buf) {
+        Poll::Ready(Ok(())) => {
+            let filled = read_buf.filled().len();
+            let mut buf = slot.take().unwrap_or_default();
+            buf.truncate(filled);
+            Poll::Ready(Ok(buf))
+        }
+        Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 /// Records a write that moved bytes.

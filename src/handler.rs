@@ -152,9 +152,10 @@ pub(crate) mod sealed {
         /// Calls `handle` and boxes its future and its error.
         fn handle_erased(&self, conn: Connection) -> HandleFuture<'_>;
 
-        /// Spawns a connection's task with this handler's own future type
-        /// inside it: the server's way in, one allocation cheaper per
-        /// connection than boxing the future.
+        /// Spawns a connection's task, generic over this handler's own
+        /// future type: the server's way in, which boxes the future once
+        /// (not twice, as calling `handle_erased` through `Arc<dyn Handler>`
+        /// would) and polls it without dynamic dispatch.
         #[allow(private_interfaces)] // sealed: `Job` is never named outside the crate
         fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job);
     }

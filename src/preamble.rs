@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::Addr;
 use crate::connection::{ProxyInfo, Stream};
 use crate::listen::ProxyProtocol;
 use crate::stats::Counters;
+use crate::{Addr, Connection};
 
 /// A listener's per-connection work before the handler.
 #[derive(Debug)]
@@ -16,17 +16,6 @@ pub(crate) struct Preamble {
     proxy: Option<ProxyProtocol>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsAcceptor>,
-}
-
-/// A connection ready for its handler.
-#[derive(Debug)]
-pub(crate) struct Prepared {
-    pub(crate) stream: Stream,
-    /// The client: from the PROXY header when there is one.
-    pub(crate) peer: Addr,
-    pub(crate) proxy: Option<Box<ProxyInfo>>,
-    #[cfg(feature = "tls")]
-    pub(crate) tls: Option<crate::TlsInfo>,
 }
 
 impl Preamble {
@@ -54,27 +43,29 @@ impl Preamble {
         self.proxy.is_some()
     }
 
-    /// Runs the preamble. `Err(())`: the connection was refused (logged and
-    /// counted here); drop it without running the handler.
+    /// Runs the preamble on `conn`, a TCP connection: reads the PROXY header
+    /// (then `conn`'s peer is the client it names), performs the TLS
+    /// handshake (then `conn` carries the TLS stream). `Err(())`: refused,
+    /// logged and counted here; drop the connection without its handler.
     pub(crate) async fn run(
         &self,
-        stream: Stream,
-        peer: Addr,
+        mut conn: Connection,
         counters: &Counters,
-    ) -> Result<Prepared, ()> {
+    ) -> Result<Connection, ()> {
         // The builder allows a preamble on TCP listeners only.
-        let (Stream::Tcp(mut tcp), Some(socket_peer)) = (stream, peer.as_tcp()) else {
+        let Some(socket_peer) = conn.peer.as_tcp() else {
             unreachable!("a preamble runs on TCP connections only");
         };
-        let mut prepared_peer = peer;
-        let mut proxy = None;
         if let Some(protocol) = &self.proxy {
-            if let Some(header) = protocol.read(&mut tcp, socket_peer, counters).await? {
+            let Stream::Tcp(tcp) = &mut conn.stream else {
+                unreachable!("a preamble runs on TCP connections only");
+            };
+            if let Some(header) = protocol.read(tcp, socket_peer, counters).await? {
                 if let Some(client) = header.source_addr() {
                     tracing::Span::current().record("client", tracing::field::display(client));
-                    prepared_peer = Addr::Tcp(client);
+                    conn.peer = Addr::Tcp(client);
                 }
-                proxy = Some(Box::new(ProxyInfo {
+                conn.proxy = Some(Box::new(ProxyInfo {
                     header,
                     balancer: Addr::Tcp(socket_peer),
                 }));
@@ -82,22 +73,21 @@ impl Preamble {
         }
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.tls {
-            return match acceptor.accept(tcp).await {
+            let Stream::Tcp(tcp) = conn.stream else {
+                unreachable!("a preamble runs on TCP connections only");
+            };
+            match acceptor.accept(tcp).await {
                 Ok((stream, info)) => {
                     tracing::debug!(
                         alpn = ?info.alpn_protocol().map(String::from_utf8_lossy),
                         sni = info.server_name(),
                         "TLS handshake done"
                     );
-                    Ok(Prepared {
-                        stream: Stream::Tls(Box::new(stream)),
-                        peer: prepared_peer,
-                        proxy,
-                        tls: Some(info),
-                    })
+                    conn.stream = Stream::Tls(Box::new(stream));
+                    conn.tls = Some(Box::new(info));
                 }
                 Err(err) => {
-                    let peer = &prepared_peer;
+                    let peer = &conn.peer;
                     if matches!(err, crate::tls::HandshakeError::QueueTimeout) {
                         tracing::warn!(
                             %peer,
@@ -109,16 +99,10 @@ impl Preamble {
                         tracing::debug!(%peer, kind = err.kind(), error = %err, "TLS handshake failed");
                     }
                     counters.tls_failed();
-                    Err(())
+                    return Err(());
                 }
-            };
+            }
         }
-        Ok(Prepared {
-            stream: Stream::Tcp(tcp),
-            peer: prepared_peer,
-            proxy,
-            #[cfg(feature = "tls")]
-            tls: None,
-        })
+        Ok(conn)
     }
 }

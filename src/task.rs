@@ -76,7 +76,7 @@ impl Tasks {
         // to deregister before its entry is registered.
         let mut registry = lock(&self.registry);
         let entry = registry.vacant_entry();
-        let mut guard = EndGuard {
+        let guard = EndGuard {
             counters,
             registry: Arc::clone(&self.registry),
             key: entry.key(),
@@ -88,9 +88,9 @@ impl Tasks {
         // The guard is inside the span too, so that the lines it logs when
         // the task ends (aborted or timed out included) carry the connection.
         let handle = self.tracker.spawn(
-            async move {
-                guard.outcome = serve.await;
-                drop(guard);
+            Guarded {
+                serve,
+                guard: Some(guard),
             }
             .instrument(span),
         );
@@ -143,6 +143,30 @@ impl Tasks {
         Drain {
             duration: start.elapsed(),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Runs `serve` and records its outcome in the guard. Hand-written
+    /// rather than an `async` block, which would hold `serve` twice (as a
+    /// capture and as the future it awaits): on every idle connection.
+    struct Guarded<F> {
+        #[pin]
+        serve: F,
+        guard: Option<EndGuard>,
+    }
+}
+
+impl<F: Future<Output = Outcome>> Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.serve.poll(cx));
+        if let Some(mut guard) = this.guard.take() {
+            guard.outcome = outcome;
+        }
+        Poll::Ready(())
     }
 }
 

@@ -110,7 +110,7 @@ impl TestConnection {
             Stream::Duplex(server_end),
             self.id,
             self.peer,
-            self.local,
+            Arc::new(self.local),
             ShutdownSignal::new(Arc::clone(&fired)),
             activity,
         );
