@@ -11,11 +11,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 #[cfg(unix)]
 use crate::handover::Handover;
-use crate::limit::DEFAULT_MAX_CONNECTIONS;
+use crate::limit::{DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT};
 use crate::listen::{Listen, ListenOn, ProxyProtocol};
 use crate::listener::{self, Listener};
 use crate::timeout::{DEFAULT_IDLE_TIMEOUT, Timeouts};
@@ -607,7 +605,7 @@ impl Config {
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
         }
-        if self.max_connections > Semaphore::MAX_PERMITS {
+        if self.max_connections > MAX_CONNECTIONS_LIMIT {
             return invalid("max_connections", "exceeds the largest supported limit");
         }
         if self.max_connections_per_ip == Some(0) {

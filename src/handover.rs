@@ -86,6 +86,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, AcceptError, Backoff};
+use crate::shutdown::Fired;
 
 /// The most listening sockets one handover carries.
 pub(crate) const MAX_LISTENERS: usize = 64;
@@ -1469,25 +1470,36 @@ impl Handover {
         self,
         sockets: Vec<Inherited>,
         keepers: Vec<Arc<AtomicBool>>,
-        trigger: &CancellationToken,
+        trigger: &Arc<Fired>,
     ) -> Offering {
         tracing::debug!(control = %self.control.path().display(), "offering the listeners to a successor");
-        let stop = trigger.child_token();
-        let trigger = trigger.clone();
+        let stop = CancellationToken::new();
+        let triggered = Fired::wait(trigger);
+        let fire = Arc::clone(trigger);
         let handed_over = move || {
             for keeper in &keepers {
                 keeper.store(true, Ordering::Relaxed);
             }
             tracing::info!("listeners handed over to a successor; draining");
-            trigger.cancel();
+            fire.fire();
         };
-        let offer = tokio::spawn(offer(
+        let offering = offer(
             self.control,
             sockets,
             HANDOVER_TIMEOUT,
-            stop,
+            stop.clone(),
             handed_over,
-        ));
+        );
+        let offer = tokio::spawn(async move {
+            tokio::pin!(offering);
+            // The offer stops when shutdown begins, whoever triggered it; a
+            // handover that triggered it runs on to its confirmation.
+            tokio::select! {
+                offered = &mut offering => return offered,
+                () = triggered => stop.cancel(),
+            }
+            offering.await
+        });
         let ready = self.predecessor.map(|predecessor| {
             tokio::spawn(async move {
                 match predecessor.ready().await {

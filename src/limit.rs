@@ -1,38 +1,78 @@
 //! Admission control: the connection limit and the per-peer-IP limit.
 //!
-//! The global limit is a semaphore whose permit is taken *before* `accept`:
-//! a full server stops accepting, so further clients wait in the kernel's
+//! The global limit is a counter whose place is taken *before* `accept`: a
+//! full server stops accepting, so further clients wait in the kernel's
 //! backlog (and beyond it are refused by the kernel) instead of costing a
 //! descriptor and a task each. The per-IP limit can only be checked once the
 //! peer is known, after `accept`: an extra connection is closed at once.
+//!
+//! The counter is an atomic rather than tokio's `Semaphore`, whose release
+//! takes a lock on every connection's end; a full server's accept loops,
+//! the only waiters, are woken through a `Notify` only when one is waiting.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 /// Default for [`Builder::max_connections`](crate::Builder::max_connections).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
+/// The largest `max_connections` accepted (the counter must not overflow).
+pub(crate) const MAX_CONNECTIONS_LIMIT: usize = usize::MAX >> 1;
+
 /// The server's admission limits.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    connections: Arc<Semaphore>,
+    live: Arc<Live>,
     per_ip: Option<Arc<PerIp>>,
+}
+
+/// The connections under the global limit.
+#[derive(Debug)]
+struct Live {
+    max: usize,
+    count: AtomicUsize,
+    /// Accept loops waiting for a place: only then does a release notify.
+    waiters: AtomicUsize,
+    freed: Notify,
+}
+
+/// A place under the global limit; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    live: Arc<Live>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // SeqCst, with the waiter's increment and re-check: either the
+        // waiter sees this place free, or this sees the waiter and wakes it.
+        self.live.count.fetch_sub(1, Ordering::SeqCst);
+        if self.live.waiters.load(Ordering::SeqCst) > 0 {
+            self.live.freed.notify_waiters();
+        }
+    }
 }
 
 /// What a live connection holds; dropping it frees its place.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
     _per_ip: Option<PerIpPlace>,
 }
 
 impl Limits {
     pub(crate) fn new(max_connections: usize, max_per_ip: Option<usize>) -> Self {
         Limits {
-            connections: Arc::new(Semaphore::new(max_connections)),
+            live: Arc::new(Live {
+                max: max_connections,
+                count: AtomicUsize::new(0),
+                waiters: AtomicUsize::new(0),
+                freed: Notify::new(),
+            }),
             per_ip: max_per_ip.map(|limit| {
                 Arc::new(PerIp {
                     limit,
@@ -43,32 +83,54 @@ impl Limits {
     }
 
     /// A place under the global limit if one is free now.
-    pub(crate) fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.connections).try_acquire_owned().ok()
+    pub(crate) fn try_permit(&self) -> Option<Permit> {
+        let mut count = self.live.count.load(Ordering::SeqCst);
+        loop {
+            if count >= self.live.max {
+                return None;
+            }
+            match self.live.count.compare_exchange_weak(
+                count,
+                count + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    return Some(Permit {
+                        live: Arc::clone(&self.live),
+                    });
+                }
+                Err(now) => count = now,
+            }
+        }
     }
 
     /// Waits for a place under the global limit.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe (tokio's semaphore queues fairly and gives up the place
-    /// in the queue when dropped).
-    pub(crate) async fn permit(&self) -> OwnedSemaphorePermit {
-        match Arc::clone(&self.connections).acquire_owned().await {
-            Ok(permit) => permit,
-            // The semaphore is owned here and never closed.
-            Err(_) => unreachable!("the connection semaphore is never closed"),
+    /// Cancel safe: nothing is taken until it completes.
+    pub(crate) async fn permit(&self) -> Permit {
+        loop {
+            if let Some(permit) = self.try_permit() {
+                return permit;
+            }
+            let freed = self.live.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let _waiting = Waiting::new(&self.live);
+            // Checked again now that a release would notify us.
+            if let Some(permit) = self.try_permit() {
+                return permit;
+            }
+            freed.await;
         }
     }
 
     /// Completes the admission of a connection from `ip` (`None` for a
     /// transport without IP addresses), or `None` when that address already
     /// has as many connections as it may.
-    pub(crate) fn admit(
-        &self,
-        permit: OwnedSemaphorePermit,
-        ip: Option<IpAddr>,
-    ) -> Option<Admission> {
+    pub(crate) fn admit(&self, permit: Permit, ip: Option<IpAddr>) -> Option<Admission> {
         let per_ip = match (&self.per_ip, ip) {
             (Some(per_ip), Some(ip)) => Some(PerIp::enter(per_ip, ip)?),
             _ => None,
@@ -77,6 +139,22 @@ impl Limits {
             _permit: permit,
             _per_ip: per_ip,
         })
+    }
+}
+
+/// Counts an accept loop as waiting for as long as it lives.
+struct Waiting<'a>(&'a Live);
+
+impl<'a> Waiting<'a> {
+    fn new(live: &'a Live) -> Self {
+        live.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(live)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -155,6 +233,29 @@ mod tests {
                 .is_some(),
             "a place was freed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_accept_loop_is_woken_when_a_place_frees() {
+        let limits = Arc::new(Limits::new(1, None));
+        let held = limits.try_permit().unwrap();
+        let waiter = {
+            let limits = Arc::clone(&limits);
+            tokio::spawn(async move { limits.permit().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        let permit = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert!(
+            limits.try_permit().is_none(),
+            "the place went to the waiter"
+        );
+        drop(permit);
+        assert!(limits.try_permit().is_some());
     }
 
     #[test]

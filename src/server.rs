@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +29,7 @@ use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
 use crate::connection::Stream;
 #[cfg(unix)]
 use crate::handover::{Handover, Offering};
-use crate::limit::{Admission, Limits};
+use crate::limit::{Admission, Limits, Permit};
 use crate::listener::Listener;
 use crate::preamble::Preamble;
 use crate::shutdown::Fired;
@@ -57,7 +56,7 @@ pub struct Server {
     handler: Arc<dyn Handler>,
     config: Config,
     /// Cancelled by [`ShutdownHandle::shutdown`]; watched by the accept loop only.
-    trigger: CancellationToken,
+    trigger: Arc<Fired>,
     shutdown_signal: Option<ExternalSignal>,
     stats: Stats,
     /// Zero-downtime restarts: the control socket and the predecessor.
@@ -155,7 +154,7 @@ impl Server {
             listeners,
             handler,
             config,
-            trigger: CancellationToken::new(),
+            trigger: Arc::default(),
             shutdown_signal,
             stats,
             #[cfg(unix)]
@@ -178,7 +177,7 @@ impl Server {
 
     /// A handle that triggers the graceful shutdown; see [`ShutdownHandle`].
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle::new(self.trigger.clone())
+        ShutdownHandle::new(Arc::clone(&self.trigger))
     }
 
     /// A live view of the server's counters; see [`Stats`].
@@ -263,7 +262,7 @@ impl Server {
                 Arc::clone(&shared),
                 listening,
                 counters,
-                trigger.clone(),
+                Arc::clone(&trigger),
             ));
         }
         let fatal = supervise(&mut loops, &trigger, shutdown_signal).await;
@@ -326,7 +325,7 @@ impl Server {
 fn offer_listeners(
     handover: Handover,
     listeners: &[Listening],
-    trigger: &CancellationToken,
+    trigger: &Arc<Fired>,
 ) -> Option<Offering> {
     let sockets: io::Result<Vec<_>> = listeners.iter().map(|l| l.listener.duplicate()).collect();
     match sockets {
@@ -348,7 +347,7 @@ fn offer_listeners(
 /// builder's signal fires or a loop fails; returns the first failure.
 async fn supervise(
     loops: &mut JoinSet<Result<(), (Addr, io::Error)>>,
-    trigger: &CancellationToken,
+    trigger: &Arc<Fired>,
     shutdown_signal: Option<ExternalSignal>,
 ) -> Option<(Addr, io::Error)> {
     let mut external = shutdown_signal.map(ExternalSignal::into_future);
@@ -357,7 +356,7 @@ async fn supervise(
         tokio::select! {
             () = poll_optional(&mut external) => {
                 tracing::info!("shutdown signal received");
-                trigger.cancel();
+                trigger.fire();
                 external = None;
             }
             joined = loops.join_next() => match joined {
@@ -366,12 +365,12 @@ async fn supervise(
                 Some(Ok(Err(failure))) => {
                     // One broken listener stops them all: the server is not
                     // what it was configured to be.
-                    trigger.cancel();
+                    trigger.fire();
                     fatal.get_or_insert(failure);
                 }
                 Some(Err(join_err)) => {
                     tracing::error!(error = %join_err, "an accept loop ended abnormally");
-                    trigger.cancel();
+                    trigger.fire();
                 }
             },
         }
@@ -383,7 +382,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("local_addrs", &self.local_addrs())
             .field("config", &self.config)
-            .field("shutting_down", &self.trigger.is_cancelled())
+            .field("shutting_down", &self.trigger.is_fired())
             .field("stats", &self.stats.snapshot())
             .finish_non_exhaustive()
     }
@@ -436,7 +435,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listening: Listening,
     counters: Arc<Counters>,
-    trigger: CancellationToken,
+    trigger: Arc<Fired>,
 ) -> Result<(), (Addr, io::Error)> {
     let Listening {
         listener,
@@ -447,8 +446,7 @@ async fn accept_loop(
     let conn_addr = Arc::new(addr.clone());
     // Made once: registering a waiter on every iteration would cost a lock
     // per accepted connection.
-    let stop = trigger.cancelled();
-    tokio::pin!(stop);
+    let mut stop = Fired::wait(&trigger);
     let mut backoff = Backoff::new();
     loop {
         // Admission first: a full server does not accept, so clients queue
@@ -532,7 +530,7 @@ fn serve(
     listener_addr: &Arc<Addr>,
     preamble: Option<&Arc<Preamble>>,
     counters: &Arc<Counters>,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
 ) {
     let peer_ip: Option<IpAddr> = peer.as_tcp().map(|addr| addr.ip());
     let Some(admission) = shared.limits.admit(permit, peer_ip) else {

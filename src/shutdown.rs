@@ -1,18 +1,18 @@
 //! The cancellation channel: one trigger, many observers.
 //!
-//! Two signals keep the phases of a shutdown in order. The *trigger* (a
-//! `CancellationToken`) is what [`ShutdownHandle::shutdown`] (or the
-//! builder's shutdown future) cancels; only the accept loops watch it. When
-//! they have closed the listeners, the server fires the *connections' signal*
-//! ([`Fired`]) that every [`ShutdownSignal`] watches. So a handler that sees
+//! Two signals keep the phases of a shutdown in order. The *trigger* is what
+//! [`ShutdownHandle::shutdown`] (or the builder's shutdown future) fires;
+//! only the accept loops watch it. When they have closed the listeners, the
+//! server fires the *connections' signal* that every [`ShutdownSignal`]
+//! watches. So a handler that sees
 //! its signal knows that new connects are already refused, and a connection
 //! accepted in the same instant as the trigger still has a live signal that
 //! fires right after.
 //!
-//! The connections' signal is hand-written rather than another
-//! `CancellationToken` because it sits on the hot path of every connection:
-//! asking it is one atomic load (the token takes a lock shared by every
-//! connection), and a waiting future registers its waker once and then, on
+//! Both are a hand-written [`Fired`] rather than tokio-util's
+//! `CancellationToken` because they sit on hot paths (every accept, every
+//! connection): asking is one atomic load (the token takes a lock shared by
+//! every waiter), and a waiting future registers its waker once and then, on
 //! every poll by the same task, only compares wakers.
 
 use std::fmt;
@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
-use tokio_util::sync::CancellationToken;
 
 /// Triggers a server's graceful shutdown.
 ///
@@ -46,40 +45,25 @@ use tokio_util::sync::CancellationToken;
 /// ```
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
-    trigger: CancellationToken,
-    /// For a connection served outside a server ([`testing`](crate::testing)):
-    /// the signal to fire directly.
-    direct: Option<Arc<Fired>>,
+    /// The server's trigger; for a connection served outside a server
+    /// ([`testing`](crate::testing)), the connection's signal itself.
+    trigger: Arc<Fired>,
 }
 
 impl ShutdownHandle {
-    pub(crate) fn new(trigger: CancellationToken) -> Self {
-        ShutdownHandle {
-            trigger,
-            direct: None,
-        }
-    }
-
-    /// A handle that fires `fired` itself: no accept loop stands between.
-    pub(crate) fn direct(fired: Arc<Fired>) -> Self {
-        ShutdownHandle {
-            trigger: CancellationToken::new(),
-            direct: Some(fired),
-        }
+    pub(crate) fn new(trigger: Arc<Fired>) -> Self {
+        ShutdownHandle { trigger }
     }
 
     /// Begins the graceful shutdown: stop accepting, signal every connection,
     /// drain. Returns at once; calling it again does nothing.
     pub fn shutdown(&self) {
-        self.trigger.cancel();
-        if let Some(fired) = &self.direct {
-            fired.fire();
-        }
+        self.trigger.fire();
     }
 
     /// Whether shutdown has been triggered.
     pub fn is_shutting_down(&self) -> bool {
-        self.trigger.is_cancelled()
+        self.trigger.is_fired()
     }
 }
 
@@ -118,10 +102,7 @@ impl ShutdownSignal {
     /// Cancel safe: a dropped future misses nothing, and a new one completes
     /// at once if shutdown has begun.
     pub fn shutdown_requested(&self) -> ShutdownRequested {
-        ShutdownRequested {
-            fired: Arc::clone(&self.fired),
-            registered: None,
-        }
+        Fired::wait(&self.fired)
     }
 }
 
@@ -200,6 +181,14 @@ pub(crate) struct Fired {
 }
 
 impl Fired {
+    /// A future that completes once the signal has fired.
+    pub(crate) fn wait(this: &Arc<Fired>) -> ShutdownRequested {
+        ShutdownRequested {
+            fired: Arc::clone(this),
+            registered: None,
+        }
+    }
+
     pub(crate) fn is_fired(&self) -> bool {
         self.fired.load(Ordering::Acquire)
     }

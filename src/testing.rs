@@ -114,7 +114,7 @@ impl TestConnection {
             ShutdownSignal::new(Arc::clone(&fired)),
             activity,
         );
-        (conn, client_end, ShutdownHandle::direct(fired))
+        (conn, client_end, ShutdownHandle::new(fired))
     }
 
     /// Runs `handler` on the connection in a task of its own.
