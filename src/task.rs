@@ -87,13 +87,18 @@ impl Tasks {
         };
         // The guard is inside the span too, so that the lines it logs when
         // the task ends (aborted or timed out included) carry the connection.
-        let handle = self.tracker.spawn(
-            Guarded {
-                serve,
-                guard: Some(guard),
-            }
-            .instrument(span),
-        );
+        let guarded = Guarded {
+            serve,
+            guard: Some(guard),
+        };
+        // Without a subscriber that wants the span, skip the wrapper that
+        // enters it on every poll: it would cost every idle connection its
+        // size and every wake-up its enter and exit, for nothing.
+        let handle = if span.is_disabled() {
+            self.tracker.spawn(guarded)
+        } else {
+            self.tracker.spawn(guarded.instrument(span))
+        };
         entry.insert(Entry {
             abort: handle.abort_handle(),
             state,
