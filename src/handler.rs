@@ -10,14 +10,20 @@
 //!   `where Self: Sized` bound; implementors write `async fn handle` and any
 //!   error type that converts into [`BoxError`]. The bound keeps the method out
 //!   of the vtable, which is what makes `dyn Handler` legal.
-//! * A sealed supertrait, blanket-implemented for every sized `Handler`, boxes
-//!   the future and the error once. It *is* in the vtable, so the server calls
-//!   handlers through `Arc<dyn Handler>` and never needs to be generic.
+//! * A sealed supertrait, blanket-implemented for every sized `Handler`, is in
+//!   the vtable. The server stores `Arc<dyn Handler>` and, for each
+//!   connection, calls the supertrait's `spawn_connection` through it: that
+//!   method is generic code for the concrete handler, so the connection's task
+//!   holds the handler's own future type, polled without dynamic dispatch.
+//!   Futures up to 512 bytes live in the task itself; larger ones get one box
+//!   (moving a large future into tokio's task cell costs more in `memcpy`
+//!   than an allocation: see `server.rs`).
 //!
-//! The cost is one allocation per connection for the boxed future, the same
-//! price `async-trait` charges, without a macro on the user's impl and without
-//! fixing the error type. A re-exported `async-trait` was rejected because it
-//! forces `#[async_trait]` on every impl and one error type on every handler.
+//! So a handler costs no allocation of its own per connection (or one, for
+//! a large future: the price `async-trait` always charges), without a macro
+//! on the user's impl and without fixing the error type. A re-exported
+//! `async-trait` was rejected because it forces `#[async_trait]` on every impl
+//! and one error type on every handler.
 
 use std::fmt;
 use std::future::Future;

@@ -113,6 +113,16 @@
 //! [`Connection::peer_addr`] is an [`Addr`], which says "IP and port" or
 //! "Unix path", so a handler serves every transport unchanged.
 //!
+//! # Behind a load balancer, TLS, restarts
+//!
+//! A listener can read the PROXY protocol header that load balancers send
+//! ([`Listen::proxy_protocol`], [`ProxyProtocol`]), so that
+//! [`Connection::peer_addr`] names the real client; serve TLS with the `tls`
+//! feature (`Listen::tls`, `TlsConfig`); and a server can hand its listening
+//! sockets to a new process for a restart that refuses no client
+//! ([`Builder::handover`]). When shutdown begins the listeners close at once,
+//! so a balancer's health checks fail over while connections drain.
+//!
 //! # Testing handlers
 //!
 //! [`testing::TestConnection`] runs a handler on an in-memory connection with
@@ -139,6 +149,21 @@
 //! current-thread, and never creates one. The library never prints; it
 //! speaks through `tracing` (`info` for lifecycle, `debug` per connection,
 //! `warn` for accept and handler errors, `error` for panics).
+
+// Module map (DESIGN.md's layout, grown with the transports):
+//   builder, listen     options; what to listen on, per-listener settings
+//   listener            binding TCP/Unix sockets, std and systemd listeners
+//   server              the accept loops, spawning a connection's task, the drain
+//   preamble            per connection before the handler: PROXY header, TLS
+//   task                the task boundary: outcomes, panics, abort registry
+//   connection, addr    what a handler gets
+//   handler             the Handler trait and its erased form
+//   shutdown, signal    the cancellation channel; Ctrl-C/SIGTERM
+//   limit, timeout      admission control; idle/first-read/age timeouts
+//   accept, stats       accept-error classification; counters
+//   proxy, tls          PROXY protocol parser; TLS acceptor (feature `tls`)
+//   handover            zero-downtime restart (listeners passed by SCM_RIGHTS)
+//   testing             in-memory connections for handler tests
 
 // Library code states the invariant behind every unwrap (as an `expect`);
 // unit tests may unwrap.

@@ -70,7 +70,7 @@ pub struct StatsSnapshot {
     /// [`ProxyProtocol`](crate::ProxyProtocol)).
     pub proxy_rejected: u64,
     /// Connections closed before the handler ran because their TLS
-    /// handshake failed or timed out (see [`Listen::tls`](crate::Listen::tls);
+    /// handshake failed or timed out (see `Listen::tls`, feature `tls`;
     /// always 0 without the `tls` feature).
     pub tls_failed: u64,
     /// Connections closed at once because their peer address already had
