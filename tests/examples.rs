@@ -4,89 +4,21 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
-
-use common::{read_response, within};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use common::{Example, accepted_in, example_path, read_response, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-
-/// `cargo test` builds the examples next to the test binaries:
-/// target/<profile>/examples/<name>.
-fn example_path(name: &str) -> PathBuf {
-    let test_exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
-
-struct Example {
-    child: Child,
-    stdout: BufReader<tokio::process::ChildStdout>,
-    addr: std::net::SocketAddr,
-}
 
 async fn launch(name: &str) -> Example {
-    launch_with(name, "127.0.0.1:0", &[]).await
+    Example::start(Example::command(name)).await
 }
 
 async fn launch_with(name: &str, addr: &str, env: &[(&str, &str)]) -> Example {
-    let mut child = Command::new(example_path(name))
+    let mut command = tokio::process::Command::new(example_path(name));
+    command
         .arg(addr)
         .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the example starts");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut first = String::new();
-    within("the `listening on` line", stdout.read_line(&mut first))
-        .await
-        .unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line is {first:?}"))
-        .parse()
-        .expect("a socket address");
-    Example {
-        child,
-        stdout,
-        addr,
-    }
-}
-
-impl Example {
-    /// Sends SIGTERM, expects exit status 0, returns the rest of stdout.
-    async fn terminate(mut self) -> String {
-        let pid = self.child.id().expect("still running").to_string();
-        let kill = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(kill.success());
-        let status = within("the example to exit", self.child.wait())
-            .await
-            .unwrap();
-        assert!(status.success(), "exit status {status}");
-        let mut rest = String::new();
-        within("the rest of stdout", self.stdout.read_to_string(&mut rest))
-            .await
-            .unwrap();
-        rest
-    }
+        .stderr(std::process::Stdio::null());
+    Example::start(command).await
 }
 
 #[tokio::test]
@@ -128,16 +60,6 @@ async fn echo_echoes_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert!(rest.is_empty());
-}
-
-/// `shutdown report: accepted N, ...` → N.
-fn accepted_in(report: &str) -> u64 {
-    report
-        .split("accepted ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no accepted count in {report:?}"))
 }
 
 #[tokio::test]

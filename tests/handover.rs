@@ -6,98 +6,21 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, read_response, within};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use common::{Example, TempDir, accepted_in, read_response, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStdout, Command};
 
-fn hello_example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples")
-        .join("hello");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test`, which builds it",
-        path.display()
-    );
-    path
-}
-
-struct Instance {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-    addr: SocketAddr,
-}
-
-async fn start_hello(control: &Path) -> Instance {
-    let mut child = Command::new(hello_example())
-        .arg("127.0.0.1:0")
+async fn start_hello(control: &Path) -> Example {
+    let mut command = Example::command("hello");
+    command
         .env("SWITCHBOARD_HANDOVER", control)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the example starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    within("the `listening on` line", stdout.read_line(&mut first))
-        .await
-        .unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening on")
-        .parse()
-        .unwrap();
-    Instance {
-        child,
-        stdout,
-        addr,
-    }
-}
-
-impl Instance {
-    /// Waits for the process to exit (by itself or after SIGTERM); its report.
-    async fn exit(mut self, terminate: bool) -> String {
-        if terminate {
-            let pid = self.child.id().unwrap().to_string();
-            assert!(
-                Command::new("kill")
-                    .args(["-TERM", &pid])
-                    .status()
-                    .await
-                    .unwrap()
-                    .success()
-            );
-        }
-        let status = within("the example to exit", self.child.wait())
-            .await
-            .unwrap();
-        assert!(status.success(), "exit status {status}");
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).await.unwrap();
-        rest
-    }
-}
-
-fn accepted_in(report: &str) -> u64 {
-    report
-        .split("accepted ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no accepted count in {report:?}"))
+        .stderr(std::process::Stdio::inherit());
+    Example::start(command).await
 }
 
 #[derive(Default)]
@@ -156,7 +79,7 @@ async fn a_new_process_takes_over_the_listeners_under_load_without_a_single_fail
     let before = served(&tally);
     let new = start_hello(&control).await;
     assert_eq!(new.addr, addr, "the successor serves the very same socket");
-    let old_report = old.exit(false).await; // it drains and exits by itself
+    let old_report = old.exit().await; // it drains and exits by itself
     let during = served(&tally) - before;
     let handover_took = handover_started.elapsed();
 
@@ -171,7 +94,7 @@ async fn a_new_process_takes_over_the_listeners_under_load_without_a_single_fail
     for client in clients {
         within("a client loop", client).await.unwrap();
     }
-    let new_report = new.exit(true).await;
+    let new_report = new.terminate().await;
 
     let (ok, failed) = (served(&tally), tally.failed.load(Ordering::Relaxed));
     println!(

@@ -12,30 +12,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::process::Stdio;
 
-use common::{read_response, within};
+use common::{example_path, read_response, within};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
-
-fn hello_example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples")
-        .join("hello");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test`, which builds it",
-        path.display()
-    );
-    path
-}
 
 #[tokio::test]
 async fn the_hello_example_serves_a_socket_passed_by_systemd() {
@@ -51,7 +34,7 @@ async fn the_hello_example_serves_a_socket_passed_by_systemd() {
     let script = format!("exec 3<&{fd}; export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" systemd");
     let mut child = Command::new("sh")
         .args(["-c", &script])
-        .arg(hello_example())
+        .arg(example_path("hello"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -107,7 +90,7 @@ async fn the_hello_example_serves_a_socket_passed_by_systemd() {
 async fn without_passed_sockets_the_build_fails_clearly() {
     let output = within(
         "the example to fail",
-        Command::new(hello_example())
+        Command::new(example_path("hello"))
             .arg("systemd")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")

@@ -6,15 +6,14 @@
 mod common;
 
 use std::io;
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use common::{TempDir, assert_adds_up, within};
+use common::{Example, TempDir, assert_adds_up, within};
 use switchboard::rustls::pki_types::ServerName;
 use switchboard::rustls::{ClientConfig, RootCertStore};
 use switchboard::{Addr, Connection, Listen, ProxyProtocol, Server, TlsConfig, handler_fn};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -169,10 +168,7 @@ async fn a_proxy_header_then_tls() {
 
 /// The hello example in TLS mode, started with a certificate made here.
 struct TlsHello {
-    child: tokio::process::Child,
-    /// Kept open: the example prints its report at exit.
-    _stdout: BufReader<tokio::process::ChildStdout>,
-    addr: SocketAddr,
+    example: Example,
     _dir: TempDir,
     ca: std::path::PathBuf,
 }
@@ -182,38 +178,14 @@ async fn tls_hello(cert: &Cert) -> TlsHello {
     let (cert_path, key_path) = (dir.path("cert.pem"), dir.path("key.pem"));
     std::fs::write(&cert_path, &cert.cert_pem).unwrap();
     std::fs::write(&key_path, &cert.key_pem).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let hello = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples")
-        .join("hello");
-    let mut child = Command::new(hello)
-        .arg("127.0.0.1:0")
+    // Built with TLS by `cargo test --features tls` (or --all-features).
+    let mut command = Example::command("hello");
+    command
         .env("SWITCHBOARD_TLS_CERT", &cert_path)
         .env("SWITCHBOARD_TLS_KEY", &key_path)
-        .env("SWITCHBOARD_TLS_ALPN", "http/1.1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the hello example starts (built by `cargo test --features tls`)");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    within("the `listening on` line", stdout.read_line(&mut first))
-        .await
-        .unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening on")
-        .parse()
-        .unwrap();
+        .env("SWITCHBOARD_TLS_ALPN", "http/1.1");
     TlsHello {
-        child,
-        _stdout: stdout,
-        addr,
+        example: Example::start(command).await,
         ca: cert_path,
         _dir: dir,
     }
@@ -222,8 +194,8 @@ async fn tls_hello(cert: &Cert) -> TlsHello {
 #[tokio::test]
 async fn curl_and_openssl_talk_to_the_hello_example_over_tls() {
     let cert = cert();
-    let mut hello = tls_hello(&cert).await;
-    let port = hello.addr.port();
+    let hello = tls_hello(&cert).await;
+    let port = hello.example.addr.port();
 
     let curl = within(
         "curl",
@@ -266,17 +238,5 @@ async fn curl_and_openssl_talk_to_the_hello_example_over_tls() {
     assert!(text.contains("Verification: OK"), "{text}");
     assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
 
-    let pid = hello.child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap()
-            .success()
-    );
-    let status = within("the example to exit", hello.child.wait())
-        .await
-        .unwrap();
-    assert!(status.success());
+    hello.example.terminate().await;
 }

@@ -227,3 +227,105 @@ impl Logs {
             .collect()
     }
 }
+
+/// `cargo test` builds the examples next to the test binaries:
+/// target/<profile>/examples/<name>.
+pub fn example_path(name: &str) -> std::path::PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// An example binary running as a user runs it.
+pub struct Example {
+    pub child: tokio::process::Child,
+    /// Kept open: the example prints its report at exit.
+    pub stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+    /// The address from its first line, `listening on ADDR`.
+    pub addr: SocketAddr,
+}
+
+impl Example {
+    /// Starts example `name` with `command`'s arguments and environment
+    /// (`command` names the program; pass `Example::command(name)`), and
+    /// reads the address it listens on.
+    pub async fn start(mut command: tokio::process::Command) -> Example {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = command
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the example starts");
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut first = String::new();
+        within("the `listening on` line", stdout.read_line(&mut first))
+            .await
+            .unwrap();
+        let addr = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line is {first:?}"))
+            .parse()
+            .expect("a socket address");
+        Example {
+            child,
+            stdout,
+            addr,
+        }
+    }
+
+    /// The command that runs example `name` on `127.0.0.1:0`.
+    pub fn command(name: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(example_path(name));
+        command
+            .arg("127.0.0.1:0")
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    /// Sends SIGTERM, expects exit status 0, returns the rest of stdout.
+    pub async fn terminate(self) -> String {
+        let pid = self.child.id().expect("still running").to_string();
+        let kill = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(kill.success());
+        self.exit().await
+    }
+
+    /// Waits for the example to exit by itself, expects status 0, returns
+    /// the rest of stdout.
+    pub async fn exit(mut self) -> String {
+        let status = within("the example to exit", self.child.wait())
+            .await
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+        let mut rest = String::new();
+        within("the rest of stdout", self.stdout.read_to_string(&mut rest))
+            .await
+            .unwrap();
+        rest
+    }
+}
+
+/// `shutdown report: accepted N, ...` -> N.
+pub fn accepted_in(report: &str) -> u64 {
+    report
+        .split("accepted ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no accepted count in {report:?}"))
+}
