@@ -64,8 +64,13 @@ fn is_resource_exhaustion(code: i32) -> bool {
 #[cfg(target_os = "linux")]
 fn is_pending_network_error(code: i32) -> bool {
     // ENETDOWN, EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH,
-    // EOPNOTSUPP, ENETUNREACH
-    matches!(code, 100 | 71 | 92 | 112 | 64 | 113 | 95 | 101)
+    // EOPNOTSUPP, ENETUNREACH; and what accept(2) lists for one connection:
+    // EPERM (firewall rules forbid it), ENOSR, ESOCKTNOSUPPORT,
+    // EPROTONOSUPPORT.
+    matches!(
+        code,
+        100 | 71 | 92 | 112 | 64 | 113 | 95 | 101 | 1 | 63 | 94 | 93
+    )
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -141,6 +146,11 @@ mod tests {
             assert_eq!(os(105), AcceptError::Resources, "ENOBUFS");
             assert_eq!(os(12), AcceptError::Resources, "ENOMEM");
             assert_eq!(os(71), AcceptError::Connection, "EPROTO");
+            assert_eq!(
+                os(1),
+                AcceptError::Connection,
+                "EPERM: a firewall refused one connection"
+            );
             assert_eq!(os(9), AcceptError::Fatal, "EBADF");
             assert_eq!(os(22), AcceptError::Fatal, "EINVAL");
         }

@@ -215,8 +215,13 @@ impl Builder {
     }
 
     /// The handler that serves every connection: a value implementing
-    /// [`Handler`], or an `Arc<dyn Handler>` chosen at run time (stored as
-    /// it is, without a second layer of indirection).
+    /// [`Handler`] (the builder puts it in an `Arc`), or an
+    /// `Arc<dyn Handler>` chosen at run time (stored as it is, without a
+    /// second layer of indirection).
+    ///
+    /// An `Arc<MyHandler>` works too, but is served through `Arc`'s own
+    /// `Handler` impl, which boxes each connection's future: pass the value,
+    /// or coerce the `Arc` to `Arc<dyn Handler>`.
     pub fn handler<H: Handler>(mut self, handler: H) -> Self {
         let mut slot = Some(handler);
         let shared: Option<Arc<dyn Handler>> =

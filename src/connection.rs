@@ -117,7 +117,9 @@ macro_rules! read_when_ready {
             let mut read = 0;
             let attempt = $stream.try_io(Interest::READABLE, || {
                 read = $stream.try_read_buf(&mut buf)?;
-                if read > 0 && read < $max {
+                // Not on Windows, where (as tokio's own `poll_read` knows) the
+                // selector re-arms only after a real `WouldBlock`.
+                if cfg!(not(windows)) && read > 0 && read < $max {
                     // Not an error: the signal for `try_io` to clear readiness.
                     Err(io::ErrorKind::WouldBlock.into())
                 } else {
@@ -272,6 +274,10 @@ impl Connection {
     ///
     /// The stream's read error.
     ///
+    /// # Panics
+    ///
+    /// If `max` is 0.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: if the future is dropped before it completes, no bytes
@@ -295,6 +301,7 @@ impl Connection {
     /// # let _ = echo;
     /// ```
     pub fn read_chunk(&mut self, max: usize) -> ReadChunk<'_> {
+        assert!(max > 0, "read_chunk(0) could never tell a read from EOF");
         ReadChunk {
             conn: self,
             max,

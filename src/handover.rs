@@ -364,6 +364,7 @@ pub(crate) async fn offer(
     sockets: Vec<Inherited>,
     timeout: Duration,
     stop: CancellationToken,
+    offered: impl Fn(bool) + Send + Sync,
     handed_over: impl FnOnce() + Send,
 ) -> io::Result<Offered> {
     if sockets.len() > MAX_LISTENERS {
@@ -417,7 +418,7 @@ pub(crate) async fn offer(
             // A handover in progress may already have sent the control
             // socket: leave the file to the successor.
             () = stop.cancelled() => return Ok(Offered::Stopped),
-            session = hand_over(&stream, &sockets, &listener, timeout) => session,
+            session = hand_over(&stream, &sockets, &listener, timeout, &offered) => session,
         };
         match session {
             Ok(()) => {
@@ -440,6 +441,7 @@ pub(crate) async fn offer(
                 return Ok(Offered::HandedOver);
             }
             Err(err) => {
+                offered(false);
                 tracing::warn!(error = %err, "handover to a successor failed; still serving");
             }
         }
@@ -511,6 +513,7 @@ async fn hand_over(
     sockets: &[Inherited],
     control: &UnixListener,
     timeout: Duration,
+    offered: &(impl Fn(bool) + Sync),
 ) -> io::Result<()> {
     check_peer(stream)?;
     let request = within(
@@ -539,6 +542,9 @@ async fn hand_over(
         send_frame(stream, Message::Offer, &kinds, &fds),
     )
     .await?;
+    // From here the successor may serve on the sockets even if we stop
+    // before its "ready": their files must outlive this server.
+    offered(true);
     let ready = within(
         timeout,
         "waiting for the successor to be ready",
@@ -952,9 +958,14 @@ mod tests {
             let handed_over = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&handed_over);
             let stop = CancellationToken::new();
-            let task = tokio::spawn(offer(control, sockets, timeout, stop.clone(), move || {
-                flag.store(true, Ordering::SeqCst)
-            }));
+            let task = tokio::spawn(offer(
+                control,
+                sockets,
+                timeout,
+                stop.clone(),
+                |_| {},
+                move || flag.store(true, Ordering::SeqCst),
+            ));
             Offering {
                 task,
                 handed_over,
@@ -1408,7 +1419,14 @@ mod tests {
         let sockets = (0..=MAX_LISTENERS).map(|_| copy_tcp(&tcp)).collect();
         let err = bounded(
             "offer",
-            offer(control, sockets, STEP, CancellationToken::new(), || {}),
+            offer(
+                control,
+                sockets,
+                STEP,
+                CancellationToken::new(),
+                |_| {},
+                || {},
+            ),
         )
         .await
         .expect_err("more than MAX_LISTENERS");
@@ -1476,8 +1494,17 @@ impl Handover {
         let stop = CancellationToken::new();
         let triggered = Fired::wait(trigger);
         let fire = Arc::clone(trigger);
+        let keepers = Arc::new(keepers);
+        let keep = Arc::clone(&keepers);
+        // Once the sockets are sent, the successor may serve on them: keep
+        // the Unix socket files even if this server stops first.
+        let offered = move |sent: bool| {
+            for keeper in keep.iter() {
+                keeper.store(sent, Ordering::Relaxed);
+            }
+        };
         let handed_over = move || {
-            for keeper in &keepers {
+            for keeper in keepers.iter() {
                 keeper.store(true, Ordering::Relaxed);
             }
             tracing::info!("listeners handed over to a successor; draining");
@@ -1488,6 +1515,7 @@ impl Handover {
             sockets,
             HANDOVER_TIMEOUT,
             stop.clone(),
+            offered,
             handed_over,
         );
         let offer = tokio::spawn(async move {
@@ -1508,26 +1536,35 @@ impl Handover {
                 }
             })
         });
-        Offering { offer, ready }
+        Offering {
+            offer: Some(offer),
+            ready,
+        }
     }
 }
 
-/// The tasks [`Handover::start`] spawned.
+/// The tasks [`Handover::start`] spawned; dropping it (with the `run`
+/// future, say) aborts them, so no copy of a listener outlives the server.
 #[derive(Debug)]
 pub(crate) struct Offering {
-    offer: tokio::task::JoinHandle<io::Result<Offered>>,
+    offer: Option<tokio::task::JoinHandle<io::Result<Offered>>>,
     ready: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Offering {
-    /// Waits for both tasks (the offer ends when shutdown begins); whether
-    /// the listeners were handed over.
-    pub(crate) async fn finish(self) -> bool {
-        if let Some(ready) = self.ready {
-            // Bounded by HANDOVER_TIMEOUT inside; it logs its own result.
+    /// Once shutdown has begun (the offer ends with it): whether the
+    /// listeners were handed over. A confirmation still awaited from a
+    /// predecessor is given up rather than waited for.
+    pub(crate) async fn finish(mut self) -> bool {
+        if let Some(ready) = self.ready.take() {
+            ready.abort();
+            // It logs its own result if it had one.
             let _ = ready.await;
         }
-        match self.offer.await {
+        let Some(offer) = self.offer.take() else {
+            return false;
+        };
+        match offer.await {
             Ok(Ok(Offered::HandedOver)) => true,
             Ok(Ok(Offered::Stopped)) => false,
             Ok(Err(err)) => {
@@ -1538,6 +1575,20 @@ impl Offering {
                 tracing::error!(error = %join, "the handover task ended abnormally");
                 false
             }
+        }
+    }
+}
+
+impl Drop for Offering {
+    fn drop(&mut self) {
+        for task in [
+            self.offer.take().map(|t| t.abort_handle()),
+            self.ready.take().map(|t| t.abort_handle()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            task.abort();
         }
     }
 }

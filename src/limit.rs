@@ -105,6 +105,33 @@ impl Limits {
         }
     }
 
+    /// Whether a place under the global limit is free now (without taking
+    /// it).
+    pub(crate) fn has_room(&self) -> bool {
+        self.live.count.load(Ordering::SeqCst) < self.live.max
+    }
+
+    /// Waits until a place is free, without taking it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn room(&self) {
+        loop {
+            if self.has_room() {
+                return;
+            }
+            let freed = self.live.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let _waiting = Waiting::new(&self.live);
+            if self.has_room() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
     /// Waits for a place under the global limit.
     ///
     /// # Cancel safety

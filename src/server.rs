@@ -224,6 +224,8 @@ impl Server {
         let tasks = Arc::new(Tasks::new());
         let clock = Arc::new(Clock::new());
         let sweeper_stop = CancellationToken::new();
+        // Should this future be dropped midway, the sweeper stops with it.
+        let _stop_sweeper_on_drop = sweeper_stop.clone().drop_guard();
         // Timeouts stay enforced during the drain, so the sweeper outlives the
         // accept loops; it is stopped and awaited before `run` returns.
         let sweeper = config.timeouts.tick().map(|tick| {
@@ -273,7 +275,8 @@ impl Server {
         };
         #[cfg(not(unix))]
         let handed_over = false;
-        let active_at_shutdown = stats.snapshot().active;
+        let at_shutdown = stats.snapshot();
+        let active_at_shutdown = at_shutdown.active;
         if handed_over {
             tracing::info!(
                 active = active_at_shutdown,
@@ -304,7 +307,9 @@ impl Server {
             proxy_rejected: end.proxy_rejected,
             tls_failed: end.tls_failed,
             active_at_shutdown,
-            drained: active_at_shutdown.saturating_sub(end.aborted),
+            // Aborts happen at the drain deadline only (a panic anywhere in a
+            // task counts as panicked); the difference keeps this exact anyway.
+            drained: active_at_shutdown.saturating_sub(end.aborted - at_shutdown.aborted),
             aborted: end.aborted,
             drain_duration: drain.duration,
             by_listener: stats.by_listener(),
@@ -429,6 +434,11 @@ struct Shared {
     next_id: AtomicU64,
 }
 
+/// At most one `info` line a listener per this long says the connection
+/// limit was reached (then `debug`): a server at its limit reaches it again
+/// with every connection that ends.
+const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Accepts on one listener until shutdown is triggered or the listener
 /// fails; the listener is dropped (closed) on return.
 async fn accept_loop(
@@ -448,27 +458,30 @@ async fn accept_loop(
     // per accepted connection.
     let mut stop = Fired::wait(&trigger);
     let mut backoff = Backoff::new();
+    let mut last_full_warning = None;
     loop {
-        // Admission first: a full server does not accept, so clients queue
-        // in the kernel's backlog instead of costing a descriptor.
-        let permit = match shared.limits.try_permit() {
-            Some(permit) => permit,
-            None => {
+        // Room first: a full server does not accept, so clients queue in
+        // the kernel's backlog instead of costing a descriptor. The place is
+        // taken only once a connection is in hand, so that a listener waiting
+        // for clients holds none while another listener's clients queue.
+        if !shared.limits.has_room() {
+            let now = tokio::time::Instant::now();
+            if last_full_warning.is_none_or(|at| now.duration_since(at) >= FULL_LOG_INTERVAL) {
+                last_full_warning = Some(now);
                 tracing::info!(
                     max_connections = shared.config.max_connections,
                     %addr,
                     "connection limit reached, accepting paused"
                 );
-                tokio::select! {
-                    biased;
-                    () = &mut stop => return Ok(()),
-                    permit = shared.limits.permit() => {
-                        tracing::debug!(%addr, "accepting resumed");
-                        permit
-                    }
-                }
+            } else {
+                tracing::debug!(%addr, "connection limit reached, accepting paused");
             }
-        };
+            tokio::select! {
+                biased;
+                () = &mut stop => return Ok(()),
+                () = shared.limits.room() => tracing::debug!(%addr, "accepting resumed"),
+            }
+        }
         let accepted = tokio::select! {
             biased;
             () = &mut stop => return Ok(()),
@@ -480,6 +493,17 @@ async fn accept_loop(
                     tracing::info!(%addr, "accepting again after resource exhaustion");
                 }
                 backoff.reset();
+                let permit = match shared.limits.try_permit() {
+                    Some(permit) => permit,
+                    // Another listener took the last place meanwhile: this
+                    // connection waits for the next (an overshoot of at most
+                    // one connection in hand per listener).
+                    None => tokio::select! {
+                        biased;
+                        () = &mut stop => return Ok(()),
+                        permit = shared.limits.permit() => permit,
+                    },
+                };
                 serve(
                     &shared,
                     stream,

@@ -10,6 +10,12 @@
 //! one outcome, which is what makes the shutdown report exact. The guard also
 //! holds the connection's admission, so its place under the limits is freed
 //! only after its outcome is counted.
+//!
+//! The registry is the one lock on a connection's path: taken briefly when
+//! the task starts and when it ends (slab insert and remove), and by the
+//! timeout sweeper for one scan of the live connections per tick (a tenth of
+//! the shortest timeout, at least 5 ms). Connection tasks never wait on it
+//! while polling.
 
 use std::any::Any;
 use std::future::Future;
@@ -17,10 +23,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slab::Slab;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -33,7 +40,9 @@ type Registry = Arc<Mutex<Slab<Entry>>>;
 /// What the registry knows of a live connection.
 #[derive(Debug)]
 struct Entry {
-    abort: AbortHandle,
+    /// `None` for the moment between the spawn and its registration.
+    abort: Option<AbortHandle>,
+    /// Also the entry's identity: a slab key is reused once freed.
     state: Arc<ConnState>,
     accepted_at: u64,
 }
@@ -72,14 +81,18 @@ impl Tasks {
     ) where
         F: Future<Output = Outcome> + Send + 'static,
     {
-        // Held across the spawn so that a task that ends at once cannot try
-        // to deregister before its entry is registered.
-        let mut registry = lock(&self.registry);
-        let entry = registry.vacant_entry();
+        // Registered before the spawn, completed after it: the lock is never
+        // held across `spawn`, which may drop the future on the spot (a
+        // runtime shutting down does), running the guard that takes it.
+        let key = lock(&self.registry).insert(Entry {
+            abort: None,
+            state: Arc::clone(&state),
+            accepted_at,
+        });
         let guard = EndGuard {
             counters,
             registry: Arc::clone(&self.registry),
-            key: entry.key(),
+            key,
             // Stays `Aborted` unless `serve` runs to completion.
             outcome: Outcome::Aborted,
             state: Arc::clone(&state),
@@ -99,22 +112,25 @@ impl Tasks {
         } else {
             self.tracker.spawn(guarded.instrument(span))
         };
-        entry.insert(Entry {
-            abort: handle.abort_handle(),
-            state,
-            accepted_at,
-        });
+        // Unless the task has ended already (and the key gone to another).
+        if let Some(entry) = lock(&self.registry).get_mut(key) {
+            if Arc::ptr_eq(&entry.state, &state) {
+                entry.abort = Some(handle.abort_handle());
+            }
+        }
     }
 
     /// Aborts every connection for which `expired` names a timeout.
     pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState, u64) -> Option<TimeoutKind>) {
         let registry = lock(&self.registry);
         for (_, entry) in registry.iter() {
+            // An entry without its handle yet is left for the next tick.
+            let Some(abort) = &entry.abort else { continue };
             if let Some(kind) = expired(&entry.state, entry.accepted_at) {
                 // Marked before the abort so that the guard, which runs when
                 // the aborted task is dropped, counts a timeout, not an abort.
                 if entry.state.expire(kind) {
-                    entry.abort.abort();
+                    abort.abort();
                 }
             }
         }
@@ -140,8 +156,8 @@ impl Tasks {
                 ?timeout,
                 "drain timeout reached, aborting remaining connections"
             );
-            for (_, entry) in stragglers {
-                entry.abort.abort();
+            for abort in stragglers.into_iter().filter_map(|(_, entry)| entry.abort) {
+                abort.abort();
             }
             self.tracker.wait().await;
         }
@@ -166,8 +182,23 @@ impl<F: Future<Output = Outcome>> Future for Guarded<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        let outcome = std::task::ready!(this.serve.poll(cx));
+        let mut this = self.project();
+        // The handler's panics are caught (and logged with the connection)
+        // closer to it; this catches the rest of the task (the preamble, an
+        // error's conversion or display), so that it counts as a panic too.
+        // AssertUnwindSafe: after a panic `serve` is never polled again.
+        let polled = catch_unwind(AssertUnwindSafe(|| this.serve.as_mut().poll(cx)));
+        let outcome = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(outcome)) => outcome,
+            Err(payload) => {
+                tracing::error!(
+                    panic = panic_message(payload.as_ref()),
+                    "connection task panicked outside the handler"
+                );
+                Outcome::Panicked
+            }
+        };
         if let Some(mut guard) = this.guard.take() {
             guard.outcome = outcome;
         }
@@ -189,7 +220,14 @@ struct EndGuard {
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        lock(&self.registry).try_remove(self.key);
+        let mut registry = lock(&self.registry);
+        if registry
+            .get(self.key)
+            .is_some_and(|entry| Arc::ptr_eq(&entry.state, &self.state))
+        {
+            registry.remove(self.key);
+        }
+        drop(registry);
         if self.outcome == Outcome::Aborted {
             if let Some(kind) = self.state.expired_by() {
                 self.outcome = Outcome::TimedOut(kind);

@@ -177,3 +177,30 @@ async fn tcp_and_unix_listeners_mixed() {
         (1, 1)
     );
 }
+
+#[tokio::test]
+async fn a_quiet_listener_holds_no_place_under_the_limit() {
+    // With one place, the first listener (no clients at all) must not keep
+    // it while the second listener's client waits.
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .bind("127.0.0.1:0")
+        .max_connections(1)
+        .handler(echo_once())
+        .build()
+        .await
+        .unwrap();
+    let addrs: Vec<SocketAddr> = server
+        .local_addrs()
+        .iter()
+        .map(|a| a.as_tcp().unwrap())
+        .collect();
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+    for _ in 0..3 {
+        round_trip(addrs[1]).await;
+    }
+    shutdown.shutdown();
+    let report = within("run to return", task).await.unwrap().unwrap();
+    assert_eq!(report.by_listener[1].1.completed, 3);
+}

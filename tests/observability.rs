@@ -13,6 +13,17 @@ use switchboard::{Connection, handler_fn};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+#[derive(Debug)]
+struct PanickingDisplay;
+
+impl std::fmt::Display for PanickingDisplay {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("display of a broken error type")
+    }
+}
+
+impl std::error::Error for PanickingDisplay {}
+
 #[tokio::test]
 async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
     let logs = Logs::install(tracing::Level::DEBUG);
@@ -24,6 +35,9 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
             conn.read_line(&mut word).await?;
             match word.trim() {
                 "err" => Err(io::Error::other("disk on fire")),
+                // An error whose display panics: outside the handler, in the
+                // task's logging, and still counted as a panic.
+                "bad-error" => Err(io::Error::other(PanickingDisplay)),
                 "panic" => panic!("kaboom 42"),
                 "wait" => {
                     let mut rest = Vec::new();
@@ -36,7 +50,7 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
         |b| b.idle_timeout(Duration::from_millis(200)),
     )
     .await;
-    for word in ["ok", "err", "panic"] {
+    for word in ["ok", "err", "panic", "bad-error"] {
         let mut client = TcpStream::connect(running.addr).await.unwrap();
         client
             .write_all(format!("{word}\n").as_bytes())
@@ -57,7 +71,14 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
             report.panicked,
             report.timed_out
         ),
-        (1, 1, 1, 1)
+        (1, 1, 2, 1),
+        "{report:?}"
+    );
+    common::assert_adds_up(&report);
+    assert_eq!(
+        logs.lines_with("connection task panicked outside the handler")
+            .len(),
+        1
     );
 
     let listening = logs.lines_with("listening");
@@ -65,7 +86,7 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
         listening.len() == 1 && listening[0].contains(" INFO "),
         "{listening:?}"
     );
-    let failed = logs.lines_with("handler failed");
+    let failed = logs.lines_with("disk on fire");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].contains(" WARN "), "{failed:?}");
     assert!(
@@ -87,10 +108,10 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
     );
     // Per-connection lines run inside the `conn{id, peer}` span.
     assert!(
-        timed_out[0].contains("conn{id=4 peer=127.0.0.1:"),
+        timed_out[0].contains("conn{id=5 peer=127.0.0.1:"),
         "{timed_out:?}"
     );
-    assert_eq!(logs.lines_with("connection opened").len(), 4);
-    assert_eq!(logs.lines_with("connection closed").len(), 4);
+    assert_eq!(logs.lines_with("connection opened").len(), 5);
+    assert_eq!(logs.lines_with("connection closed").len(), 5);
     assert_eq!(logs.lines_with("shutdown complete").len(), 1);
 }
