@@ -142,15 +142,7 @@ impl Limits {
             if let Some(permit) = self.try_permit() {
                 return permit;
             }
-            let freed = self.live.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let _waiting = Waiting::new(&self.live);
-            // Checked again now that a release would notify us.
-            if let Some(permit) = self.try_permit() {
-                return permit;
-            }
-            freed.await;
+            self.room().await;
         }
     }
 
