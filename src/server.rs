@@ -12,7 +12,7 @@
 //! 4. return a [`ShutdownReport`] of what happened.
 
 use std::fmt;
-use std::future::{Future, pending};
+use std::future::pending;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -636,45 +636,78 @@ pub(crate) fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: 
         accepted_at,
         admission,
     } = job;
-    // `H::handle`, not `Arc<H>`'s `Handler` impl, which would box again.
     if future_size(H::handle) <= INLINE_FUTURE_LIMIT {
-        let serve = run_connection(conn, preamble, move |conn| async move {
-            H::handle(&handler, conn).await
-        });
+        let serve = serve_inline(handler, conn, preamble);
         tasks.spawn(serve, span, counters, state, accepted_at, admission);
     } else {
-        let serve = run_connection(conn, preamble, move |conn| async move {
-            Box::pin(H::handle(&handler, conn)).await
-        });
+        let serve = serve_boxed(handler, conn, preamble);
         tasks.spawn(serve, span, counters, state, accepted_at, admission);
     }
 }
 
-/// A connection's task: the preamble, then `handle`, with panics caught.
-async fn run_connection<F, Fut, E>(
+// Two near-twins rather than one function taking a closure: each layer of
+// `async` between the task and the handler's future holds its own copy of
+// the `Connection`, on every idle connection.
+
+/// A connection's task with the handler's future inline: the preamble, then
+/// the handler, with panics caught. `H::handle`, not `Arc<H>`'s `Handler`
+/// impl, which would box.
+async fn serve_inline<H: Handler>(
+    handler: Arc<H>,
     conn: Connection,
     preamble: Option<(Arc<Preamble>, Arc<Counters>)>,
-    handle: F,
-) -> Outcome
-where
-    F: FnOnce(Connection) -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: Into<BoxError>,
-{
+) -> Outcome {
     tracing::debug!("connection opened");
     let conn = match preamble {
         None => conn,
-        // Boxed, for the same reason as large handler futures: inline, its
-        // state (a header buffer, a TLS handshake) would make every
-        // connection's task large, preamble or not.
-        Some((preamble, counters)) => match Box::pin(preamble.run(conn, &counters)).await {
-            Ok(conn) => conn,
-            Err(()) => return Outcome::Refused,
+        Some(preamble) => match prepare(conn, preamble).await {
+            Some(conn) => conn,
+            None => return Outcome::Refused,
         },
     };
     let (id, peer) = (conn.id(), conn.peer_addr());
-    let handling = std::pin::pin!(handle(conn));
-    match CatchUnwind(handling).await {
+    let handled = CatchUnwind(std::pin::pin!(H::handle(&handler, conn))).await;
+    outcome(id, &peer, handled)
+}
+
+/// [`serve_inline`] with the handler's future in a box of its own.
+async fn serve_boxed<H: Handler>(
+    handler: Arc<H>,
+    conn: Connection,
+    preamble: Option<(Arc<Preamble>, Arc<Counters>)>,
+) -> Outcome {
+    tracing::debug!("connection opened");
+    let conn = match preamble {
+        None => conn,
+        Some(preamble) => match prepare(conn, preamble).await {
+            Some(conn) => conn,
+            None => return Outcome::Refused,
+        },
+    };
+    let (id, peer) = (conn.id(), conn.peer_addr());
+    let handled = CatchUnwind(Box::pin(H::handle(&handler, conn))).await;
+    outcome(id, &peer, handled)
+}
+
+/// Runs the listener's preamble on `conn`; `None` if it refused it.
+///
+/// Boxed, for the same reason as large handler futures: inline, its state
+/// (a header buffer, a TLS handshake) would make every connection's task
+/// large, preamble or not.
+async fn prepare(
+    conn: Connection,
+    (preamble, counters): (Arc<Preamble>, Arc<Counters>),
+) -> Option<Connection> {
+    Box::pin(preamble.run(conn, &counters)).await.ok()
+}
+
+/// How a handler's run ended, logged with the connection.
+fn outcome<E: Into<BoxError>>(
+    id: u64,
+    peer: &Addr,
+    handled: Result<Result<(), E>, Box<dyn std::any::Any + Send>>,
+) -> Outcome {
+    match handled {
         Ok(Ok(())) => Outcome::Completed,
         Ok(Err(err)) => {
             let err: BoxError = err.into();
