@@ -658,15 +658,20 @@ async fn serve_inline<H: Handler>(
     preamble: Option<(Arc<Preamble>, Arc<Counters>)>,
 ) -> Outcome {
     tracing::debug!("connection opened");
-    let conn = match preamble {
-        None => conn,
-        Some(preamble) => match prepare(conn, preamble).await {
-            Some(conn) => conn,
-            None => return Outcome::Refused,
-        },
+    // In a block of its own: a moved-out local still takes room in the
+    // future's layout until its scope ends, and this scope ends before the
+    // long wait in the handler.
+    let (id, peer, handling) = {
+        let conn = match preamble {
+            None => conn,
+            Some(preamble) => match prepare(conn, preamble).await {
+                Some(conn) => conn,
+                None => return Outcome::Refused,
+            },
+        };
+        (conn.id(), conn.peer_addr(), H::handle(&handler, conn))
     };
-    let (id, peer) = (conn.id(), conn.peer_addr());
-    let handled = CatchUnwind(std::pin::pin!(H::handle(&handler, conn))).await;
+    let handled = CatchUnwind(std::pin::pin!(handling)).await;
     outcome(id, &peer, handled)
 }
 
@@ -677,15 +682,20 @@ async fn serve_boxed<H: Handler>(
     preamble: Option<(Arc<Preamble>, Arc<Counters>)>,
 ) -> Outcome {
     tracing::debug!("connection opened");
-    let conn = match preamble {
-        None => conn,
-        Some(preamble) => match prepare(conn, preamble).await {
-            Some(conn) => conn,
-            None => return Outcome::Refused,
-        },
+    // In a block of its own: a moved-out local still takes room in the
+    // future's layout until its scope ends, and this scope ends before the
+    // long wait in the handler.
+    let (id, peer, handling) = {
+        let conn = match preamble {
+            None => conn,
+            Some(preamble) => match prepare(conn, preamble).await {
+                Some(conn) => conn,
+                None => return Outcome::Refused,
+            },
+        };
+        (conn.id(), conn.peer_addr(), H::handle(&handler, conn))
     };
-    let (id, peer) = (conn.id(), conn.peer_addr());
-    let handled = CatchUnwind(Box::pin(H::handle(&handler, conn))).await;
+    let handled = CatchUnwind(Box::pin(handling)).await;
     outcome(id, &peer, handled)
 }
 
