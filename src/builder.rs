@@ -284,7 +284,7 @@ impl Builder {
     /// Expiry drops the handler's future (closing the socket), is logged at
     /// `debug` in the connection's span and counted in
     /// [`StatsSnapshot::timed_out_idle`](crate::StatsSnapshot::timed_out_idle).
-    /// Timeouts are checked by one sweeper task per server, so a connection
+    /// Timeouts are checked by one sweeper thread per server, so a connection
     /// closes within a tenth of the shortest timeout of its deadline.
     ///
     /// Default: 300 s (see [`DEFAULT_IDLE_TIMEOUT`]): long enough for a quiet

@@ -22,7 +22,6 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, AcceptError, Backoff};
 use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
@@ -35,7 +34,7 @@ use crate::preamble::Preamble;
 use crate::shutdown::Fired;
 use crate::stats::{Counters, Outcome};
 use crate::task::{CatchUnwind, Tasks, panic_message};
-use crate::timeout::{self, Activity, Clock, ConnState};
+use crate::timeout::{Activity, Clock, ConnState, Sweeper};
 use crate::{
     Addr, BoxError, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats,
     StatsSnapshot,
@@ -223,19 +222,16 @@ impl Server {
         let connections = Arc::new(Fired::default());
         let tasks = Arc::new(Tasks::new());
         let clock = Arc::new(Clock::new());
-        let sweeper_stop = CancellationToken::new();
-        // Should this future be dropped midway, the sweeper stops with it.
-        let _stop_sweeper_on_drop = sweeper_stop.clone().drop_guard();
         // Timeouts stay enforced during the drain, so the sweeper outlives the
-        // accept loops; it is stopped and awaited before `run` returns.
+        // accept loops; it is stopped (and it ends) before `run` returns, or
+        // when this future is dropped.
         let sweeper = config.timeouts.tick().map(|tick| {
-            tokio::spawn(timeout::sweep(
+            Sweeper::start(
                 config.timeouts,
                 tick,
                 Arc::clone(&clock),
                 Arc::clone(&tasks),
-                sweeper_stop.clone(),
-            ))
+            )
         });
         let shared = Arc::new(Shared {
             handler,
@@ -292,10 +288,8 @@ impl Server {
 
         // Phase 2: drain, then abort what is left.
         let drain = tasks.drain(config.drain_timeout).await;
-        sweeper_stop.cancel();
         if let Some(sweeper) = sweeper {
-            // The sweeper does not panic; if it did, the report is still right.
-            let _ = sweeper.await;
+            sweeper.stop().await;
         }
         let end = stats.snapshot();
         let report = ShutdownReport {
