@@ -1,5 +1,6 @@
 //! `Connection`: one accepted stream and everything known about it.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -94,51 +95,6 @@ pub(crate) enum Stream {
     /// a few words.
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-/// Polls for readiness, then reads at most `$max` bytes into a buffer made
-/// only then; a socket stream's `read_chunk`.
-///
-/// A read shorter than `$max` shows the socket's receive queue is drained, so
-/// the readiness it was read under is cleared (as tokio's own `poll_read`
-/// does): the next call then waits for new bytes instead of allocating a
-/// buffer only to meet `WouldBlock`. The readiness is cleared with the event
-/// captured *before* the read, so bytes that arrived meanwhile (a newer
-/// event) are not missed.
-macro_rules! read_when_ready {
-    ($stream:expr, $cx:expr, $max:expr) => {
-        loop {
-            match $stream.poll_read_ready($cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(err)) => break Poll::Ready(Err(err)),
-                Poll::Pending => break Poll::Pending,
-            }
-            let mut buf = BytesMut::with_capacity($max);
-            let mut read = 0;
-            let attempt = $stream.try_io(Interest::READABLE, || {
-                read = $stream.try_read_buf(&mut buf)?;
-                // Not on Windows, where (as tokio's own `poll_read` knows) the
-                // selector re-arms only after a real `WouldBlock`.
-                if cfg!(not(windows)) && read > 0 && read < $max {
-                    // Not an error: the signal for `try_io` to clear readiness.
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(())
-                }
-            });
-            match attempt {
-                Ok(()) => break Poll::Ready(Ok(buf)),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    if read > 0 {
-                        break Poll::Ready(Ok(buf));
-                    }
-                    // Readiness was spurious and is cleared now: polling
-                    // again registers the waker.
-                }
-                Err(err) => break Poll::Ready(Err(err)),
-            }
-        }
-    };
 }
 
 /// Runs `$body` with `$s` bound to the concrete stream inside `$stream`.
@@ -260,15 +216,18 @@ impl Connection {
         }
     }
 
-    /// Waits until bytes can be read, then reads at most `max` of them into
-    /// a buffer allocated only then. An empty buffer means the peer closed
-    /// its side (EOF).
+    /// Reads at most `max` bytes (and at most [`READ_CHUNK_MAX`] at a
+    /// time) into a buffer sized to what arrived. An empty buffer means the
+    /// peer closed its side (EOF).
     ///
     /// A connection that waits with a buffer in hand keeps that buffer's
     /// memory for as long as the peer is silent: 8 KiB per idle connection is
-    /// typical of hand-written loops. Waiting here costs no buffer at all, so
-    /// ten thousand idle connections cost ten thousand times a few hundred
-    /// bytes rather than ten thousand buffers.
+    /// typical of hand-written loops. Waiting here costs no buffer at all:
+    /// the bytes are read into a buffer kept by the thread that polls (one
+    /// per thread, reused by every connection it serves), then copied into a
+    /// `BytesMut` of exactly their length. So ten thousand idle connections
+    /// cost no buffers, and a small message costs a small allocation, which
+    /// the allocator serves from its per-thread cache.
     ///
     /// # Errors
     ///
@@ -302,11 +261,7 @@ impl Connection {
     /// ```
     pub fn read_chunk(&mut self, max: usize) -> ReadChunk<'_> {
         assert!(max > 0, "read_chunk(0) could never tell a read from EOF");
-        ReadChunk {
-            conn: self,
-            max,
-            buf: None,
-        }
+        ReadChunk { conn: self, max }
     }
 
     /// The server's shutdown signal; clone it into tasks the handler spawns.
@@ -400,19 +355,26 @@ impl AsyncWrite for Connection {
     }
 }
 
+/// The most bytes one [`Connection::read_chunk`] call reads, whatever its
+/// `max`: the size of the per-thread buffer it reads into.
+pub const READ_CHUNK_MAX: usize = 64 * 1024;
+
+thread_local! {
+    /// What `read_chunk` reads into, made at a thread's first read. Zeroed
+    /// once (this crate has no `unsafe` to read into uninitialised memory),
+    /// then reused by every read on the thread.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK_MAX].into_boxed_slice());
+}
+
 /// The future of [`Connection::read_chunk`]: the bytes read, empty at EOF.
 ///
-/// A few words long, so that a connection waiting in it costs almost
-/// nothing: on a socket the waker is stored in the socket's own
-/// registration, and the buffer is allocated only once bytes are ready.
+/// Two words long, so that a connection waiting in it costs almost nothing:
+/// the waker is stored in the socket's own registration, and no buffer is
+/// held while waiting.
 #[must_use = "futures do nothing unless polled"]
 pub struct ReadChunk<'a> {
     conn: &'a mut Connection,
     max: usize,
-    /// For streams without readiness (in-memory pipes, TLS, which may hold
-    /// decrypted bytes while the socket is not readable): the buffer read
-    /// into, allocated at the first poll.
-    buf: Option<BytesMut>,
 }
 
 impl Future for ReadChunk<'_> {
@@ -420,21 +382,27 @@ impl Future for ReadChunk<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let max = this.max;
-        let polled = match &mut this.conn.stream {
-            Stream::Tcp(stream) => read_when_ready!(stream, cx, max),
-            #[cfg(unix)]
-            Stream::Unix(stream) => read_when_ready!(stream, cx, max),
-            Stream::Duplex(stream) => poll_read_into(Pin::new(stream), cx, &mut this.buf, max),
-            #[cfg(feature = "tls")]
-            Stream::Tls(stream) => poll_read_into(Pin::new(stream), cx, &mut this.buf, max),
-        };
-        if let Poll::Ready(Ok(buf)) = &polled {
-            if !buf.is_empty() {
-                this.conn.activity.read();
+        let max = this.max.min(READ_CHUNK_MAX);
+        let mut conn = Pin::new(&mut *this.conn);
+        let mut read = |scratch: &mut [u8]| {
+            let mut buf = ReadBuf::new(&mut scratch[..max]);
+            match conn.as_mut().poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(BytesMut::from(buf.filled()))),
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                Poll::Pending => Poll::Pending,
             }
+        };
+        // The thread's buffer, unless it is in use (a stream whose read
+        // reads another connection's chunk) or gone (the thread is ending):
+        // then a buffer for this read only.
+        let polled = SCRATCH.try_with(|scratch| {
+            let mut scratch = scratch.try_borrow_mut().ok()?;
+            Some(read(&mut scratch))
+        });
+        match polled {
+            Ok(Some(polled)) => polled,
+            _ => read(&mut vec![0; max]),
         }
-        polled
     }
 }
 
@@ -443,31 +411,7 @@ impl fmt::Debug for ReadChunk<'_> {
         f.debug_struct("ReadChunk")
             .field("connection", &self.conn.id)
             .field("max", &self.max)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Reads at most `max` bytes into `slot`'s buffer (allocated on first use)
-/// and hands the buffer over when the read completes.
-fn poll_read_into(
-    stream: Pin<&mut (impl AsyncRead + ?Sized)>,
-    cx: &mut Context<'_>,
-    slot: &mut Option<BytesMut>,
-    max: usize,
-) -> Poll<io::Result<BytesMut>> {
-    // Zeroed rather than uninitialised: this crate has no `unsafe`, and
-    // these transports are tests and TLS, where zeroing is the least cost.
-    let buf = slot.get_or_insert_with(|| BytesMut::zeroed(max));
-    let mut read_buf = ReadBuf::new(&mut buf[..]);
-    match stream.poll_read(cx, &mut read_buf) {
-        Poll::Ready(Ok(())) => {
-            let filled = read_buf.filled().len();
-            let mut buf = slot.take().unwrap_or_default();
-            buf.truncate(filled);
-            Poll::Ready(Ok(buf))
-        }
-        Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-        Poll::Pending => Poll::Pending,
+            .finish()
     }
 }
 

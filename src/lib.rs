@@ -194,7 +194,7 @@ mod tls;
 
 pub use addr::Addr;
 pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, ToBindAddr};
-pub use connection::{Connection, ReadChunk};
+pub use connection::{Connection, READ_CHUNK_MAX, ReadChunk};
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
 pub use limit::DEFAULT_MAX_CONNECTIONS;
