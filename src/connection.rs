@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::net::UnixStream;
 
 use crate::proxy::ProxyHeader;
-use crate::timeout::Activity;
+use crate::record::ConnState;
 use crate::{Addr, ShutdownRequested, ShutdownSignal};
 
 /// One accepted connection, handed to [`Handler::handle`](crate::Handler::handle).
@@ -54,32 +54,22 @@ use crate::{Addr, ShutdownRequested, ShutdownSignal};
 /// # let _ = echo;
 /// ```
 pub struct Connection {
-    // Crate-visible for the preamble (PROXY header, TLS), which sets the
-    // peer and wraps the stream before the handler sees the connection.
+    // Crate-visible for the preamble (PROXY header, TLS), which wraps the
+    // stream before the handler sees the connection.
     pub(crate) stream: Stream,
-    id: u64,
-    pub(crate) peer: Addr,
-    /// The listener's address, shared by its connections. For a listener
-    /// on a wildcard address the connection's real local address differs
-    /// and is asked of the socket on demand, so the common case costs no
-    /// system call.
-    listener_addr: Arc<Addr>,
-    shutdown: ShutdownSignal,
-    /// Read and write times, for the server's timeouts.
-    activity: Activity,
-    /// What the PROXY protocol header said, when the listener reads one.
-    /// Boxed: most connections have none and stay one pointer smaller.
-    pub(crate) proxy: Option<Box<ProxyInfo>>,
-    /// What the TLS handshake negotiated, on a TLS listener.
-    #[cfg(feature = "tls")]
-    pub(crate) tls: Option<Box<crate::TlsInfo>>,
+    /// Everything else the server knows of the connection, shared with the
+    /// server's registry: one pointer, so that an idle connection's task
+    /// stays small (see `record.rs`).
+    pub(crate) state: Arc<ConnState>,
 }
 
-/// A PROXY protocol header and the balancer that sent it.
+/// A PROXY protocol header and the client it names.
 #[derive(Debug)]
 pub(crate) struct ProxyInfo {
     pub(crate) header: ProxyHeader,
-    pub(crate) balancer: Addr,
+    /// The header's source address, if it has one (`LOCAL` and `UNKNOWN`
+    /// headers have none: the peer is then the balancer).
+    pub(crate) client: Option<Addr>,
 }
 
 /// The transports a connection can run over. Crate-private so that adding
@@ -87,8 +77,12 @@ pub(crate) struct ProxyInfo {
 #[derive(Debug)]
 pub(crate) enum Stream {
     Tcp(TcpStream),
+    /// Boxed, so that a `Stream` is no larger than a TCP stream (two
+    /// streams of the same layout need a separate tag): a word less in every
+    /// TCP connection's task (and twice over in an `async fn` handler's
+    /// future), for an allocation per Unix connection.
     #[cfg(unix)]
-    Unix(UnixStream),
+    Unix(Box<UnixStream>),
     /// An in-memory pipe, for testing handlers without sockets.
     Duplex(DuplexStream),
     /// TLS over TCP. Boxed: the TLS state is over a kilobyte, a TCP stream
@@ -112,38 +106,25 @@ macro_rules! with_stream {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        stream: Stream,
-        id: u64,
-        peer: Addr,
-        listener_addr: Arc<Addr>,
-        shutdown: ShutdownSignal,
-        activity: Activity,
-    ) -> Self {
-        Connection {
-            stream,
-            id,
-            peer,
-            listener_addr,
-            shutdown,
-            activity,
-            proxy: None,
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
+    pub(crate) fn new(stream: Stream, state: Arc<ConnState>) -> Self {
+        Connection { stream, state }
+    }
+
+    fn proxy(&self) -> Option<&ProxyInfo> {
+        self.state.extra.get()?.proxy.as_ref()
     }
 
     /// What the TLS handshake negotiated (ALPN protocol, SNI server name,
     /// version, cipher suite), on a [TLS listener](crate::Listen::tls).
     #[cfg(feature = "tls")]
     pub fn tls_info(&self) -> Option<&crate::TlsInfo> {
-        self.tls.as_deref()
+        self.state.extra.get()?.tls.as_ref()
     }
 
     /// The connection's number, unique within its server and increasing in
     /// the order connections were accepted (the first is 1).
     pub fn id(&self) -> u64 {
-        self.id
+        self.state.id
     }
 
     /// The address of the remote end: the client. Behind a load balancer
@@ -152,30 +133,34 @@ impl Connection {
     /// the header names; the balancer's own address is then
     /// [`balancer_addr`](Connection::balancer_addr).
     pub fn peer_addr(&self) -> Addr {
-        self.peer.clone()
+        match self.proxy().and_then(|proxy| proxy.client.as_ref()) {
+            Some(client) => client.clone(),
+            None => self.state.peer.clone(),
+        }
     }
 
     /// The address of the load balancer that sent a PROXY protocol header
     /// for this connection, if one did.
     pub fn balancer_addr(&self) -> Option<&Addr> {
-        self.proxy.as_ref().map(|proxy| &proxy.balancer)
+        self.proxy().map(|_| &self.state.peer)
     }
 
     /// The PROXY protocol header the load balancer sent, if one did: the
     /// addresses, and for version 2 the TLVs (ALPN, authority, TLS details,
     /// unique id, ...), read-only.
     pub fn proxy_header(&self) -> Option<&ProxyHeader> {
-        self.proxy.as_ref().map(|proxy| &proxy.header)
+        self.proxy().map(|proxy| &proxy.header)
     }
 
     /// The address of this end: the listener's address, or for a listener on
     /// a wildcard address (`0.0.0.0`, `::`) the address the client reached.
     pub fn local_addr(&self) -> Addr {
-        match &*self.listener_addr {
+        let listener_addr = &self.state.home.addr;
+        match listener_addr {
             Addr::Tcp(listener) if listener.ip().is_unspecified() => {
                 match self.as_tcp().map(TcpStream::local_addr) {
                     Some(Ok(addr)) => Addr::Tcp(addr),
-                    _ => (*self.listener_addr).clone(),
+                    _ => listener_addr.clone(),
                 }
             }
             listener => listener.clone(),
@@ -211,7 +196,7 @@ impl Connection {
     #[cfg(unix)]
     pub fn as_unix(&self) -> Option<&UnixStream> {
         match &self.stream {
-            Stream::Unix(stream) => Some(stream),
+            Stream::Unix(stream) => Some(&**stream),
             _ => None,
         }
     }
@@ -266,7 +251,7 @@ impl Connection {
 
     /// The server's shutdown signal; clone it into tasks the handler spawns.
     pub fn shutdown_signal(&self) -> &ShutdownSignal {
-        &self.shutdown
+        &self.state.home.signal
     }
 
     /// Completes when the server begins shutting down: finish the current
@@ -282,22 +267,22 @@ impl Connection {
     /// Cancel safe: a dropped future misses nothing, and a new one completes
     /// at once if shutdown has begun.
     pub fn shutdown_requested(&self) -> ShutdownRequested {
-        self.shutdown.shutdown_requested()
+        self.state.home.signal.shutdown_requested()
     }
 
     /// Whether the server is shutting down; one atomic load.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_shutting_down()
+        self.state.home.signal.is_shutting_down()
     }
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("id", &self.id)
+            .field("id", &self.state.id)
             .field("transport", &self.transport())
-            .field("peer", &self.peer)
-            .field("listener", &self.listener_addr)
+            .field("peer", &self.peer_addr())
+            .field("listener", &self.state.home.addr)
             .field("shutting_down", &self.is_shutting_down())
             .finish()
     }
@@ -313,7 +298,7 @@ impl AsyncRead for Connection {
         let before = buf.filled().len();
         let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_read(cx, buf));
         if buf.filled().len() > before {
-            this.activity.read();
+            this.state.read();
         }
         poll
     }
@@ -327,7 +312,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_write(cx, buf));
-        wrote(&this.activity, &poll);
+        wrote(&this.state, &poll);
         poll
     }
 
@@ -338,7 +323,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_write_vectored(cx, bufs));
-        wrote(&this.activity, &poll);
+        wrote(&this.state, &poll);
         poll
     }
 
@@ -409,15 +394,15 @@ impl Future for ReadChunk<'_> {
 impl fmt::Debug for ReadChunk<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadChunk")
-            .field("connection", &self.conn.id)
+            .field("connection", &self.conn.state.id)
             .field("max", &self.max)
             .finish()
     }
 }
 
 /// Records a write that moved bytes.
-fn wrote(activity: &Activity, poll: &Poll<io::Result<usize>>) {
+fn wrote(state: &ConnState, poll: &Poll<io::Result<usize>>) {
     if matches!(poll, Poll::Ready(Ok(n)) if *n > 0) {
-        activity.wrote();
+        state.wrote();
     }
 }

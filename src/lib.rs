@@ -157,6 +157,7 @@
 //   preamble            per connection before the handler: PROXY header, TLS
 //   task                the task boundary: outcomes, panics, abort registry
 //   connection, addr    what a handler gets
+//   record              a connection's record, its listener's shared part
 //   handler             the Handler trait and its erased form
 //   shutdown, signal    the cancellation channel; Ctrl-C/SIGTERM
 //   limit, timeout      admission control; idle/first-read/age timeouts
@@ -182,6 +183,7 @@ mod listen;
 mod listener;
 mod preamble;
 pub mod proxy;
+mod record;
 mod server;
 mod shutdown;
 mod signal;

@@ -43,16 +43,25 @@ struct Live {
 /// A place under the global limit; dropping it frees the place.
 #[derive(Debug)]
 pub(crate) struct Permit {
-    live: Arc<Live>,
+    /// `None` once kept (see [`Admission::keep`]).
+    live: Option<Arc<Live>>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if let Some(live) = self.live.take() {
+            live.release();
+        }
+    }
+}
+
+impl Live {
+    fn release(&self) {
         // SeqCst, with the waiter's increment and re-check: either the
         // waiter sees this place free, or this sees the waiter and wakes it.
-        self.live.count.fetch_sub(1, Ordering::SeqCst);
-        if self.live.waiters.load(Ordering::SeqCst) > 0 {
-            self.live.freed.notify_waiters();
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
         }
     }
 }
@@ -60,8 +69,20 @@ impl Drop for Permit {
 /// What a live connection holds; dropping it frees its place.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    _permit: Permit,
-    _per_ip: Option<PerIpPlace>,
+    permit: Permit,
+    per_ip: Option<PerIpPlace>,
+}
+
+impl Admission {
+    /// Keeps the places without this value: they are freed by
+    /// [`Limits::release`] instead, given whether this returned `true`
+    /// (the connection holds a place under its address's limit).
+    pub(crate) fn keep(mut self) -> bool {
+        self.permit.live = None;
+        self.per_ip
+            .as_mut()
+            .is_some_and(|place| place.per_ip.take().is_some())
+    }
 }
 
 impl Limits {
@@ -97,7 +118,7 @@ impl Limits {
             ) {
                 Ok(_) => {
                     return Some(Permit {
-                        live: Arc::clone(&self.live),
+                        live: Some(Arc::clone(&self.live)),
                     });
                 }
                 Err(now) => count = now,
@@ -154,10 +175,16 @@ impl Limits {
             (Some(per_ip), Some(ip)) => Some(PerIp::enter(per_ip, ip)?),
             _ => None,
         };
-        Some(Admission {
-            _permit: permit,
-            _per_ip: per_ip,
-        })
+        Some(Admission { permit, per_ip })
+    }
+
+    /// Frees the places of a connection whose [`Admission`] was kept; `ip`
+    /// is its address if it holds a place under the per-address limit.
+    pub(crate) fn release(&self, ip: Option<IpAddr>) {
+        self.live.release();
+        if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
+            per_ip.leave(ip);
+        }
     }
 }
 
@@ -192,32 +219,35 @@ impl PerIp {
         }
         *count += 1;
         Some(PerIpPlace {
-            per_ip: Arc::clone(this),
+            per_ip: Some(Arc::clone(this)),
             ip,
         })
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                // Keep the map as small as the set of connected addresses.
+                counts.remove(&ip);
+            }
+        }
     }
 }
 
 /// One connection's place under its address's limit.
 #[derive(Debug)]
 struct PerIpPlace {
-    per_ip: Arc<PerIp>,
+    /// `None` once kept.
+    per_ip: Option<Arc<PerIp>>,
     ip: IpAddr,
 }
 
 impl Drop for PerIpPlace {
     fn drop(&mut self) {
-        let mut counts = self
-            .per_ip
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                // Keep the map as small as the set of connected addresses.
-                counts.remove(&self.ip);
-            }
+        if let Some(per_ip) = self.per_ip.take() {
+            per_ip.leave(self.ip);
         }
     }
 }

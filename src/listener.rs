@@ -63,7 +63,7 @@ impl Listener {
             Listener::Unix { listener, .. } => {
                 let (stream, peer) = listener.accept().await?;
                 let path = peer.as_pathname().map(Path::to_path_buf);
-                Ok((Stream::Unix(stream), Addr::Unix(path)))
+                Ok((Stream::Unix(Box::new(stream)), Addr::Unix(path)))
             }
         }
     }

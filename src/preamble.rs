@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::connection::{ProxyInfo, Stream};
 use crate::listen::ProxyProtocol;
+use crate::record::Extra;
 use crate::stats::Counters;
 use crate::{Addr, Connection};
 
@@ -53,22 +54,23 @@ impl Preamble {
         counters: &Counters,
     ) -> Result<Connection, ()> {
         // The builder allows a preamble on TCP listeners only.
-        let Some(socket_peer) = conn.peer.as_tcp() else {
+        let Some(socket_peer) = conn.state.peer.as_tcp() else {
             unreachable!("a preamble runs on TCP connections only");
         };
+        let mut extra = Extra::default();
         if let Some(protocol) = &self.proxy {
             let Stream::Tcp(tcp) = &mut conn.stream else {
                 unreachable!("a preamble runs on TCP connections only");
             };
             if let Some(header) = protocol.read(tcp, socket_peer, counters).await? {
-                if let Some(client) = header.source_addr() {
+                let client = header.source_addr();
+                if let Some(client) = client {
                     tracing::Span::current().record("client", tracing::field::display(client));
-                    conn.peer = Addr::Tcp(client);
                 }
-                conn.proxy = Some(Box::new(ProxyInfo {
+                extra.proxy = Some(ProxyInfo {
                     header,
-                    balancer: Addr::Tcp(socket_peer),
-                }));
+                    client: client.map(Addr::Tcp),
+                });
             }
         }
         #[cfg(feature = "tls")]
@@ -84,10 +86,14 @@ impl Preamble {
                         "TLS handshake done"
                     );
                     conn.stream = Stream::Tls(Box::new(stream));
-                    conn.tls = Some(Box::new(info));
+                    extra.tls = Some(info);
                 }
                 Err(err) => {
-                    let peer = &conn.peer;
+                    let peer = extra
+                        .proxy
+                        .as_ref()
+                        .and_then(|proxy| proxy.client.clone())
+                        .unwrap_or_else(|| conn.state.peer.clone());
                     if matches!(err, crate::tls::HandshakeError::QueueTimeout) {
                         tracing::warn!(
                             %peer,
@@ -103,6 +109,8 @@ impl Preamble {
                 }
             }
         }
+        // Set once: the preamble runs once, before the handler.
+        let _ = conn.state.extra.set(Box::new(extra));
         Ok(conn)
     }
 }

@@ -12,7 +12,7 @@
 //! 4. return a [`ShutdownReport`] of what happened.
 
 use std::fmt;
-use std::future::pending;
+use std::future::{Future, pending};
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,13 +28,14 @@ use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
 use crate::connection::Stream;
 #[cfg(unix)]
 use crate::handover::{Handover, Offering};
-use crate::limit::{Admission, Limits, Permit};
+use crate::limit::{Limits, Permit};
 use crate::listener::Listener;
 use crate::preamble::Preamble;
+use crate::record::{ConnState, Home};
 use crate::shutdown::Fired;
-use crate::stats::{Counters, Outcome};
-use crate::task::{CatchUnwind, Tasks, panic_message};
-use crate::timeout::{Activity, Clock, ConnState, Sweeper};
+use crate::stats::Counters;
+use crate::task::{CatchUnwind, Handled, Tasks};
+use crate::timeout::{Clock, Sweeper};
 use crate::{
     Addr, BoxError, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats,
     StatsSnapshot,
@@ -235,7 +236,10 @@ impl Server {
         });
         let shared = Arc::new(Shared {
             handler,
-            limits: Limits::new(config.max_connections, config.max_connections_per_ip),
+            limits: Arc::new(Limits::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            )),
             signal: ShutdownSignal::new(Arc::clone(&connections)),
             tasks: Arc::clone(&tasks),
             clock,
@@ -421,7 +425,7 @@ struct Listening {
 struct Shared {
     handler: Arc<dyn Handler>,
     config: Config,
-    limits: Limits,
+    limits: Arc<Limits>,
     signal: ShutdownSignal,
     tasks: Arc<Tasks>,
     clock: Arc<Clock>,
@@ -446,8 +450,15 @@ async fn accept_loop(
         addr,
         preamble,
     } = listening;
-    // Shared by this listener's connections: a reference count, not a copy.
-    let conn_addr = Arc::new(addr.clone());
+    // Shared by this listener's connections: a reference count, not copies.
+    let home = Arc::new(Home {
+        addr: addr.clone(),
+        signal: shared.signal.clone(),
+        counters,
+        tasks: Arc::clone(&shared.tasks),
+        limits: Arc::clone(&shared.limits),
+        preamble,
+    });
     // Made once: registering a waiter on every iteration would cost a lock
     // per accepted connection.
     let mut stop = Fired::wait(&trigger);
@@ -498,18 +509,10 @@ async fn accept_loop(
                         permit = shared.limits.permit() => permit,
                     },
                 };
-                serve(
-                    &shared,
-                    stream,
-                    peer,
-                    &conn_addr,
-                    preamble.as_ref(),
-                    &counters,
-                    permit,
-                );
+                serve(&shared, stream, peer, &home, permit);
             }
             Err(err) => {
-                counters.accept_error();
+                home.counters.accept_error();
                 match accept::classify(&err) {
                     AcceptError::Connection => {
                         tracing::debug!(%addr, error = %err, "accept: connection lost before accept, skipped");
@@ -539,20 +542,12 @@ async fn accept_loop(
     }
 }
 
-/// Admits an accepted stream and spawns its task, which reads the PROXY
-/// header if the listener asks for one, then runs the handler.
-fn serve(
-    shared: &Shared,
-    stream: Stream,
-    peer: Addr,
-    listener_addr: &Arc<Addr>,
-    preamble: Option<&Arc<Preamble>>,
-    counters: &Arc<Counters>,
-    permit: Permit,
-) {
+/// Admits an accepted stream and spawns its task, which runs the
+/// listener's preamble if it has one, then the handler.
+fn serve(shared: &Shared, stream: Stream, peer: Addr, home: &Arc<Home>, permit: Permit) {
     let peer_ip: Option<IpAddr> = peer.as_tcp().map(|addr| addr.ip());
     let Some(admission) = shared.limits.admit(permit, peer_ip) else {
-        counters.rejected();
+        home.counters.rejected();
         tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
         return;
     };
@@ -560,28 +555,19 @@ fn serve(
     if let Stream::Tcp(tcp) = &stream {
         set_tcp_options(&shared.config, tcp, id);
     }
-    counters.accepted();
-    let now = shared.clock.now();
-    let state = Arc::new(ConnState::new(now));
+    home.counters.accepted();
     let span = tracing::debug_span!("conn", id, %peer, client = tracing::field::Empty);
-    let activity = Activity::new(Arc::clone(&shared.clock), Arc::clone(&state));
-    let conn = Connection::new(
-        stream,
-        id,
-        peer,
-        Arc::clone(listener_addr),
-        shared.signal.clone(),
-        activity,
-    );
+    let accepted_at = shared.clock.now();
+    // From here the connection's record frees its places when its task ends.
+    let per_ip = admission.keep();
+    let state = shared.tasks.register(|key| {
+        let mut state = ConnState::new(Arc::clone(home), id, peer, accepted_at, key);
+        state.per_ip = per_ip;
+        state
+    });
     let job = Job {
-        conn,
-        // Only listeners with work before the handler pay for these clones.
-        preamble: preamble.map(|preamble| (Arc::clone(preamble), Arc::clone(counters))),
+        conn: Connection::new(stream, state),
         span,
-        counters: Arc::clone(counters),
-        state,
-        accepted_at: now,
-        admission,
     };
     // Through the handler's vtable into `spawn_connection::<H>`, so that the
     // handler's future is a concrete type, polled without dynamic dispatch.
@@ -593,12 +579,7 @@ fn serve(
 #[derive(Debug)]
 pub struct Job {
     conn: Connection,
-    preamble: Option<(Arc<Preamble>, Arc<Counters>)>,
     span: tracing::Span,
-    counters: Arc<Counters>,
-    state: Arc<ConnState>,
-    accepted_at: u64,
-    admission: Admission,
 }
 
 /// Handler futures up to this size live in the task itself; larger ones in
@@ -621,114 +602,74 @@ pub(crate) fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: 
     fn future_size<'a, H: 'a, F>(_: impl FnOnce(&'a H, Connection) -> F) -> usize {
         std::mem::size_of::<F>()
     }
-    let Job {
-        conn,
-        preamble,
-        span,
-        counters,
-        state,
-        accepted_at,
-        admission,
-    } = job;
-    if future_size(H::handle) <= INLINE_FUTURE_LIMIT {
-        let serve = serve_inline(handler, conn, preamble);
-        tasks.spawn(serve, span, counters, state, accepted_at, admission);
-    } else {
-        let serve = serve_boxed(handler, conn, preamble);
-        tasks.spawn(serve, span, counters, state, accepted_at, admission);
+    let Job { conn, span } = job;
+    let state = Arc::clone(&conn.state);
+    let inline = future_size(H::handle) <= INLINE_FUTURE_LIMIT;
+    // Only listeners with a preamble have the layer that runs it.
+    match (inline, conn.state.home.preamble.is_some()) {
+        (true, false) => tasks.spawn(serve_inline(handler, conn), span, state),
+        (false, false) => tasks.spawn(serve_boxed(handler, conn), span, state),
+        (true, true) => {
+            let serve = after_preamble(conn, |conn| serve_inline(handler, conn));
+            tasks.spawn(serve, span, state);
+        }
+        (false, true) => {
+            let serve = after_preamble(conn, |conn| serve_boxed(handler, conn));
+            tasks.spawn(serve, span, state);
+        }
     }
 }
 
-// Two near-twins rather than one function taking a closure: each layer of
+// Near-twins rather than one function taking a closure: each layer of
 // `async` between the task and the handler's future holds its own copy of
-// the `Connection`, on every idle connection.
+// the `Connection`, on every idle connection. The arguments of an `async fn`
+// keep their room in its future for its whole life, and so does a local
+// moved out of: hence no locals, and the handler's future made inside the
+// expression that wraps it.
 
-/// A connection's task with the handler's future inline: the preamble, then
-/// the handler, with panics caught. `H::handle`, not `Arc<H>`'s `Handler`
-/// impl, which would box.
-async fn serve_inline<H: Handler>(
-    handler: Arc<H>,
-    conn: Connection,
-    preamble: Option<(Arc<Preamble>, Arc<Counters>)>,
-) -> Outcome {
-    tracing::debug!("connection opened");
-    // In a block of its own: a moved-out local still takes room in the
-    // future's layout until its scope ends, and this scope ends before the
-    // long wait in the handler.
-    let (id, peer, handling) = {
-        let conn = match preamble {
-            None => conn,
-            Some(preamble) => match prepare(conn, preamble).await {
-                Some(conn) => conn,
-                None => return Outcome::Refused,
-            },
-        };
-        (conn.id(), conn.peer_addr(), H::handle(&handler, conn))
-    };
-    let handled = CatchUnwind(std::pin::pin!(handling)).await;
-    outcome(id, &peer, handled)
+/// A connection's handler with its future inline, with panics caught.
+/// `H::handle`, not `Arc<H>`'s `Handler` impl, which would box.
+async fn serve_inline<H: Handler>(handler: Arc<H>, conn: Connection) -> Handled {
+    handled(CatchUnwind::new(H::handle(&handler, conn)).await)
 }
 
 /// [`serve_inline`] with the handler's future in a box of its own.
-async fn serve_boxed<H: Handler>(
-    handler: Arc<H>,
-    conn: Connection,
-    preamble: Option<(Arc<Preamble>, Arc<Counters>)>,
-) -> Outcome {
-    tracing::debug!("connection opened");
-    // In a block of its own: a moved-out local still takes room in the
-    // future's layout until its scope ends, and this scope ends before the
-    // long wait in the handler.
-    let (id, peer, handling) = {
-        let conn = match preamble {
-            None => conn,
-            Some(preamble) => match prepare(conn, preamble).await {
-                Some(conn) => conn,
-                None => return Outcome::Refused,
-            },
-        };
-        (conn.id(), conn.peer_addr(), H::handle(&handler, conn))
-    };
-    let handled = CatchUnwind(Box::pin(handling)).await;
-    outcome(id, &peer, handled)
+async fn serve_boxed<H: Handler>(handler: Arc<H>, conn: Connection) -> Handled {
+    handled(CatchUnwind::new(Box::pin(H::handle(&handler, conn))).await)
 }
 
-/// Runs the listener's preamble on `conn`; `None` if it refused it.
+/// Runs the listener's preamble on `conn`, then `serve` if it accepted it.
+async fn after_preamble<F, S>(conn: Connection, serve: S) -> Handled
+where
+    S: FnOnce(Connection) -> F,
+    F: Future<Output = Handled>,
+{
+    match prepare(conn).await {
+        Some(conn) => serve(conn).await,
+        None => Handled::Refused,
+    }
+}
+
+/// Runs the listener's preamble on `conn`, if it has one; `None` if it
+/// refused the connection.
 ///
-/// Boxed, for the same reason as large handler futures: inline, its state
-/// (a header buffer, a TLS handshake) would make every connection's task
-/// large, preamble or not.
-async fn prepare(
-    conn: Connection,
-    (preamble, counters): (Arc<Preamble>, Arc<Counters>),
-) -> Option<Connection> {
-    Box::pin(preamble.run(conn, &counters)).await.ok()
+/// The preamble's future is boxed, for the same reason as large handler
+/// futures: inline, its state (a header buffer, a TLS handshake) would make
+/// every connection's task large, preamble or not.
+async fn prepare(conn: Connection) -> Option<Connection> {
+    let home = Arc::clone(&conn.state.home);
+    let preamble = home.preamble.as_ref()?;
+    Box::pin(preamble.run(conn, &home.counters)).await.ok()
 }
 
-/// How a handler's run ended, logged with the connection.
-fn outcome<E: Into<BoxError>>(
-    id: u64,
-    peer: &Addr,
-    handled: Result<Result<(), E>, Box<dyn std::any::Any + Send>>,
-) -> Outcome {
-    match handled {
-        Ok(Ok(())) => Outcome::Completed,
-        Ok(Err(err)) => {
-            let err: BoxError = err.into();
-            // id and peer repeated so the line is useful even where the
-            // debug-level span is filtered out.
-            tracing::warn!(conn.id = id, %peer, error = %err, "handler failed");
-            Outcome::Failed
-        }
-        Err(payload) => {
-            tracing::error!(
-                conn.id = id,
-                %peer,
-                panic = panic_message(payload.as_ref()),
-                "handler panicked"
-            );
-            Outcome::Panicked
-        }
+/// How a handler's run ended.
+fn handled<E: Into<BoxError>>(
+    result: Result<Result<(), E>, Box<dyn std::any::Any + Send>>,
+) -> Handled {
+    match result {
+        Ok(Ok(())) => Handled::Completed,
+        Ok(Err(err)) => Handled::Failed(err.into()),
+        Err(payload) => Handled::Panicked(payload),
     }
 }
 

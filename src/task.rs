@@ -1,14 +1,15 @@
 //! The per-connection task boundary: panic catching, outcome accounting, and
 //! the registry of live connections.
 //!
-//! Every task is spawned through [`Tasks`], which tracks it (so the drain can
+//! Every task is spawned through [`Tasks`], which counts it (so the drain can
 //! wait for all of them) and keeps an entry for it in a slab: its abort handle
-//! (so the drain deadline and the timeout sweeper can end it), its activity
-//! record and when it was accepted. Each task owns an [`EndGuard`] that
-//! records how it ended when it is dropped, whether it returned, panicked,
+//! (so the drain deadline and the timeout sweeper can end it) and its
+//! connection's record ([`ConnState`]: activity, acceptance time, id, peer).
+//! Each task owns an [`EndGuard`], one pointer to that record, that records
+//! how the task ended when it is dropped, whether it returned, panicked,
 //! timed out or was aborted: every accepted connection is counted in exactly
-//! one outcome, which is what makes the shutdown report exact. The guard also
-//! holds the connection's admission, so its place under the limits is freed
+//! one outcome, which is what makes the shutdown report exact. The guard
+//! then frees the connection's places under the limits, so a place is freed
 //! only after its outcome is counted.
 //!
 //! The registry is the one lock on a connection's path: taken briefly when
@@ -21,21 +22,23 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use slab::Slab;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::limit::Admission;
-use crate::stats::{Counters, Outcome};
-use crate::timeout::{ConnState, TimeoutKind};
+use crate::BoxError;
+use crate::record::ConnState;
+use crate::stats::Outcome;
+use crate::timeout::TimeoutKind;
 
-type Registry = Arc<Mutex<Slab<Entry>>>;
+type Registry = Mutex<Slab<Entry>>;
 
 /// What the registry knows of a live connection.
 #[derive(Debug)]
@@ -44,14 +47,18 @@ struct Entry {
     abort: Option<AbortHandle>,
     /// Also the entry's identity: a slab key is reused once freed.
     state: Arc<ConnState>,
-    accepted_at: u64,
 }
 
 /// Spawns, tracks and, at the deadline, aborts connection tasks.
 #[derive(Debug)]
 pub(crate) struct Tasks {
-    tracker: TaskTracker,
     registry: Registry,
+    /// Tasks spawned and not yet ended (aborted ones included, which the
+    /// drain takes out of the registry before they have unwound).
+    live: AtomicUsize,
+    /// Set when the drain begins: from then on the last task to end wakes it.
+    draining: AtomicBool,
+    ended: Notify,
 }
 
 /// How the drain went.
@@ -60,73 +67,85 @@ pub(crate) struct Drain {
     pub(crate) duration: Duration,
 }
 
+/// How a connection's task ended, before it is counted and logged.
+#[derive(Debug)]
+pub(crate) enum Handled {
+    Completed,
+    Failed(BoxError),
+    Panicked(Box<dyn Any + Send>),
+    /// Refused before the handler ran (counted where it was refused).
+    Refused,
+}
+
 impl Tasks {
     pub(crate) fn new() -> Self {
         Tasks {
-            tracker: TaskTracker::new(),
             registry: Registry::default(),
+            live: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            ended: Notify::new(),
         }
     }
 
-    /// Spawns one connection's task inside `span`; `serve` resolves to how
-    /// it ended, which is counted in `counters` (its listener's).
-    pub(crate) fn spawn<F>(
-        &self,
-        serve: F,
-        span: tracing::Span,
-        counters: Arc<Counters>,
-        state: Arc<ConnState>,
-        accepted_at: u64,
-        admission: Admission,
-    ) where
-        F: Future<Output = Outcome> + Send + 'static,
-    {
-        // Registered before the spawn, completed after it: the lock is never
-        // held across `spawn`, which may drop the future on the spot (a
-        // runtime shutting down does), running the guard that takes it.
-        let key = lock(&self.registry).insert(Entry {
+    /// Makes a connection's record with its registry key, and registers it.
+    pub(crate) fn register(&self, make: impl FnOnce(usize) -> ConnState) -> Arc<ConnState> {
+        let mut registry = lock(&self.registry);
+        let entry = registry.vacant_entry();
+        let state = Arc::new(make(entry.key()));
+        entry.insert(Entry {
             abort: None,
             state: Arc::clone(&state),
-            accepted_at,
         });
-        let guard = EndGuard {
-            counters,
-            registry: Arc::clone(&self.registry),
-            key,
-            // Stays `Aborted` unless `serve` runs to completion.
-            outcome: Outcome::Aborted,
-            state: Arc::clone(&state),
-            _admission: admission,
-        };
+        state
+    }
+
+    /// Spawns the task of the connection `state` records inside `span`;
+    /// `serve` resolves to how it ended, which is logged and counted in the
+    /// connection's listener's counters.
+    pub(crate) fn spawn<F>(&self, serve: F, span: tracing::Span, state: Arc<ConnState>)
+    where
+        F: Future<Output = Handled> + Send + 'static,
+    {
+        // Counted before the spawn: the guard that uncounts it may run in it.
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let registered = Arc::clone(&state);
         // The guard is inside the span too, so that the lines it logs when
         // the task ends (aborted or timed out included) carry the connection.
         let guarded = Guarded {
             serve,
-            guard: Some(guard),
+            guard: Some(EndGuard {
+                state,
+                // Stays `Aborted` unless `serve` runs to completion.
+                outcome: Outcome::Aborted,
+            }),
         };
         // Without a subscriber that wants the span, skip the wrapper that
         // enters it on every poll: it would cost every idle connection its
-        // size and every wake-up its enter and exit, for nothing.
+        // size and every wake-up its enter and exit, for nothing. The lock
+        // is never held across `spawn`, which may drop the future on the
+        // spot (a runtime shutting down does), running the guard that takes
+        // it.
+        span.in_scope(|| tracing::debug!("connection opened"));
         let handle = if span.is_disabled() {
-            self.tracker.spawn(guarded)
+            tokio::spawn(guarded)
         } else {
-            self.tracker.spawn(guarded.instrument(span))
+            tokio::spawn(guarded.instrument(span))
         };
         // Unless the task has ended already (and the key gone to another).
-        if let Some(entry) = lock(&self.registry).get_mut(key) {
-            if Arc::ptr_eq(&entry.state, &state) {
+        if let Some(entry) = lock(&self.registry).get_mut(registered.key) {
+            if Arc::ptr_eq(&entry.state, &registered) {
                 entry.abort = Some(handle.abort_handle());
             }
         }
     }
 
     /// Aborts every connection for which `expired` names a timeout.
-    pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState, u64) -> Option<TimeoutKind>) {
+    pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState) -> Option<TimeoutKind>) {
         let registry = lock(&self.registry);
         for (_, entry) in registry.iter() {
             // An entry without its handle yet is left for the next tick.
             let Some(abort) = &entry.abort else { continue };
-            if let Some(kind) = expired(&entry.state, entry.accepted_at) {
+            if let Some(kind) = expired(&entry.state) {
                 // Marked before the abort so that the guard, which runs when
                 // the aborted task is dropped, counts a timeout, not an abort.
                 if entry.state.expire(kind) {
@@ -136,15 +155,48 @@ impl Tasks {
         }
     }
 
+    /// Removes the entry of a task that ended.
+    fn remove(&self, state: &Arc<ConnState>) {
+        let mut registry = lock(&self.registry);
+        if registry
+            .get(state.key)
+            .is_some_and(|entry| Arc::ptr_eq(&entry.state, state))
+        {
+            registry.remove(state.key);
+        }
+    }
+
+    /// Counts a task's end, waking the drain after the last one.
+    fn ended(&self) {
+        // SeqCst with the drain's store and load: either the drain sees no
+        // task left, or the last task sees the drain and wakes it.
+        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 && self.draining.load(Ordering::SeqCst) {
+            self.ended.notify_waiters();
+        }
+    }
+
+    /// Waits until no task is left.
+    async fn all_ended(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.live.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// Waits up to `timeout` for every task to end, then aborts the rest and
     /// waits for them to unwind.
     ///
     /// A handler that blocks its thread without ever yielding cannot be
     /// aborted; the drain then waits for it.
     pub(crate) async fn drain(&self, timeout: Duration) -> Drain {
-        self.tracker.close();
+        self.draining.store(true, Ordering::SeqCst);
         let start = Instant::now();
-        if tokio::time::timeout(timeout, self.tracker.wait())
+        if tokio::time::timeout(timeout, self.all_ended())
             .await
             .is_err()
         {
@@ -159,7 +211,7 @@ impl Tasks {
             for abort in stragglers.into_iter().filter_map(|(_, entry)| entry.abort) {
                 abort.abort();
             }
-            self.tracker.wait().await;
+            self.all_ended().await;
         }
         Drain {
             duration: start.elapsed(),
@@ -178,16 +230,20 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: Future<Output = Outcome>> Future for Guarded<F> {
+impl<F: Future<Output = Handled>> Future for Guarded<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        // The handler's panics are caught (and logged with the connection)
-        // closer to it; this catches the rest of the task (the preamble, an
-        // error's conversion or display), so that it counts as a panic too.
+        let guard = this.guard;
+        // The handler's panics are caught closer to it; this catches the
+        // rest of the task (the preamble, an error's conversion or display
+        // when it is logged), so that it counts as a panic too.
         // AssertUnwindSafe: after a panic `serve` is never polled again.
-        let polled = catch_unwind(AssertUnwindSafe(|| this.serve.as_mut().poll(cx)));
+        let polled = catch_unwind(AssertUnwindSafe(|| match this.serve.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(handled) => Poll::Ready(guard.as_ref().map(|guard| guard.log(handled))),
+        }));
         let outcome = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(outcome)) => outcome,
@@ -196,46 +252,65 @@ impl<F: Future<Output = Outcome>> Future for Guarded<F> {
                     panic = panic_message(payload.as_ref()),
                     "connection task panicked outside the handler"
                 );
-                Outcome::Panicked
+                Some(Outcome::Panicked)
             }
         };
-        if let Some(mut guard) = this.guard.take() {
+        if let (Some(mut guard), Some(outcome)) = (guard.take(), outcome) {
             guard.outcome = outcome;
         }
         Poll::Ready(())
     }
 }
 
-/// Records a task's end, however it ends.
+/// Records a task's end, however it ends: counts its outcome, frees its
+/// places under the limits and its registry entry.
 struct EndGuard {
-    counters: Arc<Counters>,
-    registry: Registry,
-    key: usize,
-    outcome: Outcome,
     state: Arc<ConnState>,
-    /// Dropped after the fields above have done their work: the place under
-    /// the limits is freed once the outcome is counted.
-    _admission: Admission,
+    outcome: Outcome,
+}
+
+impl EndGuard {
+    /// Logs how the handler ended, with the connection's id and peer (even
+    /// where the debug-level span is filtered out).
+    fn log(&self, handled: Handled) -> Outcome {
+        let (id, peer) = (self.state.id, &self.state.peer);
+        match handled {
+            Handled::Completed => Outcome::Completed,
+            Handled::Refused => Outcome::Refused,
+            Handled::Failed(err) => {
+                tracing::warn!(conn.id = id, %peer, error = %err, "handler failed");
+                Outcome::Failed
+            }
+            Handled::Panicked(payload) => {
+                tracing::error!(
+                    conn.id = id,
+                    %peer,
+                    panic = panic_message(payload.as_ref()),
+                    "handler panicked"
+                );
+                Outcome::Panicked
+            }
+        }
+    }
 }
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        let mut registry = lock(&self.registry);
-        if registry
-            .get(self.key)
-            .is_some_and(|entry| Arc::ptr_eq(&entry.state, &self.state))
-        {
-            registry.remove(self.key);
-        }
-        drop(registry);
+        let state = &self.state;
+        let home = &state.home;
+        home.tasks.remove(state);
         if self.outcome == Outcome::Aborted {
-            if let Some(kind) = self.state.expired_by() {
+            if let Some(kind) = state.expired_by() {
                 self.outcome = Outcome::TimedOut(kind);
                 tracing::debug!(timeout = ?kind, "connection timed out");
             }
         }
-        self.counters.ended(self.outcome);
+        home.counters.ended(self.outcome);
         tracing::debug!(outcome = ?self.outcome, "connection closed");
+        // After the count: the place is free once the outcome is counted.
+        home.limits
+            .release(if state.per_ip { state.peer_ip() } else { None });
+        home.tasks.ended();
     }
 }
 
@@ -245,19 +320,32 @@ fn lock(registry: &Registry) -> MutexGuard<'_, Slab<Entry>> {
     registry.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Polls a future inside `catch_unwind`, turning a panic into an error value
-/// so that the task can log and count it.
-#[derive(Debug)]
-pub(crate) struct CatchUnwind<F>(pub(crate) F);
+pin_project_lite::pin_project! {
+    /// Polls a future inside `catch_unwind`, turning a panic into an error
+    /// value so that the task can log and count it. It holds the future
+    /// itself: made from the expression that makes the future, it is the
+    /// future's only place in the task.
+    #[derive(Debug)]
+    pub(crate) struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
 
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
+impl<F> CatchUnwind<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        CatchUnwind { inner }
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
         // AssertUnwindSafe: after a panic the future is never polled again;
         // the task drops it and records the panic.
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Err(payload) => Poll::Ready(Err(payload)),

@@ -37,8 +37,8 @@ use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
 
 use crate::connection::Stream;
+use crate::record::ConnState;
 use crate::shutdown::Fired;
-use crate::timeout::{Activity, Clock, ConnState};
 use crate::{Addr, BoxError, Connection, Handler, ShutdownHandle, ShutdownSignal};
 
 /// Builds an in-memory [`Connection`] for a test. See the [module docs](self).
@@ -105,15 +105,13 @@ impl TestConnection {
     pub fn pair(self) -> (Connection, DuplexStream, ShutdownHandle) {
         let (server_end, client_end) = tokio::io::duplex(self.buffer);
         let fired = Arc::new(Fired::default());
-        let activity = Activity::new(Arc::new(Clock::new()), Arc::new(ConnState::default()));
-        let conn = Connection::new(
-            Stream::Duplex(server_end),
+        let state = ConnState::detached(
             self.id,
             self.peer,
-            Arc::new(self.local),
+            self.local,
             ShutdownSignal::new(Arc::clone(&fired)),
-            activity,
         );
+        let conn = Connection::new(Stream::Duplex(server_end), Arc::new(state));
         (conn, client_end, ShutdownHandle::new(fired))
     }
 

@@ -2,12 +2,13 @@
 //!
 //! Per-connection timers would cost a timer entry (about a hundred bytes)
 //! per connection and a timer-wheel update on every read and write. Instead
-//! every connection records its last activity as a coarse timestamp (two
-//! relaxed atomic operations, no system call), and one sweeper per server
-//! wakes every tick, advances the coarse clock and scans the live
-//! connections for expired ones, which it aborts. The tick is a tenth of the
-//! shortest timeout (between 5 ms and 1 s), so a connection expires within
-//! about one tick of its deadline.
+//! a read or write only marks its connection as touched (one relaxed store,
+//! no clock), and one sweeper per server wakes every tick, advances a coarse
+//! clock and scans the live connections: a touched one has its last
+//! activity moved to the tick's time and the mark cleared, and one past a
+//! timeout is aborted. The tick is a tenth of the shortest timeout (between
+//! 5 ms and 1 s), so a connection expires within about a tick of its
+//! deadline.
 //!
 //! The sweeper is a thread of its own, not a task with a tokio timer: while
 //! any timer is pending, every time the runtime parks it reads the clock and
@@ -17,13 +18,14 @@
 //! the sweeper run as a task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::record::ConnState;
 use crate::task::Tasks;
 
 /// Default for [`Builder::idle_timeout`](crate::Builder::idle_timeout).
@@ -55,22 +57,19 @@ impl Timeouts {
         Some((shortest / 10).clamp(Duration::from_millis(5), Duration::from_secs(1)))
     }
 
-    /// Whether a connection accepted at `accepted_at` with this activity has
-    /// expired at `now` (all in the clock's milliseconds).
-    pub(crate) fn expired(
-        &self,
-        state: &ConnState,
-        accepted_at: u64,
-        now: u64,
-    ) -> Option<TimeoutKind> {
-        let age = now.saturating_sub(accepted_at);
+    /// Whether the connection has expired at `now` (the clock's
+    /// milliseconds), and by which timeout.
+    pub(crate) fn expired(&self, state: &ConnState, now: u64) -> Option<TimeoutKind> {
+        // First: it also takes note of activity since the last sweep.
+        let last_active = state.last_active(now);
+        let age = now.saturating_sub(state.accepted_at);
         if let Some(limit) = self.first_read {
             if !state.has_read() && age >= millis(limit) {
                 return Some(TimeoutKind::FirstRead);
             }
         }
         if let Some(limit) = self.idle {
-            if now.saturating_sub(state.last_active()) >= millis(limit) {
+            if now.saturating_sub(last_active) >= millis(limit) {
                 return Some(TimeoutKind::Idle);
             }
         }
@@ -88,7 +87,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// A coarse clock in milliseconds since the server started, advanced by the
-/// sweeper on every tick and read by connections on every read and write.
+/// sweeper on every tick and read when a connection is accepted.
 #[derive(Debug)]
 pub(crate) struct Clock {
     start: Instant,
@@ -113,77 +112,6 @@ impl Clock {
         let now = millis(self.start.elapsed());
         self.now_ms.store(now, Ordering::Relaxed);
         now
-    }
-}
-
-/// What a connection shares with the sweeper.
-#[derive(Debug, Default)]
-pub(crate) struct ConnState {
-    last_active: AtomicU64,
-    has_read: AtomicBool,
-    /// 0 while live; a `TimeoutKind` once the sweeper expired it.
-    expired: AtomicU8,
-}
-
-impl ConnState {
-    pub(crate) fn new(now: u64) -> Self {
-        ConnState {
-            last_active: AtomicU64::new(now),
-            ..ConnState::default()
-        }
-    }
-
-    fn last_active(&self) -> u64 {
-        self.last_active.load(Ordering::Relaxed)
-    }
-
-    fn has_read(&self) -> bool {
-        self.has_read.load(Ordering::Relaxed)
-    }
-
-    /// Marks the connection expired; `false` if it already was.
-    pub(crate) fn expire(&self, kind: TimeoutKind) -> bool {
-        self.expired
-            .compare_exchange(0, kind as u8, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    pub(crate) fn expired_by(&self) -> Option<TimeoutKind> {
-        match self.expired.load(Ordering::Relaxed) {
-            1 => Some(TimeoutKind::Idle),
-            2 => Some(TimeoutKind::FirstRead),
-            3 => Some(TimeoutKind::MaxAge),
-            _ => None,
-        }
-    }
-}
-
-/// A connection's handle on its activity record: what `Connection` touches
-/// on every read and write.
-#[derive(Debug, Clone)]
-pub(crate) struct Activity {
-    clock: Arc<Clock>,
-    state: Arc<ConnState>,
-}
-
-impl Activity {
-    pub(crate) fn new(clock: Arc<Clock>, state: Arc<ConnState>) -> Self {
-        Activity { clock, state }
-    }
-
-    pub(crate) fn read(&self) {
-        self.state
-            .last_active
-            .store(self.clock.now(), Ordering::Relaxed);
-        if !self.state.has_read.load(Ordering::Relaxed) {
-            self.state.has_read.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn wrote(&self) {
-        self.state
-            .last_active
-            .store(self.clock.now(), Ordering::Relaxed);
     }
 }
 
@@ -255,7 +183,7 @@ impl Sweeper {
 /// Advances the clock and expires the connections past a timeout.
 fn sweep_once(timeouts: Timeouts, clock: &Clock, tasks: &Tasks) {
     let now = clock.advance();
-    tasks.expire(|state, accepted_at| timeouts.expired(state, accepted_at, now));
+    tasks.expire(|state| timeouts.expired(state, now));
 }
 
 /// The sweeper as a task, with a tokio timer, until `stop` completes (or
@@ -281,6 +209,7 @@ async fn sweep_in_task(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Addr, ShutdownSignal};
 
     fn timeouts(idle: u64, first_read: u64, max_age: u64) -> Timeouts {
         let opt = |ms| (ms > 0).then(|| Duration::from_millis(ms));
@@ -312,22 +241,21 @@ mod tests {
     #[test]
     fn expiry_by_kind() {
         let t = timeouts(100, 50, 1000);
-        let clock = Arc::new(Clock::new());
-        let state = Arc::new(ConnState::new(0));
-        assert_eq!(t.expired(&state, 0, 49), None);
-        assert_eq!(t.expired(&state, 0, 50), Some(TimeoutKind::FirstRead));
-        let activity = Activity::new(Arc::clone(&clock), Arc::clone(&state));
-        clock.now_ms.store(40, Ordering::Relaxed);
-        activity.read();
-        assert_eq!(
-            t.expired(&state, 0, 139),
-            None,
-            "read at 40: idle until 140"
+        let state = ConnState::detached(
+            1,
+            Addr::Unix(None),
+            Addr::Unix(None),
+            ShutdownSignal::new(Arc::default()),
         );
-        assert_eq!(t.expired(&state, 0, 140), Some(TimeoutKind::Idle));
-        clock.now_ms.store(990, Ordering::Relaxed);
-        activity.wrote();
-        assert_eq!(t.expired(&state, 0, 1000), Some(TimeoutKind::MaxAge));
+        assert_eq!(t.expired(&state, 49), None);
+        assert_eq!(t.expired(&state, 50), Some(TimeoutKind::FirstRead));
+        state.read();
+        assert_eq!(t.expired(&state, 60), None, "read, seen at 60");
+        assert_eq!(t.expired(&state, 159), None, "idle until 160");
+        assert_eq!(t.expired(&state, 160), Some(TimeoutKind::Idle));
+        state.wrote();
+        assert_eq!(t.expired(&state, 990), None, "wrote, seen at 990");
+        assert_eq!(t.expired(&state, 1000), Some(TimeoutKind::MaxAge));
         assert!(state.expire(TimeoutKind::MaxAge));
         assert!(!state.expire(TimeoutKind::Idle), "expires once");
         assert_eq!(state.expired_by(), Some(TimeoutKind::MaxAge));

@@ -1,0 +1,160 @@
+//! What the server keeps of each connection, and of each listener for its
+//! connections.
+//!
+//! A connection's [`Connection`](crate::Connection) is its stream and one
+//! pointer to its [`ConnState`], the connection's record, which the server's
+//! registry and the timeout sweeper point to as well; the record points to
+//! its listener's [`Home`], made once per listener. So a connection task
+//! carries two words besides the stream, and everything else is reached
+//! through them: that keeps every idle connection's task small, and the
+//! per-connection work at accept to one allocation and a few reference
+//! counts.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::connection::ProxyInfo;
+use crate::limit::Limits;
+use crate::preamble::Preamble;
+use crate::stats::Counters;
+use crate::task::Tasks;
+use crate::timeout::TimeoutKind;
+use crate::{Addr, ShutdownSignal};
+
+/// What a listener's connections share.
+#[derive(Debug)]
+pub(crate) struct Home {
+    /// The listener's address: a connection's local address (unless the
+    /// listener is on a wildcard address).
+    pub(crate) addr: Addr,
+    /// The connections' shutdown signal.
+    pub(crate) signal: ShutdownSignal,
+    /// The listener's counters.
+    pub(crate) counters: Arc<Counters>,
+    /// The server's registry of live connections.
+    pub(crate) tasks: Arc<Tasks>,
+    /// The server's connection limits, whose places connections hold.
+    pub(crate) limits: Arc<Limits>,
+    /// What the listener does before the handler, if anything.
+    pub(crate) preamble: Option<Arc<Preamble>>,
+}
+
+/// One connection's record.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    pub(crate) home: Arc<Home>,
+    pub(crate) id: u64,
+    /// The socket's peer (a load balancer, behind one that sends a PROXY
+    /// header: the client is then in `extra`).
+    pub(crate) peer: Addr,
+    /// When the connection was accepted, in the server clock's milliseconds.
+    pub(crate) accepted_at: u64,
+    /// The connection's key in the registry.
+    pub(crate) key: usize,
+    /// Whether the connection holds a place under the per-address limit
+    /// (for its peer's address).
+    pub(crate) per_ip: bool,
+    /// Set on every read and write, cleared by the sweeper, which then
+    /// moves `last_active` to its time: so a read or write costs one store
+    /// and no clock.
+    touched: AtomicBool,
+    has_read: AtomicBool,
+    /// 0 while live; a `TimeoutKind` once the sweeper expired it.
+    expired: AtomicU8,
+    /// The sweeper's time of the last activity it saw (the clock's ms).
+    last_active: AtomicU64,
+    /// What the preamble learnt (PROXY header, TLS), set once before the
+    /// handler runs; boxed, as most connections have none.
+    pub(crate) extra: OnceLock<Box<Extra>>,
+}
+
+/// What a listener's preamble learnt of a connection.
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    pub(crate) proxy: Option<ProxyInfo>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::TlsInfo>,
+}
+
+impl ConnState {
+    pub(crate) fn new(home: Arc<Home>, id: u64, peer: Addr, accepted_at: u64, key: usize) -> Self {
+        ConnState {
+            home,
+            id,
+            peer,
+            accepted_at,
+            key,
+            per_ip: false,
+            touched: AtomicBool::new(false),
+            has_read: AtomicBool::new(false),
+            expired: AtomicU8::new(0),
+            last_active: AtomicU64::new(accepted_at),
+            extra: OnceLock::new(),
+        }
+    }
+
+    /// A record of a connection served outside a server (by
+    /// [`testing`](crate::testing), and in tests): with a home of its own.
+    pub(crate) fn detached(id: u64, peer: Addr, local: Addr, signal: ShutdownSignal) -> Self {
+        let home = Home {
+            addr: local,
+            signal,
+            counters: Arc::default(),
+            tasks: Arc::new(Tasks::new()),
+            limits: Arc::new(Limits::new(crate::limit::MAX_CONNECTIONS_LIMIT, None)),
+            preamble: None,
+        };
+        ConnState::new(Arc::new(home), id, peer, 0, usize::MAX)
+    }
+
+    /// The socket peer's IP address, for the per-address limit.
+    pub(crate) fn peer_ip(&self) -> Option<IpAddr> {
+        self.peer.as_tcp().map(|addr| addr.ip())
+    }
+
+    /// Records that bytes were read.
+    pub(crate) fn read(&self) {
+        self.touched.store(true, Ordering::Relaxed);
+        if !self.has_read.load(Ordering::Relaxed) {
+            self.has_read.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that bytes were written.
+    pub(crate) fn wrote(&self) {
+        self.touched.store(true, Ordering::Relaxed);
+    }
+
+    /// The sweeper's view at `now`: the time of the last activity, moved to
+    /// `now` if there was activity since the last look.
+    pub(crate) fn last_active(&self, now: u64) -> u64 {
+        if self.touched.load(Ordering::Relaxed) {
+            self.touched.store(false, Ordering::Relaxed);
+            self.last_active.store(now, Ordering::Relaxed);
+            now
+        } else {
+            self.last_active.load(Ordering::Relaxed)
+        }
+    }
+
+    pub(crate) fn has_read(&self) -> bool {
+        self.has_read.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection expired; `false` if it already was.
+    pub(crate) fn expire(&self, kind: TimeoutKind) -> bool {
+        self.expired
+            .compare_exchange(0, kind as u8, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub(crate) fn expired_by(&self) -> Option<TimeoutKind> {
+        match self.expired.load(Ordering::Relaxed) {
+            1 => Some(TimeoutKind::Idle),
+            2 => Some(TimeoutKind::FirstRead),
+            3 => Some(TimeoutKind::MaxAge),
+            _ => None,
+        }
+    }
+}
