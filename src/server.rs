@@ -34,7 +34,7 @@ use crate::preamble::Preamble;
 use crate::record::{ConnState, Home};
 use crate::shutdown::Fired;
 use crate::stats::Counters;
-use crate::task::{CatchUnwind, Handled, Tasks};
+use crate::task::{Handled, Tasks};
 use crate::timeout::{Clock, Sweeper};
 use crate::{
     Addr, BoxError, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats,
@@ -627,15 +627,16 @@ pub(crate) fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: 
 // moved out of: hence no locals, and the handler's future made inside the
 // expression that wraps it.
 
-/// A connection's handler with its future inline, with panics caught.
-/// `H::handle`, not `Arc<H>`'s `Handler` impl, which would box.
+/// A connection's handler with its future inline (its panics are caught
+/// by the task's guard). `H::handle`, not `Arc<H>`'s `Handler` impl, which
+/// would box.
 async fn serve_inline<H: Handler>(handler: Arc<H>, conn: Connection) -> Handled {
-    handled(CatchUnwind::new(H::handle(&handler, conn)).await)
+    handled(H::handle(&handler, conn).await)
 }
 
 /// [`serve_inline`] with the handler's future in a box of its own.
 async fn serve_boxed<H: Handler>(handler: Arc<H>, conn: Connection) -> Handled {
-    handled(CatchUnwind::new(Box::pin(H::handle(&handler, conn))).await)
+    handled(Box::pin(H::handle(&handler, conn)).await)
 }
 
 /// Runs the listener's preamble on `conn`, then `serve` if it accepted it.
@@ -662,14 +663,11 @@ async fn prepare(conn: Connection) -> Option<Connection> {
     Box::pin(preamble.run(conn, &home.counters)).await.ok()
 }
 
-/// How a handler's run ended.
-fn handled<E: Into<BoxError>>(
-    result: Result<Result<(), E>, Box<dyn std::any::Any + Send>>,
-) -> Handled {
+/// How a handler's run ended, when it returned.
+fn handled<E: Into<BoxError>>(result: Result<(), E>) -> Handled {
     match result {
-        Ok(Ok(())) => Handled::Completed,
-        Ok(Err(err)) => Handled::Failed(err.into()),
-        Err(payload) => Handled::Panicked(payload),
+        Ok(()) => Handled::Completed,
+        Err(err) => Handled::Failed(err.into()),
     }
 }
 

@@ -158,8 +158,13 @@ impl Future for ShutdownRequested {
 impl Drop for ShutdownRequested {
     fn drop(&mut self) {
         if let Some((key, _)) = self.registered.take() {
-            // After `fire` the slab is empty and stays so: nothing to remove.
-            self.fired.waiters().try_remove(key);
+            // Once fired, the slab is emptied by `fire` (or about to be, and
+            // then a stale waker only makes a spurious wake-up): no lock, so
+            // that ten thousand connections ending at shutdown do not queue
+            // on it.
+            if !self.fired.is_fired() {
+                self.fired.waiters().try_remove(key);
+            }
         }
     }
 }

@@ -235,28 +235,27 @@ impl<F: Future<Output = Handled>> Future for Guarded<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        let guard = this.guard;
-        // The handler's panics are caught closer to it; this catches the
-        // rest of the task (the preamble, an error's conversion or display
-        // when it is logged), so that it counts as a panic too.
-        // AssertUnwindSafe: after a panic `serve` is never polled again.
-        let polled = catch_unwind(AssertUnwindSafe(|| match this.serve.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(handled) => Poll::Ready(guard.as_ref().map(|guard| guard.log(handled))),
-        }));
-        let outcome = match polled {
+        // One `catch_unwind` for the whole task: the handler's panics, and
+        // the preamble's before it. AssertUnwindSafe: after a panic `serve`
+        // is never polled again.
+        let handled = match catch_unwind(AssertUnwindSafe(|| this.serve.as_mut().poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(outcome)) => outcome,
-            Err(payload) => {
-                tracing::error!(
-                    panic = panic_message(payload.as_ref()),
-                    "connection task panicked outside the handler"
-                );
-                Some(Outcome::Panicked)
-            }
+            Ok(Poll::Ready(handled)) => handled,
+            Err(payload) => Handled::Panicked(payload),
         };
-        if let (Some(mut guard), Some(outcome)) = (guard.take(), outcome) {
-            guard.outcome = outcome;
+        if let Some(mut guard) = this.guard.take() {
+            // Logging formats the handler's error, whose `Display` may panic
+            // too: that counts as a panic, like any other in the task.
+            guard.outcome = match catch_unwind(AssertUnwindSafe(|| guard.log(handled))) {
+                Ok(outcome) => outcome,
+                Err(payload) => {
+                    tracing::error!(
+                        panic = panic_message(payload.as_ref()),
+                        "connection task panicked outside the handler"
+                    );
+                    Outcome::Panicked
+                }
+            };
         }
         Poll::Ready(())
     }
@@ -318,39 +317,6 @@ impl Drop for EndGuard {
 /// lock (slab operations do not panic midway), so poisoning is ignored.
 fn lock(registry: &Registry) -> MutexGuard<'_, Slab<Entry>> {
     registry.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-pin_project_lite::pin_project! {
-    /// Polls a future inside `catch_unwind`, turning a panic into an error
-    /// value so that the task can log and count it. It holds the future
-    /// itself: made from the expression that makes the future, it is the
-    /// future's only place in the task.
-    #[derive(Debug)]
-    pub(crate) struct CatchUnwind<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F> CatchUnwind<F> {
-    pub(crate) fn new(inner: F) -> Self {
-        CatchUnwind { inner }
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.project().inner;
-        // AssertUnwindSafe: after a panic the future is never polled again;
-        // the task drops it and records the panic.
-        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(payload) => Poll::Ready(Err(payload)),
-        }
-    }
 }
 
 /// The message of a panic payload, when it has one.

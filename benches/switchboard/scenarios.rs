@@ -8,12 +8,12 @@
 //! | scenario      | servers                                  | measured |
 //! | ---           | ---                                      | ---      |
 //! | churn         | switchboard hello, tokio hello           | connections/s, p99 (1 request per connection, 64 clients) |
-//! | keep-alive    | switchboard echo, lean and naive tokio echo | round trips/s, p99 (64 connections, 64 B) |
+//! | keep-alive    | switchboard echo, lean and naive tokio echo, switchboard running the naive echo | round trips/s, p99 (64 connections, 64 B) |
 //! | http-keepalive| switchboard hello, tokio hello, hyper    | requests/s, p99 (64 connections; also wrk when installed) |
 //! | idle-memory   | switchboard echo, lean, naive, threads   | server RSS per idle connection at 1k/5k/10k |
 //! | shutdown      | switchboard echo                         | trigger to `run()` returning, 10k idle connections |
 //! | allocations   | all tokio servers                        | per connection / round trip / request: two runs, differenced |
-//! | instructions  | all tokio servers, under callgrind       | per connection / round trip / request: two runs, differenced (1 client) |
+//! | instructions  | all tokio servers, under callgrind       | per connection / round trip / request: two runs, differenced (1 client); the naive echo's code under switchboard and by hand |
 //!
 //! Idle memory also reports the server's live heap per connection (bytes
 //! and blocks, from the counting allocator), which says where the RSS goes;
@@ -160,13 +160,19 @@ impl Scenario {
     };
     const KEEP_ALIVE: Scenario = Scenario {
         name: "keep-alive",
-        servers: &[Mode::SbEcho, Mode::LeanEcho, Mode::TokioEcho],
+        servers: &[
+            Mode::SbEcho,
+            Mode::LeanEcho,
+            Mode::TokioEcho,
+            Mode::SbNaiveEcho,
+        ],
         workload: Workload::Echo,
         rate_metric: "round trips",
         rate_unit: "rt/s",
         ratios: &[
             (Mode::SbEcho, Mode::LeanEcho),
             (Mode::SbEcho, Mode::TokioEcho),
+            (Mode::SbNaiveEcho, Mode::TokioEcho),
         ],
     };
     const HTTP: Scenario = Scenario {
@@ -486,7 +492,7 @@ const ALLOC_LOADS: [Counted; 3] = [
 /// wake-up handles, and whether a read after a response finds the next
 /// request already there, depend on timing, and the counts vary by tens of
 /// percent from run to run.
-const INSTR_LOADS: [Counted; 3] = [
+const INSTR_LOADS: [Counted; 4] = [
     Counted {
         scenario: "instructions",
         metric: "per connection",
@@ -501,6 +507,17 @@ const INSTR_LOADS: [Counted; 3] = [
         metric: "per echo round trip",
         workload: Workload::Echo,
         servers: &[Mode::SbEcho, Mode::LeanEcho, Mode::TokioEcho],
+        clients: 1,
+        small: 150,
+        large: 450,
+    },
+    // The library's own cost on identical work: the naive echo's code run
+    // by switchboard and by the hand-written loop.
+    Counted {
+        scenario: "instructions",
+        metric: "per naive echo round trip",
+        workload: Workload::Echo,
+        servers: &[Mode::SbNaiveEcho, Mode::TokioEcho],
         clients: 1,
         small: 150,
         large: 450,

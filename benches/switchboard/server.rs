@@ -27,8 +27,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use switchboard::{Handler, Server, ShutdownHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchboard::{Connection, Handler, Server, ShutdownHandle};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{GLOBAL, echo, http};
@@ -51,6 +51,9 @@ pub(crate) enum Mode {
     SbEcho,
     /// A hand-written echo loop whose future holds an 8 KiB buffer.
     TokioEcho,
+    /// switchboard serving that same naive echo code (8 KiB buffer, no
+    /// shutdown check): the library's own cost on identical work.
+    SbNaiveEcho,
     /// A hand-written echo loop that allocates its buffer once readable.
     LeanEcho,
     /// One OS thread per connection, blocking std I/O, 8 KiB stack buffer.
@@ -58,12 +61,13 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 7] = [
+    pub(crate) const ALL: [Mode; 8] = [
         Mode::SbHello,
         Mode::TokioHello,
         Mode::HyperHello,
         Mode::SbEcho,
         Mode::TokioEcho,
+        Mode::SbNaiveEcho,
         Mode::LeanEcho,
         Mode::ThreadEcho,
     ];
@@ -76,13 +80,14 @@ impl Mode {
             Mode::HyperHello => "hyper-hello",
             Mode::SbEcho => "switchboard-echo",
             Mode::TokioEcho => "tokio-echo",
+            Mode::SbNaiveEcho => "switchboard-naive-echo",
             Mode::LeanEcho => "lean-echo",
             Mode::ThreadEcho => "thread-echo",
         }
     }
 
     pub(crate) fn is_switchboard(self) -> bool {
-        matches!(self, Mode::SbHello | Mode::SbEcho)
+        matches!(self, Mode::SbHello | Mode::SbEcho | Mode::SbNaiveEcho)
     }
 }
 
@@ -119,7 +124,8 @@ pub(crate) fn main(name: &str) {
                 .await
             }
             Mode::HyperHello => run_loop(hyper_hello).await,
-            Mode::TokioEcho => run_loop(tokio_echo).await,
+            Mode::TokioEcho => run_loop(naive_echo::<TcpStream>).await,
+            Mode::SbNaiveEcho => run_switchboard(NaiveEcho).await,
             Mode::LeanEcho => run_loop(lean_echo).await,
             Mode::ThreadEcho => unreachable!("handled above"),
         }
@@ -178,8 +184,9 @@ where
 }
 
 /// The naive echo: the 8 KiB buffer lives in the task's future, so every
-/// idle connection keeps it.
-async fn tokio_echo(mut stream: TcpStream) {
+/// idle connection keeps it. Generic, so that switchboard runs the very
+/// same code ([`NaiveEcho`]).
+async fn naive_echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let mut buf = [0u8; 8192];
     loop {
         match stream.read(&mut buf).await {
@@ -190,6 +197,18 @@ async fn tokio_echo(mut stream: TcpStream) {
                 }
             }
         }
+    }
+}
+
+/// The naive echo as a switchboard handler.
+struct NaiveEcho;
+
+impl Handler for NaiveEcho {
+    type Error = Infallible;
+
+    async fn handle(&self, conn: Connection) -> Result<(), Infallible> {
+        naive_echo(conn).await;
+        Ok(())
     }
 }
 
