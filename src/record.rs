@@ -11,7 +11,7 @@
 //! counts.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::connection::ProxyInfo;
@@ -21,6 +21,9 @@ use crate::stats::Counters;
 use crate::task::Tasks;
 use crate::timeout::TimeoutKind;
 use crate::{Addr, ShutdownSignal};
+
+/// The registry key of a connection not (yet) registered.
+pub(crate) const UNREGISTERED: usize = usize::MAX;
 
 /// What a listener's connections share.
 #[derive(Debug)]
@@ -50,8 +53,12 @@ pub(crate) struct ConnState {
     pub(crate) peer: Addr,
     /// When the connection was accepted, in the server clock's milliseconds.
     pub(crate) accepted_at: u64,
-    /// The connection's key in the registry.
-    pub(crate) key: usize,
+    /// The connection's key in the registry, once registered (set under
+    /// the registry's lock).
+    pub(crate) key: AtomicUsize,
+    /// Set by the task's end guard before it removes the registry entry, so
+    /// that a task that ends before its registration is not registered.
+    pub(crate) ended: AtomicBool,
     /// Whether the connection holds a place under the per-address limit
     /// (for its peer's address).
     pub(crate) per_ip: bool,
@@ -78,13 +85,14 @@ pub(crate) struct Extra {
 }
 
 impl ConnState {
-    pub(crate) fn new(home: Arc<Home>, id: u64, peer: Addr, accepted_at: u64, key: usize) -> Self {
+    pub(crate) fn new(home: Arc<Home>, id: u64, peer: Addr, accepted_at: u64) -> Self {
         ConnState {
             home,
             id,
             peer,
             accepted_at,
-            key,
+            key: AtomicUsize::new(UNREGISTERED),
+            ended: AtomicBool::new(false),
             per_ip: false,
             touched: AtomicBool::new(false),
             has_read: AtomicBool::new(false),
@@ -105,7 +113,7 @@ impl ConnState {
             limits: Arc::new(Limits::new(crate::limit::MAX_CONNECTIONS_LIMIT, None)),
             preamble: None,
         };
-        ConnState::new(Arc::new(home), id, peer, 0, usize::MAX)
+        ConnState::new(Arc::new(home), id, peer, 0)
     }
 
     /// The socket peer's IP address, for the per-address limit.

@@ -560,11 +560,9 @@ fn serve(shared: &Shared, stream: Stream, peer: Addr, home: &Arc<Home>, permit: 
     let accepted_at = shared.clock.now();
     // From here the connection's record frees its places when its task ends.
     let per_ip = admission.keep();
-    let state = shared.tasks.register(|key| {
-        let mut state = ConnState::new(Arc::clone(home), id, peer, accepted_at, key);
-        state.per_ip = per_ip;
-        state
-    });
+    let mut state = ConnState::new(Arc::clone(home), id, peer, accepted_at);
+    state.per_ip = per_ip;
+    let state = Arc::new(state);
     let job = Job {
         conn: Connection::new(stream, state),
         span,

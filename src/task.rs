@@ -43,8 +43,7 @@ type Registry = Mutex<Slab<Entry>>;
 /// What the registry knows of a live connection.
 #[derive(Debug)]
 struct Entry {
-    /// `None` for the moment between the spawn and its registration.
-    abort: Option<AbortHandle>,
+    abort: AbortHandle,
     /// Also the entry's identity: a slab key is reused once freed.
     state: Arc<ConnState>,
 }
@@ -87,18 +86,6 @@ impl Tasks {
         }
     }
 
-    /// Makes a connection's record with its registry key, and registers it.
-    pub(crate) fn register(&self, make: impl FnOnce(usize) -> ConnState) -> Arc<ConnState> {
-        let mut registry = lock(&self.registry);
-        let entry = registry.vacant_entry();
-        let state = Arc::new(make(entry.key()));
-        entry.insert(Entry {
-            abort: None,
-            state: Arc::clone(&state),
-        });
-        state
-    }
-
     /// Spawns the task of the connection `state` records inside `span`;
     /// `serve` resolves to how it ended, which is logged and counted in the
     /// connection's listener's counters.
@@ -131,11 +118,17 @@ impl Tasks {
         } else {
             tokio::spawn(guarded.instrument(span))
         };
-        // Unless the task has ended already (and the key gone to another).
-        if let Some(entry) = lock(&self.registry).get_mut(registered.key) {
-            if Arc::ptr_eq(&entry.state, &registered) {
-                entry.abort = Some(handle.abort_handle());
-            }
+        // Registered after the spawn, with its abort handle, under one lock;
+        // unless the task has ended already (its guard marked it before it
+        // looked for the entry, under the same lock).
+        let mut registry = lock(&self.registry);
+        if !registered.ended.load(Ordering::Relaxed) {
+            let entry = registry.vacant_entry();
+            registered.key.store(entry.key(), Ordering::Relaxed);
+            entry.insert(Entry {
+                abort: handle.abort_handle(),
+                state: registered,
+            });
         }
     }
 
@@ -143,26 +136,26 @@ impl Tasks {
     pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState) -> Option<TimeoutKind>) {
         let registry = lock(&self.registry);
         for (_, entry) in registry.iter() {
-            // An entry without its handle yet is left for the next tick.
-            let Some(abort) = &entry.abort else { continue };
             if let Some(kind) = expired(&entry.state) {
                 // Marked before the abort so that the guard, which runs when
                 // the aborted task is dropped, counts a timeout, not an abort.
                 if entry.state.expire(kind) {
-                    abort.abort();
+                    entry.abort.abort();
                 }
             }
         }
     }
 
-    /// Removes the entry of a task that ended.
+    /// Removes the entry of a task that ended, if it was registered.
     fn remove(&self, state: &Arc<ConnState>) {
+        state.ended.store(true, Ordering::Relaxed);
         let mut registry = lock(&self.registry);
+        let key = state.key.load(Ordering::Relaxed);
         if registry
-            .get(state.key)
+            .get(key)
             .is_some_and(|entry| Arc::ptr_eq(&entry.state, state))
         {
-            registry.remove(state.key);
+            registry.remove(key);
         }
     }
 
@@ -208,8 +201,8 @@ impl Tasks {
                 ?timeout,
                 "drain timeout reached, aborting remaining connections"
             );
-            for abort in stragglers.into_iter().filter_map(|(_, entry)| entry.abort) {
-                abort.abort();
+            for (_, entry) in stragglers {
+                entry.abort.abort();
             }
             self.all_ended().await;
         }
