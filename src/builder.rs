@@ -284,8 +284,10 @@ impl Builder {
     /// Expiry drops the handler's future (closing the socket), is logged at
     /// `debug` in the connection's span and counted in
     /// [`StatsSnapshot::timed_out_idle`](crate::StatsSnapshot::timed_out_idle).
-    /// Timeouts are checked by one sweeper thread per server, so a connection
-    /// closes within a tenth of the shortest timeout of its deadline.
+    /// Timeouts are checked by one sweeper thread per server every tick (a
+    /// tenth of the shortest timeout, 5 ms to 1 s), which is also the
+    /// resolution of the activity it sees: a connection closes within about
+    /// two ticks of its deadline.
     ///
     /// Default: 300 s (see [`DEFAULT_IDLE_TIMEOUT`]): long enough for a quiet
     /// keep-alive client, short enough that a silent one cannot hold a place

@@ -322,3 +322,55 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
         "<non-string panic payload>"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::Limits;
+    use crate::record::Home;
+    use crate::{Addr, ShutdownSignal};
+
+    fn home(tasks: &Arc<Tasks>) -> Arc<Home> {
+        Arc::new(Home {
+            addr: Addr::Unix(None),
+            signal: ShutdownSignal::new(Arc::default()),
+            counters: Arc::default(),
+            tasks: Arc::clone(tasks),
+            limits: Arc::new(Limits::new(10_000, None)),
+            preamble: None,
+        })
+    }
+
+    /// Tasks that end before (or while) they are registered leave no entry
+    /// behind: an entry would keep its record, and the record its home,
+    /// alive for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_ending_at_once_leave_no_entry_and_free_everything() {
+        const TASKS: u64 = 2_000;
+        let tasks = Arc::new(Tasks::new());
+        let home = home(&tasks);
+        for id in 0..TASKS {
+            let admission = home.limits.admit(home.limits.try_permit().unwrap(), None);
+            assert!(!admission.unwrap().keep(), "no per-address place");
+            let state = ConnState::new(Arc::clone(&home), id, Addr::Unix(None), 0);
+            let serve = async { Handled::Completed };
+            tasks.spawn(serve, tracing::Span::none(), Arc::new(state));
+        }
+        let drain = tasks.drain(Duration::from_secs(10));
+        tokio::time::timeout(Duration::from_secs(20), drain)
+            .await
+            .unwrap();
+        assert_eq!(lock(&tasks.registry).len(), 0, "no entry left");
+        assert_eq!(home.counters.snapshot().completed, TASKS);
+        assert!(home.limits.has_room());
+        assert!(home.limits.try_permit().is_some(), "every place was freed");
+        // The last guards drop their records just after counting their end.
+        for _ in 0..1_000 {
+            if Arc::strong_count(&home) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(Arc::strong_count(&home), 1, "every record was freed");
+    }
+}
