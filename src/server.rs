@@ -604,47 +604,39 @@ pub(crate) fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: 
     let state = Arc::clone(&conn.state);
     let inline = future_size(H::handle) <= INLINE_FUTURE_LIMIT;
     // Only listeners with a preamble have the layer that runs it.
+    // A handler's future is polled by the task's guard directly, or through
+    // its box: no layer in between but the one that holds the handler.
     match (inline, conn.state.home.preamble.is_some()) {
-        (true, false) => tasks.spawn(serve_inline(handler, conn), span, state),
-        (false, false) => tasks.spawn(serve_boxed(handler, conn), span, state),
+        (true, false) => tasks.spawn(handle(handler, conn), span, state),
+        (false, false) => tasks.spawn(Box::pin(handle(handler, conn)), span, state),
         (true, true) => {
-            let serve = after_preamble(conn, |conn| serve_inline(handler, conn));
+            let serve = after_preamble(conn, |conn| handle(handler, conn));
             tasks.spawn(serve, span, state);
         }
         (false, true) => {
-            let serve = after_preamble(conn, |conn| serve_boxed(handler, conn));
+            let serve = after_preamble(conn, |conn| Box::pin(handle(handler, conn)));
             tasks.spawn(serve, span, state);
         }
     }
 }
 
-// Near-twins rather than one function taking a closure: each layer of
-// `async` between the task and the handler's future holds its own copy of
-// the `Connection`, on every idle connection. The arguments of an `async fn`
-// keep their room in its future for its whole life, and so does a local
-// moved out of: hence no locals, and the handler's future made inside the
-// expression that wraps it.
-
-/// A connection's handler with its future inline (its panics are caught
-/// by the task's guard). `H::handle`, not `Arc<H>`'s `Handler` impl, which
-/// would box.
-async fn serve_inline<H: Handler>(handler: Arc<H>, conn: Connection) -> Handled {
-    handled(H::handle(&handler, conn).await)
-}
-
-/// [`serve_inline`] with the handler's future in a box of its own.
-async fn serve_boxed<H: Handler>(handler: Arc<H>, conn: Connection) -> Handled {
-    handled(Box::pin(H::handle(&handler, conn)).await)
+/// A connection's handler, with the handler it borrows. An `async fn`'s
+/// arguments keep their room in its future for its whole life, so there are
+/// as few as can be, and no locals: a local moved out of keeps its room too.
+/// `H::handle`, not `Arc<H>`'s `Handler` impl, which would box.
+async fn handle<H: Handler>(handler: Arc<H>, conn: Connection) -> Result<(), H::Error> {
+    H::handle(&handler, conn).await
 }
 
 /// Runs the listener's preamble on `conn`, then `serve` if it accepted it.
-async fn after_preamble<F, S>(conn: Connection, serve: S) -> Handled
+async fn after_preamble<F, S, E>(conn: Connection, serve: S) -> Handled
 where
     S: FnOnce(Connection) -> F,
-    F: Future<Output = Handled>,
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
 {
     match prepare(conn).await {
-        Some(conn) => serve(conn).await,
+        Some(conn) => serve(conn).await.into(),
         None => Handled::Refused,
     }
 }
@@ -659,14 +651,6 @@ async fn prepare(conn: Connection) -> Option<Connection> {
     let home = Arc::clone(&conn.state.home);
     let preamble = home.preamble.as_ref()?;
     Box::pin(preamble.run(conn, &home.counters)).await.ok()
-}
-
-/// How a handler's run ended, when it returned.
-fn handled<E: Into<BoxError>>(result: Result<(), E>) -> Handled {
-    match result {
-        Ok(()) => Handled::Completed,
-        Err(err) => Handled::Failed(err.into()),
-    }
 }
 
 /// Per-connection TCP options. A failure is logged, not fatal: the peer may

@@ -76,6 +76,15 @@ pub(crate) enum Handled {
     Refused,
 }
 
+impl<E: Into<BoxError>> From<Result<(), E>> for Handled {
+    fn from(result: Result<(), E>) -> Self {
+        match result {
+            Ok(()) => Handled::Completed,
+            Err(err) => Handled::Failed(err.into()),
+        }
+    }
+}
+
 impl Tasks {
     pub(crate) fn new() -> Self {
         Tasks {
@@ -87,11 +96,13 @@ impl Tasks {
     }
 
     /// Spawns the task of the connection `state` records inside `span`;
-    /// `serve` resolves to how it ended, which is logged and counted in the
-    /// connection's listener's counters.
+    /// `serve` resolves to how it ended (a [`Handled`], or the handler's
+    /// result), which is logged and counted in the connection's listener's
+    /// counters.
     pub(crate) fn spawn<F>(&self, serve: F, span: tracing::Span, state: Arc<ConnState>)
     where
-        F: Future<Output = Handled> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Into<Handled>,
     {
         // Counted before the spawn: the guard that uncounts it may run in it.
         self.live.fetch_add(1, Ordering::SeqCst);
@@ -223,7 +234,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: Future<Output = Handled>> Future for Guarded<F> {
+impl<F: Future<Output: Into<Handled>>> Future for Guarded<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -233,7 +244,7 @@ impl<F: Future<Output = Handled>> Future for Guarded<F> {
         // is never polled again.
         let handled = match catch_unwind(AssertUnwindSafe(|| this.serve.as_mut().poll(cx))) {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(handled)) => handled,
+            Ok(Poll::Ready(handled)) => handled.into(),
             Err(payload) => Handled::Panicked(payload),
         };
         if let Some(mut guard) = this.guard.take() {
