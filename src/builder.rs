@@ -286,8 +286,8 @@ impl Builder {
     /// [`StatsSnapshot::timed_out_idle`](crate::StatsSnapshot::timed_out_idle).
     /// Timeouts are checked by one sweeper thread per server every tick (a
     /// tenth of the shortest timeout, 5 ms to 1 s), which is also the
-    /// resolution of the activity it sees: a connection closes within about
-    /// two ticks of its deadline.
+    /// resolution of the activity it sees: a connection closes no earlier
+    /// than its deadline, and within about two ticks after it.
     ///
     /// Default: 300 s (see [`DEFAULT_IDLE_TIMEOUT`]): long enough for a quiet
     /// keep-alive client, short enough that a silent one cannot hold a place

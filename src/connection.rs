@@ -133,10 +133,7 @@ impl Connection {
     /// the header names; the balancer's own address is then
     /// [`balancer_addr`](Connection::balancer_addr).
     pub fn peer_addr(&self) -> Addr {
-        match self.proxy().and_then(|proxy| proxy.client.as_ref()) {
-            Some(client) => client.clone(),
-            None => self.state.peer.clone(),
-        }
+        self.state.client_addr()
     }
 
     /// The address of the load balancer that sent a PROXY protocol header

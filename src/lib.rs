@@ -146,7 +146,12 @@
 //! # Runtime
 //!
 //! switchboard runs on the caller's tokio runtime, multi-thread or
-//! current-thread, and never creates one. The library never prints; it
+//! current-thread, and never creates one. When any timeout is set (the idle
+//! timeout is, by default), `run` starts one small thread of its own,
+//! `switchboard-sweeper`, that wakes every tick to close expired
+//! connections: a tokio timer would cost every wake-up of the runtime more
+//! than the thread costs once. It ends before `run` returns. The library
+//! never prints; it
 //! speaks through `tracing` (`info` for lifecycle, `debug` per connection,
 //! `warn` for accept and handler errors, `error` for panics).
 

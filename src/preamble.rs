@@ -45,7 +45,7 @@ impl Preamble {
     }
 
     /// Runs the preamble on `conn`, a TCP connection: reads the PROXY header
-    /// (then `conn`'s peer is the client it names), performs the TLS
+    /// (then `conn.peer_addr()` is the client it names), performs the TLS
     /// handshake (then `conn` carries the TLS stream). `Err(())`: refused,
     /// logged and counted here; drop the connection without its handler.
     pub(crate) async fn run(
@@ -109,8 +109,14 @@ impl Preamble {
                 }
             }
         }
-        // Set once: the preamble runs once, before the handler.
-        let _ = conn.state.extra.set(Box::new(extra));
+        #[cfg(feature = "tls")]
+        let learnt = extra.proxy.is_some() || extra.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let learnt = extra.proxy.is_some();
+        if learnt {
+            // Set once: the preamble runs once, before the handler.
+            let _ = conn.state.extra.set(Box::new(extra));
+        }
         Ok(conn)
     }
 }

@@ -116,6 +116,16 @@ impl ConnState {
         ConnState::new(Arc::new(home), id, peer, 0)
     }
 
+    /// The client's address: the one a PROXY header named, else the
+    /// socket's peer.
+    pub(crate) fn client_addr(&self) -> Addr {
+        let client = self
+            .extra
+            .get()
+            .and_then(|extra| extra.proxy.as_ref()?.client.as_ref());
+        client.unwrap_or(&self.peer).clone()
+    }
+
     /// The socket peer's IP address, for the per-address limit.
     pub(crate) fn peer_ip(&self) -> Option<IpAddr> {
         self.peer.as_tcp().map(|addr| addr.ip())

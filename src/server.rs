@@ -11,12 +11,15 @@
 //! 3. drain: wait up to the drain timeout for the tasks, abort the rest;
 //! 4. return a [`ShutdownReport`] of what happened.
 
+use std::any::Any;
 use std::fmt;
 use std::future::{Future, pending};
 use std::io;
 use std::net::IpAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -557,7 +560,7 @@ fn serve(shared: &Shared, stream: Stream, peer: Addr, home: &Arc<Home>, permit: 
     }
     home.counters.accepted();
     let span = tracing::debug_span!("conn", id, %peer, client = tracing::field::Empty);
-    let accepted_at = shared.clock.now();
+    let accepted_at = shared.clock.read();
     // From here the connection's record frees its places when its task ends.
     let per_ip = admission.keep();
     let mut state = ConnState::new(Arc::clone(home), id, peer, accepted_at);
@@ -636,21 +639,35 @@ where
     E: Into<BoxError>,
 {
     match prepare(conn).await {
-        Some(conn) => serve(conn).await.into(),
-        None => Handled::Refused,
+        Ok(Some(conn)) => serve(conn).await.into(),
+        Ok(None) => Handled::Refused,
+        Err(payload) => Handled::PreamblePanicked(payload),
     }
 }
 
-/// Runs the listener's preamble on `conn`, if it has one; `None` if it
-/// refused the connection.
+/// Runs the listener's preamble on `conn`: `Ok(None)` if it refused the
+/// connection, `Err` with the payload if it panicked.
 ///
 /// The preamble's future is boxed, for the same reason as large handler
 /// futures: inline, its state (a header buffer, a TLS handshake) would make
-/// every connection's task large, preamble or not.
-async fn prepare(conn: Connection) -> Option<Connection> {
+/// the task of every connection on the listener large.
+async fn prepare(conn: Connection) -> Result<Option<Connection>, Box<dyn Any + Send>> {
     let home = Arc::clone(&conn.state.home);
-    let preamble = home.preamble.as_ref()?;
-    Box::pin(preamble.run(conn, &home.counters)).await.ok()
+    let Some(preamble) = home.preamble.as_ref() else {
+        return Ok(Some(conn));
+    };
+    let mut running = Box::pin(preamble.run(conn, &home.counters));
+    // Caught here rather than by the task's guard, to tell a panic before
+    // the handler from the handler's own. AssertUnwindSafe: after a panic
+    // the preamble's future is dropped, never polled again.
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(ran)) => Poll::Ready(Ok(ran.ok())),
+            Err(payload) => Poll::Ready(Err(payload)),
+        },
+    )
+    .await
 }
 
 /// Per-connection TCP options. A failure is logged, not fatal: the peer may

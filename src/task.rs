@@ -72,6 +72,8 @@ pub(crate) enum Handled {
     Completed,
     Failed(BoxError),
     Panicked(Box<dyn Any + Send>),
+    /// The listener's preamble (PROXY header, TLS handshake) panicked.
+    PreamblePanicked(Box<dyn Any + Send>),
     /// Refused before the handler ran (counted where it was refused).
     Refused,
 }
@@ -144,16 +146,33 @@ impl Tasks {
     }
 
     /// Aborts every connection for which `expired` names a timeout.
+    ///
+    /// A chunk of entries at a time, so that the lock, which the accept
+    /// loops and ending tasks take too, is never held for long by the
+    /// sweeper's thread (which the system may preempt while it holds it).
     pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState) -> Option<TimeoutKind>) {
-        let registry = lock(&self.registry);
-        for (_, entry) in registry.iter() {
-            if let Some(kind) = expired(&entry.state) {
-                // Marked before the abort so that the guard, which runs when
-                // the aborted task is dropped, counts a timeout, not an abort.
-                if entry.state.expire(kind) {
-                    entry.abort.abort();
+        const CHUNK: usize = 512;
+        let mut start: usize = 0;
+        loop {
+            let registry = lock(&self.registry);
+            let end = start.saturating_add(CHUNK).min(registry.capacity());
+            for key in start..end {
+                let Some(entry) = registry.get(key) else {
+                    continue;
+                };
+                if let Some(kind) = expired(&entry.state) {
+                    // Marked before the abort so that the guard, which runs
+                    // when the aborted task is dropped, counts a timeout,
+                    // not an abort.
+                    if entry.state.expire(kind) {
+                        entry.abort.abort();
+                    }
                 }
             }
+            if end >= registry.capacity() {
+                return;
+            }
+            start = end;
         }
     }
 
@@ -242,9 +261,14 @@ impl<F: Future<Output: Into<Handled>>> Future for Guarded<F> {
         // One `catch_unwind` for the whole task: the handler's panics, and
         // the preamble's before it. AssertUnwindSafe: after a panic `serve`
         // is never polled again.
-        let handled = match catch_unwind(AssertUnwindSafe(|| this.serve.as_mut().poll(cx))) {
+        // The handler's error is converted inside too: its `Into<BoxError>`
+        // is the user's code.
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            this.serve.as_mut().poll(cx).map(Into::into)
+        }));
+        let handled = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(handled)) => handled.into(),
+            Ok(Poll::Ready(handled)) => handled,
             Err(payload) => Handled::Panicked(payload),
         };
         if let Some(mut guard) = this.guard.take() {
@@ -254,6 +278,8 @@ impl<F: Future<Output: Into<Handled>>> Future for Guarded<F> {
                 Ok(outcome) => outcome,
                 Err(payload) => {
                     tracing::error!(
+                        conn.id = guard.state.id,
+                        peer = %guard.state.client_addr(),
                         panic = panic_message(payload.as_ref()),
                         "connection task panicked outside the handler"
                     );
@@ -276,10 +302,19 @@ impl EndGuard {
     /// Logs how the handler ended, with the connection's id and peer (even
     /// where the debug-level span is filtered out).
     fn log(&self, handled: Handled) -> Outcome {
-        let (id, peer) = (self.state.id, &self.state.peer);
+        let (id, peer) = (self.state.id, self.state.client_addr());
         match handled {
             Handled::Completed => Outcome::Completed,
             Handled::Refused => Outcome::Refused,
+            Handled::PreamblePanicked(payload) => {
+                tracing::error!(
+                    conn.id = id,
+                    %peer,
+                    panic = panic_message(payload.as_ref()),
+                    "connection task panicked before the handler (PROXY header or TLS)"
+                );
+                Outcome::Panicked
+            }
             Handled::Failed(err) => {
                 tracing::warn!(conn.id = id, %peer, error = %err, "handler failed");
                 Outcome::Failed
@@ -302,18 +337,21 @@ impl Drop for EndGuard {
         let state = &self.state;
         let home = &state.home;
         home.tasks.remove(state);
-        if self.outcome == Outcome::Aborted {
-            if let Some(kind) = state.expired_by() {
-                self.outcome = Outcome::TimedOut(kind);
-                tracing::debug!(timeout = ?kind, "connection timed out");
-            }
+        let expired = state.expired_by();
+        if let (Outcome::Aborted, Some(kind)) = (self.outcome, expired) {
+            self.outcome = Outcome::TimedOut(kind);
         }
         home.counters.ended(self.outcome);
-        tracing::debug!(outcome = ?self.outcome, "connection closed");
         // After the count: the place is free once the outcome is counted.
         home.limits
             .release(if state.per_ip { state.peer_ip() } else { None });
         home.tasks.ended();
+        // Logging last: a subscriber that panics cannot leave the place
+        // taken or the drain waiting.
+        if let Outcome::TimedOut(kind) = self.outcome {
+            tracing::debug!(timeout = ?kind, "connection timed out");
+        }
+        tracing::debug!(outcome = ?self.outcome, "connection closed");
     }
 }
 

@@ -3,12 +3,13 @@
 //! Per-connection timers would cost a timer entry (about a hundred bytes)
 //! per connection and a timer-wheel update on every read and write. Instead
 //! a read or write only marks its connection as touched (one relaxed store,
-//! no clock), and one sweeper per server wakes every tick, advances a coarse
-//! clock and scans the live connections: a touched one has its last
+//! no clock), and one sweeper per server wakes every tick, reads the clock
+//! once and scans the live connections: a touched one has its last
 //! activity moved to the tick's time and the mark cleared, and one past a
 //! timeout is aborted. The tick is a tenth of the shortest timeout (between
-//! 5 ms and 1 s), so a connection expires within about a tick of its
-//! deadline.
+//! 5 ms and 1 s). A connection's acceptance is stamped with the real time
+//! and its activity with the tick that saw it, so it never expires before
+//! its deadline, and within about two ticks after it.
 //!
 //! The sweeper is a thread of its own, not a task with a tokio timer: while
 //! any timer is pending, every time the runtime parks it reads the clock and
@@ -18,7 +19,6 @@
 //! the sweeper run as a task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -86,32 +86,22 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A coarse clock in milliseconds since the server started, advanced by the
-/// sweeper on every tick and read when a connection is accepted.
+/// Milliseconds since the server started: the time of connections'
+/// acceptance and of the sweeper's ticks.
 #[derive(Debug)]
 pub(crate) struct Clock {
     start: Instant,
-    now_ms: AtomicU64,
 }
 
 impl Clock {
     pub(crate) fn new() -> Self {
         Clock {
             start: Instant::now(),
-            now_ms: AtomicU64::new(0),
         }
     }
 
-    /// The time as of the last tick.
-    pub(crate) fn now(&self) -> u64 {
-        self.now_ms.load(Ordering::Relaxed)
-    }
-
-    /// Reads the real time and publishes it.
-    pub(crate) fn advance(&self) -> u64 {
-        let now = millis(self.start.elapsed());
-        self.now_ms.store(now, Ordering::Relaxed);
-        now
+    pub(crate) fn read(&self) -> u64 {
+        millis(self.start.elapsed())
     }
 }
 
@@ -180,9 +170,9 @@ impl Sweeper {
     }
 }
 
-/// Advances the clock and expires the connections past a timeout.
+/// Expires the connections past a timeout.
 fn sweep_once(timeouts: Timeouts, clock: &Clock, tasks: &Tasks) {
-    let now = clock.advance();
+    let now = clock.read();
     tasks.expire(|state| timeouts.expired(state, now));
 }
 

@@ -24,6 +24,39 @@ impl std::fmt::Display for PanickingDisplay {
 
 impl std::error::Error for PanickingDisplay {}
 
+/// An error whose conversion into `BoxError` panics.
+#[derive(Debug)]
+struct PanickingConversion;
+
+impl From<PanickingConversion> for switchboard::BoxError {
+    fn from(_: PanickingConversion) -> Self {
+        panic!("conversion of a broken error type")
+    }
+}
+
+/// What the test's handler returns: an I/O error, or one whose conversion
+/// panics.
+#[derive(Debug)]
+enum TestError {
+    Io(io::Error),
+    Conversion(PanickingConversion),
+}
+
+impl From<io::Error> for TestError {
+    fn from(err: io::Error) -> Self {
+        TestError::Io(err)
+    }
+}
+
+impl From<TestError> for switchboard::BoxError {
+    fn from(err: TestError) -> Self {
+        match err {
+            TestError::Io(err) => err.into(),
+            TestError::Conversion(err) => err.into(),
+        }
+    }
+}
+
 #[tokio::test]
 async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
     let logs = Logs::install(tracing::Level::DEBUG);
@@ -34,10 +67,12 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
             let mut word = String::new();
             conn.read_line(&mut word).await?;
             match word.trim() {
-                "err" => Err(io::Error::other("disk on fire")),
+                "err" => Err(io::Error::other("disk on fire").into()),
                 // An error whose display panics: outside the handler, in the
                 // task's logging, and still counted as a panic.
-                "bad-error" => Err(io::Error::other(PanickingDisplay)),
+                "bad-error" => Err(io::Error::other(PanickingDisplay).into()),
+                // An error whose conversion panics, in the task: a panic.
+                "bad-conversion" => Err(TestError::Conversion(PanickingConversion)),
                 "panic" => panic!("kaboom 42"),
                 "wait" => {
                     let mut rest = Vec::new();
@@ -50,7 +85,7 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
         |b| b.idle_timeout(Duration::from_millis(200)),
     )
     .await;
-    for word in ["ok", "err", "panic", "bad-error"] {
+    for word in ["ok", "err", "panic", "bad-error", "bad-conversion"] {
         let mut client = TcpStream::connect(running.addr).await.unwrap();
         client
             .write_all(format!("{word}\n").as_bytes())
@@ -71,7 +106,7 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
             report.panicked,
             report.timed_out
         ),
-        (1, 1, 2, 1),
+        (1, 1, 3, 1),
         "{report:?}"
     );
     common::assert_adds_up(&report);
@@ -94,10 +129,17 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
         "{failed:?}"
     );
     let panicked = logs.lines_with("handler panicked");
-    assert_eq!(panicked.len(), 1, "{panicked:?}");
-    assert!(panicked[0].contains(" ERROR "), "{panicked:?}");
+    assert_eq!(panicked.len(), 2, "{panicked:?}");
+    assert!(
+        panicked.iter().all(|l| l.contains(" ERROR ")),
+        "{panicked:?}"
+    );
     assert!(
         panicked[0].contains("conn.id=3") && panicked[0].contains("kaboom 42"),
+        "{panicked:?}"
+    );
+    assert!(
+        panicked[1].contains("conn.id=5") && panicked[1].contains("conversion of a broken"),
         "{panicked:?}"
     );
     let timed_out = logs.lines_with("connection timed out");
@@ -108,10 +150,10 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
     );
     // Per-connection lines run inside the `conn{id, peer}` span.
     assert!(
-        timed_out[0].contains("conn{id=5 peer=127.0.0.1:"),
+        timed_out[0].contains("conn{id=6 peer=127.0.0.1:"),
         "{timed_out:?}"
     );
-    assert_eq!(logs.lines_with("connection opened").len(), 5);
-    assert_eq!(logs.lines_with("connection closed").len(), 5);
+    assert_eq!(logs.lines_with("connection opened").len(), 6);
+    assert_eq!(logs.lines_with("connection closed").len(), 6);
     assert_eq!(logs.lines_with("shutdown complete").len(), 1);
 }
