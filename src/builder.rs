@@ -421,6 +421,13 @@ impl Builder {
                         reason: "cannot be combined with systemd_listeners",
                     });
                 }
+                if self.listen.len() > crate::handover::MAX_LISTENERS {
+                    return Err(Error::InvalidConfig {
+                        option: "handover",
+                        reason: "at most 64 listeners can be handed over",
+                    });
+                }
+                const _: () = assert!(crate::handover::MAX_LISTENERS == 64, "the reason above");
                 let (handover, inherited) =
                     Handover::acquire(path)
                         .await

@@ -364,7 +364,7 @@ pub(crate) async fn offer(
     sockets: Vec<Inherited>,
     timeout: Duration,
     stop: CancellationToken,
-    offered: impl Fn(bool) + Send + Sync,
+    offered: impl Fn() + Send + Sync,
     handed_over: impl FnOnce() + Send,
 ) -> io::Result<Offered> {
     if sockets.len() > MAX_LISTENERS {
@@ -383,11 +383,21 @@ pub(crate) async fn offer(
     } = control;
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
+    // Once the sockets (the control socket among them) went to a successor,
+    // that successor may serve on them whatever came after: from then on
+    // their files belong to it, even if its handover failed here.
+    let sent = AtomicBool::new(false);
+    let mark_sent = || {
+        sent.store(true, Ordering::Relaxed);
+        offered();
+    };
     let mut backoff = Backoff::new();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => {
-                file.remove_if_at(&path);
+                if !sent.load(Ordering::Relaxed) {
+                    file.remove_if_at(&path);
+                }
                 return Ok(Offered::Stopped);
             }
             accepted = listener.accept() => accepted,
@@ -418,7 +428,7 @@ pub(crate) async fn offer(
             // A handover in progress may already have sent the control
             // socket: leave the file to the successor.
             () = stop.cancelled() => return Ok(Offered::Stopped),
-            session = hand_over(&stream, &sockets, &listener, timeout, &offered) => session,
+            session = hand_over(&stream, &sockets, &listener, timeout, &mark_sent) => session,
         };
         match session {
             Ok(()) => {
@@ -441,7 +451,6 @@ pub(crate) async fn offer(
                 return Ok(Offered::HandedOver);
             }
             Err(err) => {
-                offered(false);
                 tracing::warn!(error = %err, "handover to a successor failed; still serving");
             }
         }
@@ -513,7 +522,7 @@ async fn hand_over(
     sockets: &[Inherited],
     control: &UnixListener,
     timeout: Duration,
-    offered: &(impl Fn(bool) + Sync),
+    offered: &(impl Fn() + Sync),
 ) -> io::Result<()> {
     check_peer(stream)?;
     let request = within(
@@ -543,8 +552,9 @@ async fn hand_over(
     )
     .await?;
     // From here the successor may serve on the sockets even if we stop
-    // before its "ready": their files must outlive this server.
-    offered(true);
+    // before its "ready", or its "ready" never comes: their files must
+    // outlive this server.
+    offered();
     let ready = within(
         timeout,
         "waiting for the successor to be ready",
@@ -963,7 +973,7 @@ mod tests {
                 sockets,
                 timeout,
                 stop.clone(),
-                |_| {},
+                || {},
                 move || flag.store(true, Ordering::SeqCst),
             ));
             Offering {
@@ -1171,6 +1181,41 @@ mod tests {
             .await
             .expect("ready");
         assert_eq!(old.ended().await, Offered::HandedOver);
+    }
+
+    /// A successor that got the sockets but whose handover failed here (it
+    /// answered something else than "ready", or too late) may serve on them
+    /// all the same: the control socket's file is its from then on, and a
+    /// later stop of this server must leave it.
+    #[tokio::test]
+    async fn a_failed_handover_after_the_offer_leaves_the_files_to_the_successor() {
+        let dir = TempDir::new("late");
+        let control_path = dir.join("control.sock");
+        let control = bounded("bind", Control::bind(&control_path, STEP))
+            .await
+            .expect("bind control");
+        let tcp = tcp_listener();
+        let old = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
+
+        let taken = take(&control_path).await;
+        let stream = &taken.predecessor.stream;
+        bounded(
+            "a wrong answer",
+            send_frame(stream, Message::Request, &[], &[]),
+        )
+        .await
+        .expect("send");
+        // The old server ends the session: the stream closes.
+        let ended = bounded("the session's end", read_frame(stream)).await;
+        assert!(ended.is_err() || ended.is_ok_and(|f| f.code != Message::Done.code()));
+        assert!(!old.handed_over());
+        old.stop.cancel();
+        assert_eq!(old.ended().await, Offered::Stopped);
+        assert!(
+            control_path.exists(),
+            "the successor's control socket file was removed"
+        );
+        drop(taken);
     }
 
     #[tokio::test]
@@ -1424,7 +1469,7 @@ mod tests {
                 sockets,
                 STEP,
                 CancellationToken::new(),
-                |_| {},
+                || {},
                 || {},
             ),
         )
@@ -1494,19 +1539,14 @@ impl Handover {
         let stop = CancellationToken::new();
         let triggered = Fired::wait(trigger);
         let fire = Arc::clone(trigger);
-        let keepers = Arc::new(keepers);
-        let keep = Arc::clone(&keepers);
         // Once the sockets are sent, the successor may serve on them: keep
         // the Unix socket files even if this server stops first.
-        let offered = move |sent: bool| {
-            for keeper in keep.iter() {
-                keeper.store(sent, Ordering::Relaxed);
+        let offered = move || {
+            for keeper in &keepers {
+                keeper.store(true, Ordering::Relaxed);
             }
         };
         let handed_over = move || {
-            for keeper in keepers.iter() {
-                keeper.store(true, Ordering::Relaxed);
-            }
             tracing::info!("listeners handed over to a successor; draining");
             fire.fire();
         };

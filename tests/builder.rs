@@ -126,6 +126,29 @@ async fn missing_options_and_bad_values_are_errors_not_panics() {
         "{zero_backlog:?}"
     );
 
+    // More listeners than a handover can pass: refused at build, not
+    // found out at the first restart.
+    #[cfg(unix)]
+    {
+        let control = std::env::temp_dir().join(format!("sb-too-many-{}.sock", std::process::id()));
+        let mut builder = Server::builder().handler(noop()).handover(&control);
+        for _ in 0..65 {
+            builder = builder.bind("127.0.0.1:0");
+        }
+        let too_many = builder.build().await;
+        assert!(
+            matches!(
+                too_many,
+                Err(Error::InvalidConfig {
+                    option: "handover",
+                    ..
+                })
+            ),
+            "{too_many:?}"
+        );
+        assert!(!control.exists(), "refused before the control socket");
+    }
+
     let unresolvable = Server::builder()
         .bind("no port here")
         .handler(noop())
