@@ -263,21 +263,15 @@ impl ProxyProtocol {
             proxy::read_header(stream, self.max_header_len),
         )
         .await;
+        // In this order: what the peer did not send comes before whether it
+        // may send a header at all.
         let refusal = match read {
-            Ok(Ok(header)) if trusted => return Ok(Some(header)),
-            Ok(Err(ProxyError::NotProxyProtocol)) if !self.required => return Ok(None),
-            Ok(Ok(_)) | Ok(Err(ProxyError::NotProxyProtocol)) => {
-                // A header from an untrusted peer, or none where one is required.
-                if trusted {
-                    Refusal::Invalid(ProxyError::NotProxyProtocol)
-                } else {
-                    Refusal::Untrusted
-                }
-            }
-            Ok(Err(_)) if !trusted => Refusal::Untrusted,
-            Ok(Err(ProxyError::UnexpectedEof { received: 0 })) => Refusal::ClosedEarly,
-            Ok(Err(err)) => Refusal::Invalid(err),
             Err(_elapsed) => Refusal::Timeout(self.timeout),
+            Ok(Err(ProxyError::UnexpectedEof { received: 0 })) => Refusal::ClosedEarly,
+            Ok(Err(ProxyError::NotProxyProtocol)) if !self.required => return Ok(None),
+            _ if !trusted => Refusal::Untrusted,
+            Ok(Ok(header)) => return Ok(Some(header)),
+            Ok(Err(err)) => Refusal::Invalid(err),
         };
         match &refusal {
             Refusal::ClosedEarly => tracing::debug!(%peer, "PROXY protocol: {refusal}"),
@@ -323,12 +317,11 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// Whether `addr` is in `net/prefix`; IPv4 networks match IPv4-mapped IPv6.
+/// Whether `addr` is in `net/prefix`. IPv4-mapped IPv6 addresses
+/// (`::ffff:10.1.2.3`) count as the IPv4 address they map, on either side.
 fn in_network(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
-    let addr = match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 => v4,
-    };
+    let (addr, _) = unmap(addr, 128);
+    let (net, prefix) = unmap(net, prefix);
     match (addr, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => prefix_eq(
             u128::from(u32::from(a)),
@@ -338,6 +331,18 @@ fn in_network(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
         ),
         (IpAddr::V6(a), IpAddr::V6(n)) => prefix_eq(u128::from(a), u128::from(n), 128, prefix),
         _ => false,
+    }
+}
+
+/// An IPv4-mapped IPv6 address (with a prefix that covers the mapping) as
+/// the IPv4 address and prefix it stands for; anything else as it is.
+fn unmap(addr: IpAddr, prefix: u8) -> (IpAddr, u8) {
+    match addr {
+        IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), prefix - 96),
+            None => (addr, prefix),
+        },
+        _ => (addr, prefix),
     }
 }
 
@@ -372,6 +377,16 @@ mod tests {
             "families differ"
         );
         assert!(in_network(ip("192.0.2.1"), ip("0.0.0.0"), 0));
+        // A trusted address written in its mapped form, as a dual-stack
+        // listener reports it, matches either form of the peer.
+        assert!(in_network(ip("10.0.0.5"), ip("::ffff:10.0.0.5"), 128));
+        assert!(in_network(
+            ip("::ffff:10.0.0.5"),
+            ip("::ffff:10.0.0.5"),
+            128
+        ));
+        assert!(in_network(ip("10.1.2.3"), ip("::ffff:10.0.0.0"), 104));
+        assert!(!in_network(ip("10.0.0.6"), ip("::ffff:10.0.0.5"), 128));
     }
 
     #[test]
