@@ -1,7 +1,7 @@
 //! Addresses of listeners and peers, whatever the transport.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// The address of a listener or of a connection's end.
@@ -40,6 +40,11 @@ impl Addr {
             Addr::Tcp(addr) => Some(*addr),
             Addr::Unix(_) => None,
         }
+    }
+
+    /// The IP address when this is a TCP address (for per-address limits).
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
+        self.as_tcp().map(|addr| addr.ip())
     }
 
     /// The path when this is a named Unix socket.

@@ -110,10 +110,6 @@ impl Connection {
         Connection { stream, state }
     }
 
-    fn proxy(&self) -> Option<&ProxyInfo> {
-        self.state.extra.get()?.proxy.as_ref()
-    }
-
     /// What the TLS handshake negotiated (ALPN protocol, SNI server name,
     /// version, cipher suite), on a [TLS listener](crate::Listen::tls).
     #[cfg(feature = "tls")]
@@ -133,20 +129,20 @@ impl Connection {
     /// the header names; the balancer's own address is then
     /// [`balancer_addr`](Connection::balancer_addr).
     pub fn peer_addr(&self) -> Addr {
-        self.state.client_addr()
+        self.state.client_addr().clone()
     }
 
     /// The address of the load balancer that sent a PROXY protocol header
     /// for this connection, if one did.
     pub fn balancer_addr(&self) -> Option<&Addr> {
-        self.proxy().map(|_| &self.state.peer)
+        self.state.proxy().map(|_| &self.state.peer)
     }
 
     /// The PROXY protocol header the load balancer sent, if one did: the
     /// addresses, and for version 2 the TLVs (ALPN, authority, TLS details,
     /// unique id, ...), read-only.
     pub fn proxy_header(&self) -> Option<&ProxyHeader> {
-        self.proxy().map(|proxy| &proxy.header)
+        self.state.proxy().map(|proxy| &proxy.header)
     }
 
     /// The address of this end: the listener's address, or for a listener on

@@ -188,15 +188,23 @@ fn set_reuse_port(_socket: &Socket) -> io::Result<()> {
 pub(crate) fn bind_unix(path: &Path, config: &Config) -> io::Result<Listener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
+    let in_use = || {
+        io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another server is listening on this socket",
+        )
+    };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "another server is listening on this socket",
-                    ));
-                }
+            // Non-blocking: a live server whose backlog is full would hold a
+            // blocking connect (and `build`) for as long as it stays full.
+            let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            probe.set_nonblocking(true)?;
+            // A connect that succeeds, or would wait for room in the backlog,
+            // reached a live server.
+            match probe.connect(&socket2::SockAddr::unix(path)?) {
+                Ok(()) => return Err(in_use()),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Err(in_use()),
                 Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
                     std::fs::remove_file(path)?;
                     tracing::info!(path = %path.display(), "removed a stale socket file");

@@ -89,11 +89,7 @@ impl Preamble {
                     extra.tls = Some(info);
                 }
                 Err(err) => {
-                    let peer = extra
-                        .proxy
-                        .as_ref()
-                        .and_then(|proxy| proxy.client.clone())
-                        .unwrap_or_else(|| conn.state.peer.clone());
+                    let peer = extra.client().unwrap_or(&conn.state.peer);
                     if matches!(err, crate::tls::HandshakeError::QueueTimeout) {
                         tracing::warn!(
                             %peer,
@@ -109,11 +105,7 @@ impl Preamble {
                 }
             }
         }
-        #[cfg(feature = "tls")]
-        let learnt = extra.proxy.is_some() || extra.tls.is_some();
-        #[cfg(not(feature = "tls"))]
-        let learnt = extra.proxy.is_some();
-        if learnt {
+        if !extra.is_empty() {
             // Set once: the preamble runs once, before the handler.
             let _ = conn.state.extra.set(Box::new(extra));
         }

@@ -10,7 +10,6 @@
 //! per-connection work at accept to one allocation and a few reference
 //! counts.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -84,8 +83,30 @@ pub(crate) struct Extra {
     pub(crate) tls: Option<crate::TlsInfo>,
 }
 
+impl Extra {
+    /// Whether the preamble learnt nothing worth keeping.
+    pub(crate) fn is_empty(&self) -> bool {
+        #[cfg(feature = "tls")]
+        let tls = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        self.proxy.is_none() && !tls
+    }
+
+    /// The client a PROXY header named, if any.
+    pub(crate) fn client(&self) -> Option<&Addr> {
+        self.proxy.as_ref()?.client.as_ref()
+    }
+}
+
 impl ConnState {
-    pub(crate) fn new(home: Arc<Home>, id: u64, peer: Addr, accepted_at: u64) -> Self {
+    pub(crate) fn new(
+        home: Arc<Home>,
+        id: u64,
+        peer: Addr,
+        accepted_at: u64,
+        per_ip: bool,
+    ) -> Self {
         ConnState {
             home,
             id,
@@ -93,7 +114,7 @@ impl ConnState {
             accepted_at,
             key: AtomicUsize::new(UNREGISTERED),
             ended: AtomicBool::new(false),
-            per_ip: false,
+            per_ip,
             touched: AtomicBool::new(false),
             has_read: AtomicBool::new(false),
             expired: AtomicU8::new(0),
@@ -113,22 +134,21 @@ impl ConnState {
             limits: Arc::new(Limits::new(crate::limit::MAX_CONNECTIONS_LIMIT, None)),
             preamble: None,
         };
-        ConnState::new(Arc::new(home), id, peer, 0)
+        ConnState::new(Arc::new(home), id, peer, 0, false)
+    }
+
+    /// What the PROXY header said, when the listener reads one.
+    pub(crate) fn proxy(&self) -> Option<&ProxyInfo> {
+        self.extra.get()?.proxy.as_ref()
     }
 
     /// The client's address: the one a PROXY header named, else the
     /// socket's peer.
-    pub(crate) fn client_addr(&self) -> Addr {
-        let client = self
-            .extra
+    pub(crate) fn client_addr(&self) -> &Addr {
+        self.extra
             .get()
-            .and_then(|extra| extra.proxy.as_ref()?.client.as_ref());
-        client.unwrap_or(&self.peer).clone()
-    }
-
-    /// The socket peer's IP address, for the per-address limit.
-    pub(crate) fn peer_ip(&self) -> Option<IpAddr> {
-        self.peer.as_tcp().map(|addr| addr.ip())
+            .and_then(|extra| extra.client())
+            .unwrap_or(&self.peer)
     }
 
     /// Records that bytes were read.

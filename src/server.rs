@@ -15,7 +15,6 @@ use std::any::Any;
 use std::fmt;
 use std::future::{Future, pending};
 use std::io;
-use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -548,8 +547,7 @@ async fn accept_loop(
 /// Admits an accepted stream and spawns its task, which runs the
 /// listener's preamble if it has one, then the handler.
 fn serve(shared: &Shared, stream: Stream, peer: Addr, home: &Arc<Home>, permit: Permit) {
-    let peer_ip: Option<IpAddr> = peer.as_tcp().map(|addr| addr.ip());
-    let Some(admission) = shared.limits.admit(permit, peer_ip) else {
+    let Some(admission) = shared.limits.admit(permit, peer.ip()) else {
         home.counters.rejected();
         tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
         return;
@@ -563,9 +561,13 @@ fn serve(shared: &Shared, stream: Stream, peer: Addr, home: &Arc<Home>, permit: 
     let accepted_at = shared.clock.read();
     // From here the connection's record frees its places when its task ends.
     let per_ip = admission.keep();
-    let mut state = ConnState::new(Arc::clone(home), id, peer, accepted_at);
-    state.per_ip = per_ip;
-    let state = Arc::new(state);
+    let state = Arc::new(ConnState::new(
+        Arc::clone(home),
+        id,
+        peer,
+        accepted_at,
+        per_ip,
+    ));
     let job = Job {
         conn: Connection::new(stream, state),
         span,

@@ -119,19 +119,18 @@ impl Tasks {
                 outcome: Outcome::Aborted,
             }),
         };
+        span.in_scope(|| tracing::debug!("connection opened"));
         // Without a subscriber that wants the span, skip the wrapper that
         // enters it on every poll: it would cost every idle connection its
-        // size and every wake-up its enter and exit, for nothing. The lock
-        // is never held across `spawn`, which may drop the future on the
-        // spot (a runtime shutting down does), running the guard that takes
-        // it.
-        span.in_scope(|| tracing::debug!("connection opened"));
+        // size and every wake-up its enter and exit, for nothing.
         let handle = if span.is_disabled() {
             tokio::spawn(guarded)
         } else {
             tokio::spawn(guarded.instrument(span))
         };
-        // Registered after the spawn, with its abort handle, under one lock;
+        // Registered after the spawn, with its abort handle, under one lock
+        // (never held across `spawn`, which may drop the future on the spot,
+        // as a runtime shutting down does, running the guard that takes it);
         // unless the task has ended already (its guard marked it before it
         // looked for the entry, under the same lock).
         let mut registry = lock(&self.registry);
@@ -344,7 +343,7 @@ impl Drop for EndGuard {
         home.counters.ended(self.outcome);
         // After the count: the place is free once the outcome is counted.
         home.limits
-            .release(if state.per_ip { state.peer_ip() } else { None });
+            .release(if state.per_ip { state.peer.ip() } else { None });
         home.tasks.ended();
         // Logging last: a subscriber that panics cannot leave the place
         // taken or the drain waiting.
@@ -401,7 +400,7 @@ mod tests {
         for id in 0..TASKS {
             let admission = home.limits.admit(home.limits.try_permit().unwrap(), None);
             assert!(!admission.unwrap().keep(), "no per-address place");
-            let state = ConnState::new(Arc::clone(&home), id, Addr::Unix(None), 0);
+            let state = ConnState::new(Arc::clone(&home), id, Addr::Unix(None), 0, false);
             let serve = async { Handled::Completed };
             tasks.spawn(serve, tracing::Span::none(), Arc::new(state));
         }
