@@ -157,9 +157,16 @@ async fn out_of_descriptors_the_server_backs_off_and_recovers_by_itself() {
     .await
     .unwrap();
     assert_eq!(&echo, b"back");
-    let fresh = within("a new client", TcpStream::connect(running.addr))
+    // A new client is served too: a round trip, not just a connect, which
+    // the kernel's backlog would answer even with accepting stuck.
+    let mut fresh = within("a new client", TcpStream::connect(running.addr))
         .await
         .unwrap();
+    fresh.write_all(b"anew").await.unwrap();
+    within("the new client to be served", fresh.read_exact(&mut echo))
+        .await
+        .unwrap();
+    assert_eq!(&echo, b"anew");
     drop(fresh);
 
     let report = running.stop().await;

@@ -35,14 +35,14 @@ fn inheritable_listener() -> (Socket, SocketAddr) {
     (socket, addr)
 }
 
-fn haproxy_binary() -> Option<&'static str> {
-    [
-        "/usr/sbin/haproxy",
-        "/usr/bin/haproxy",
-        "/usr/local/sbin/haproxy",
-    ]
-    .into_iter()
-    .find(|path| std::path::Path::new(path).exists())
+/// HAProxy on the PATH (as `.ci/run` looks for it) or where Debian puts it
+/// (`/usr/sbin`, often outside a user's PATH).
+fn haproxy_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("haproxy"))
+        .find(|candidate| candidate.is_file())
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ mod room;
 
 use std::sync::Arc;
 
-use common::read_response;
+use common::{read_response, within};
 use switchboard::testing::TestConnection;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -26,15 +26,20 @@ async fn hello_keeps_alive_then_leaves_at_shutdown() {
     let mut served = TestConnection::new().serve(http::Hello);
     for _ in 0..2 {
         served.client.write_all(GET).await.unwrap();
-        let response = read_response(&mut served.client, false).await;
+        let response = within("a response", read_response(&mut served.client, false)).await;
         assert_eq!(response.status, 200);
         assert_eq!(response.body, http::BODY.as_bytes());
     }
     // Idle between requests: the shutdown signal ends the handler at once.
     served.shutdown.shutdown();
-    served.task.await.unwrap().unwrap();
+    within("the handler to end", served.task)
+        .await
+        .unwrap()
+        .unwrap();
     let mut rest = Vec::new();
-    served.client.read_to_end(&mut rest).await.unwrap();
+    within("EOF", served.client.read_to_end(&mut rest))
+        .await
+        .unwrap();
     assert!(rest.is_empty(), "closed without another byte");
 }
 
@@ -49,20 +54,26 @@ async fn hello_answers_the_request_in_flight_with_connection_close() {
     tokio::task::yield_now().await;
     served.shutdown.shutdown();
     served.client.write_all(b"st: t\r\n\r\n").await.unwrap();
-    let response = read_response(&mut served.client, false).await;
+    let response = within("a response", read_response(&mut served.client, false)).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.header("connection"), Some("close"));
-    served.task.await.unwrap().unwrap();
+    within("the handler to end", served.task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn hello_rejects_a_malformed_request() {
     let mut served = TestConnection::new().serve(http::Hello);
     served.client.write_all(b"NOT HTTP\r\n\r\n").await.unwrap();
-    let response = read_response(&mut served.client, false).await;
+    let response = within("a response", read_response(&mut served.client, false)).await;
     assert_eq!(response.status, 400);
     served.client.shutdown().await.unwrap();
-    served.task.await.unwrap().unwrap();
+    within("the handler to end", served.task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -76,10 +87,15 @@ async fn echo_echoes_until_eof() {
         writer.shutdown().await.unwrap();
     });
     let mut back = Vec::new();
-    reader.read_to_end(&mut back).await.unwrap();
-    sender.await.unwrap();
+    within("the echo", reader.read_to_end(&mut back))
+        .await
+        .unwrap();
+    within("the sender", sender).await.unwrap();
     assert_eq!(back, vec![b'e'; 100]);
-    served.task.await.unwrap().unwrap();
+    within("the handler to end", served.task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -90,7 +106,10 @@ async fn chat_delivers_lines_and_says_goodbye_at_shutdown() {
     let mut alice_lines = BufReader::new(alice.client).lines();
     let mut bob_lines = BufReader::new(bob.client);
     let next = async |lines: &mut tokio::io::Lines<BufReader<tokio::io::DuplexStream>>| {
-        lines.next_line().await.unwrap().expect("a line")
+        within("a line", lines.next_line())
+            .await
+            .unwrap()
+            .expect("a line")
     };
     assert!(
         next(&mut alice_lines)
@@ -98,7 +117,9 @@ async fn chat_delivers_lines_and_says_goodbye_at_shutdown() {
             .starts_with("*** welcome, you are guest-1")
     );
     let mut line = String::new();
-    bob_lines.read_line(&mut line).await.unwrap();
+    within("bob's welcome", bob_lines.read_line(&mut line))
+        .await
+        .unwrap();
     assert!(line.starts_with("*** welcome, you are guest-2"), "{line}");
     assert_eq!(next(&mut alice_lines).await, "*** guest-2 joined");
 
@@ -112,7 +133,13 @@ async fn chat_delivers_lines_and_says_goodbye_at_shutdown() {
 
     alice.shutdown.shutdown();
     assert_eq!(next(&mut alice_lines).await, room::GOODBYE);
-    alice.task.await.unwrap().unwrap();
+    within("alice's handler to end", alice.task)
+        .await
+        .unwrap()
+        .unwrap();
     bob.shutdown.shutdown();
-    bob.task.await.unwrap().unwrap();
+    within("bob's handler to end", bob.task)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -165,6 +165,7 @@ async fn tcp_and_unix_listeners_mixed() {
     within("the unix echo", unix.read_exact(&mut back))
         .await
         .unwrap();
+    assert_eq!(&back, b"yo");
     shutdown.shutdown();
     let report = within("run to return", task).await.unwrap().unwrap();
     assert_eq!(report.by_listener.len(), 2);

@@ -98,13 +98,16 @@ async fn a_handler_that_ignores_the_signal_is_aborted_at_the_drain_timeout() {
 #[tokio::test]
 async fn after_the_trigger_new_connects_are_refused() {
     let (signalled_tx, mut signalled_rx) = mpsc::unbounded_channel();
+    let (entered_tx, mut entered_rx) = mpsc::unbounded_channel();
     let (release_tx, release_rx) = oneshot::channel::<()>();
     let release_rx = std::sync::Mutex::new(Some(release_rx));
     let running = start(
         handler_fn(move |conn: Connection| {
             let signalled = signalled_tx.clone();
+            let entered = entered_tx.clone();
             let release = release_rx.lock().unwrap().take();
             async move {
+                let _ = entered.send(());
                 conn.shutdown_requested().await;
                 let _ = signalled.send(());
                 // Keep the server draining while the test connects.
@@ -119,12 +122,9 @@ async fn after_the_trigger_new_connects_are_refused() {
     .await;
     let _held = TcpStream::connect(running.addr).await.unwrap();
     // Make sure the connection is accepted before the trigger.
-    within("the connection to be accepted", async {
-        while running.stats.snapshot().active == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    within("the connection to be accepted", entered_rx.recv())
+        .await
+        .unwrap();
     running.shutdown.shutdown();
     // The signal fires only after the listener is closed.
     within("the connection's signal", signalled_rx.recv())
@@ -183,11 +183,16 @@ async fn a_trigger_before_run_and_a_second_trigger_are_harmless() {
 #[tokio::test]
 async fn the_builders_shutdown_future_triggers_the_shutdown() {
     let (trigger_tx, trigger_rx) = oneshot::channel::<()>();
+    let (entered_tx, mut entered_rx) = mpsc::unbounded_channel();
     let server = Server::builder()
         .bind("127.0.0.1:0")
-        .handler(handler_fn(|mut conn: Connection| async move {
-            conn.shutdown_requested().await;
-            conn.write_all(b"bye\n").await
+        .handler(handler_fn(move |mut conn: Connection| {
+            let entered = entered_tx.clone();
+            async move {
+                let _ = entered.send(());
+                conn.shutdown_requested().await;
+                conn.write_all(b"bye\n").await
+            }
         }))
         .shutdown_signal(async {
             let _ = trigger_rx.await;
@@ -196,15 +201,11 @@ async fn the_builders_shutdown_future_triggers_the_shutdown() {
         .await
         .unwrap();
     let addr = server.local_addr().as_tcp().unwrap();
-    let stats = server.stats();
     let task = tokio::spawn(server.run());
     let mut client = TcpStream::connect(addr).await.unwrap();
-    within("the connection to be accepted", async {
-        while stats.snapshot().active == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    within("the connection to be accepted", entered_rx.recv())
+        .await
+        .unwrap();
     trigger_tx.send(()).unwrap();
     let mut goodbye = String::new();
     within("the goodbye", client.read_to_string(&mut goodbye))
@@ -222,10 +223,13 @@ async fn the_builders_shutdown_future_triggers_the_shutdown() {
 #[tokio::test]
 async fn a_connection_signal_made_after_the_trigger_has_fired() {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (entered_tx, mut entered_rx) = mpsc::unbounded_channel();
     let running = start(
         handler_fn(move |conn: Connection| {
             let tx = tx.clone();
+            let entered = entered_tx.clone();
             async move {
+                let _ = entered.send(());
                 let signal = conn.shutdown_signal().clone();
                 signal.shutdown_requested().await;
                 // A signal cloned or a future made after shutdown began
@@ -241,12 +245,9 @@ async fn a_connection_signal_made_after_the_trigger_has_fired() {
     )
     .await;
     let _client = TcpStream::connect(running.addr).await.unwrap();
-    within("the connection to be accepted", async {
-        while running.stats.snapshot().active == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    within("the connection to be accepted", entered_rx.recv())
+        .await
+        .unwrap();
     running.shutdown.shutdown();
     assert!(within("the handler", rx.recv()).await.unwrap());
     let report = running.finish().await;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use common::{start, within};
 use switchboard::{Connection, handler_fn};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// How many threads of this process are named like the sweeper (the
 /// kernel keeps the first 15 bytes of a thread's name).
@@ -43,7 +45,15 @@ async fn the_sweeper_thread_ends_with_run_or_its_dropped_future() {
 
     // Without any timeout there is nothing to sweep: no thread.
     let untimed = start(idle(), |b| b.idle_timeout(None)).await;
-    tokio::task::yield_now().await;
+    // A connection served shows `run` got past the point where it would
+    // start the sweeper (before its accept loops).
+    let mut client = within("connect", TcpStream::connect(untimed.addr))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within("the handler to close", client.read_to_end(&mut rest))
+        .await
+        .unwrap();
     assert_eq!(sweepers(), 0, "no timeout, no sweeper");
     untimed.stop().await;
 

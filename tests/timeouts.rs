@@ -9,18 +9,30 @@ use common::{assert_adds_up, start, within};
 use switchboard::{Connection, Handler, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// Echoes until EOF. It deliberately ignores the shutdown signal, so only a
 /// timeout (or the drain deadline) ends a silent connection.
 fn stubborn_echo() -> impl Handler {
-    handler_fn(|mut conn: Connection| async move {
-        let mut buf = [0u8; 256];
-        loop {
-            let n = conn.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, io::Error>(());
+    announcing_stubborn_echo(None)
+}
+
+/// [`stubborn_echo`] that first says on `entered` that it runs.
+fn announcing_stubborn_echo(entered: Option<mpsc::UnboundedSender<()>>) -> impl Handler {
+    handler_fn(move |mut conn: Connection| {
+        let entered = entered.clone();
+        async move {
+            if let Some(entered) = entered {
+                let _ = entered.send(());
             }
-            conn.write_all(&buf[..n]).await?;
+            let mut buf = [0u8; 256];
+            loop {
+                let n = conn.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, io::Error>(());
+                }
+                conn.write_all(&buf[..n]).await?;
+            }
         }
     })
 }
@@ -134,7 +146,8 @@ async fn slowloris_silent_connections_are_closed_at_the_idle_timeout() {
 #[tokio::test]
 async fn silent_connections_do_not_hold_up_shutdown() {
     const IDLE: Duration = Duration::from_millis(300);
-    let running = start(stubborn_echo(), |b| {
+    let (entered_tx, mut entered_rx) = mpsc::unbounded_channel();
+    let running = start(announcing_stubborn_echo(Some(entered_tx)), |b| {
         b.idle_timeout(IDLE).drain_timeout(Duration::from_secs(30))
     })
     .await;
@@ -143,8 +156,8 @@ async fn silent_connections_do_not_hold_up_shutdown() {
         silent.push(TcpStream::connect(running.addr).await.unwrap());
     }
     within("the connections to be accepted", async {
-        while running.stats.snapshot().active < 100 {
-            tokio::task::yield_now().await;
+        for _ in 0..100 {
+            entered_rx.recv().await.unwrap();
         }
     })
     .await;
@@ -170,7 +183,9 @@ async fn a_client_that_never_speaks_is_closed_at_the_first_read_timeout() {
     let mut talker = TcpStream::connect(running.addr).await.unwrap();
     talker.write_all(b"x").await.unwrap();
     let mut back = [0u8; 1];
-    talker.read_exact(&mut back).await.unwrap();
+    within("the first echo", talker.read_exact(&mut back))
+        .await
+        .unwrap();
 
     let waited = within("the mute client to be closed", closed_after(mute, since)).await;
     assert!(waited >= FIRST_READ - FIRST_READ / 10, "{waited:?}");
