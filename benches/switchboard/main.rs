@@ -6,7 +6,7 @@
 //! set (see `server.rs`), it runs one server and nothing else.
 //!
 //! ```text
-//! cargo bench                          # everything, about 5 minutes
+//! cargo bench                          # everything, about 4 minutes
 //! cargo bench -- churn idle            # only the scenarios whose names contain these
 //! SWITCHBOARD_BENCH_ROUNDS=5 SWITCHBOARD_BENCH_SECS=5 cargo bench
 //! python3 benches/chart.py             # docs/memory.svg from the results
