@@ -1,7 +1,8 @@
 //! Live counters and their snapshot.
 //!
-//! Every counter is a relaxed atomic bumped once per event; nothing on the hot
-//! path takes a lock. The number of live connections is not a counter of its
+//! Every counter is an atomic bumped once per event (release ordering for
+//! the ends, so that a snapshot that sees an end sees its acceptance too);
+//! nothing on the hot path takes a lock. The number of live connections is not a counter of its
 //! own: it is `accepted` minus the connections that ended, which saves two
 //! atomic operations per connection and makes the identity
 //! `accepted = active + completed + failed + panicked + timed_out + aborted`
@@ -163,7 +164,8 @@ pub(crate) enum Outcome {
     Panicked,
     TimedOut(TimeoutKind),
     Aborted,
-    /// Closed before the handler ran (its PROXY header was refused); the
+    /// Closed before the handler ran (its PROXY header was refused, or its
+    /// TLS handshake failed); the
     /// refusal's own counter was bumped where it was decided.
     Refused,
 }
