@@ -165,8 +165,8 @@ pub(crate) enum Outcome {
     TimedOut(TimeoutKind),
     Aborted,
     /// Closed before the handler ran (its PROXY header was refused, or its
-    /// TLS handshake failed); the
-    /// refusal's own counter was bumped where it was decided.
+    /// TLS handshake failed); the refusal's own counter was bumped where it
+    /// was decided.
     Refused,
 }
 
