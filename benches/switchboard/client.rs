@@ -253,10 +253,16 @@ fn content_length(head: &[u8]) -> Option<usize> {
 
 /// Opens connections until `held` has `total`, each doing one echo round
 /// trip so that its server-side handler is parked in a read.
+///
+/// The held sockets leave this runtime (`into_std`): an idle client does
+/// nothing, so when the server closes them this process must not wake on
+/// every FIN and compete with the server for the machine's two cores. A
+/// client on another machine would not; the kernel's receive path over
+/// loopback still runs, inline in the server's `close`.
 pub(crate) async fn hold(
     server: SocketAddr,
     total: usize,
-    held: &mut Vec<TcpStream>,
+    held: &mut Vec<std::net::TcpStream>,
     limit: Duration,
 ) -> Result<(), String> {
     const WORKERS: usize = 64;
@@ -271,7 +277,7 @@ pub(crate) async fn hold(
                 let mut s = connect(server).await?;
                 s.write_all(&PAYLOAD).await?;
                 s.read_exact(&mut back).await?;
-                mine.push(s);
+                mine.push(s.into_std()?);
             }
             Ok::<_, io::Error>(mine)
         });
