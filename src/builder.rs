@@ -236,7 +236,9 @@ impl Builder {
     /// How long [`Server::run`] waits, once shutdown begins, for connections
     /// to finish before it aborts the rest.
     ///
-    /// Default: 30 s.
+    /// Default: 30 s. Under Kubernetes, whose default grace period is also
+    /// 30 s and includes any `preStop` delay, set it lower, so that `run`
+    /// returns its report before the process is killed.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.config.drain_timeout = timeout;
         self
