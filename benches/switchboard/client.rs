@@ -110,100 +110,108 @@ impl Load {
 
 /// One new connection per request (`Connection: close`), `clients` at a time.
 pub(crate) async fn churn(server: SocketAddr, clients: usize, budget: Budget) -> Load {
-    drive(clients, budget, move |shared| async move {
-        let mut tally = Tally::default();
-        let mut buf = Vec::with_capacity(1024);
-        while shared.take() {
-            let start = Instant::now();
-            let result =
-                tokio::time::timeout(shared.op_timeout, churn_once(server, &mut buf)).await;
-            tally.record(start, result).await;
-            shared.pause().await;
-            if tally.errors > MAX_ERRORS_PER_TASK {
-                break;
-            }
-        }
-        tally
-    })
-    .await
-}
-
-async fn churn_once(server: SocketAddr, buf: &mut Vec<u8>) -> io::Result<()> {
-    let mut stream = connect(server).await?;
-    stream.write_all(REQUEST_CLOSE).await?;
-    buf.clear();
-    (&mut stream)
-        .take(MAX_RESPONSE as u64)
-        .read_to_end(buf)
-        .await?;
-    if !buf.starts_with(b"HTTP/1.1 200 ") {
-        return Err(io::Error::other("not a 200 response"));
-    }
-    Ok(())
+    drive(server, clients, budget, || Churn(Vec::with_capacity(1024))).await
 }
 
 /// `clients` persistent connections, each doing 64-byte echo round trips.
 pub(crate) async fn echo(server: SocketAddr, clients: usize, budget: Budget) -> Load {
-    drive(clients, budget, move |shared| async move {
-        let mut tally = Tally::default();
-        let mut stream = None;
-        let mut back = [0u8; PAYLOAD.len()];
-        while shared.take() {
-            let start = Instant::now();
-            let result = tokio::time::timeout(shared.op_timeout, async {
-                if stream.is_none() {
-                    stream = Some(connect(server).await?);
-                }
-                let s = stream.as_mut().expect("just connected");
-                s.write_all(&PAYLOAD).await?;
-                s.read_exact(&mut back).await?;
-                Ok(())
-            })
-            .await;
-            if !matches!(result, Ok(Ok(()))) {
-                stream = None;
-            }
-            tally.record(start, result).await;
-            shared.pause().await;
-            if tally.errors > MAX_ERRORS_PER_TASK {
-                break;
-            }
-        }
-        tally
-    })
-    .await
+    drive(server, clients, budget, || Echo([0; PAYLOAD.len()])).await
 }
 
 /// `clients` persistent HTTP/1.1 connections, one request in flight each.
 pub(crate) async fn http(server: SocketAddr, clients: usize, budget: Budget) -> Load {
-    drive(clients, budget, move |shared| async move {
-        let mut tally = Tally::default();
-        let mut stream = None;
-        let mut buf = BytesMut::with_capacity(4096);
-        while shared.take() {
-            let start = Instant::now();
-            let result = tokio::time::timeout(shared.op_timeout, async {
-                if stream.is_none() {
-                    buf.clear();
-                    stream = Some(connect(server).await?);
-                }
-                let s = stream.as_mut().expect("just connected");
-                s.write_all(REQUEST).await?;
-                read_response(s, &mut buf).await
-            })
-            .await;
-            if !matches!(result, Ok(Ok(()))) {
-                stream = None;
-            }
-            tally.record(start, result).await;
-            shared.pause().await;
-            if tally.errors > MAX_ERRORS_PER_TASK {
-                break;
-            }
-        }
-        tally
+    drive(server, clients, budget, || {
+        Http(BytesMut::with_capacity(4096))
     })
     .await
+}
+
+/// One operation of a workload, on a connection the client task holds.
+trait Exchange: Send + 'static {
+    /// Whether the connection serves the next operation too.
+    const PERSISTENT: bool;
+
+    /// Forgets what a previous connection left behind.
+    fn reset(&mut self) {}
+
+    fn once(&mut self, stream: &mut TcpStream) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// One request with `Connection: close`; the server closes.
+struct Churn(Vec<u8>);
+
+impl Exchange for Churn {
+    const PERSISTENT: bool = false;
+
+    async fn once(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        stream.write_all(REQUEST_CLOSE).await?;
+        self.0.clear();
+        stream
+            .take(MAX_RESPONSE as u64)
+            .read_to_end(&mut self.0)
+            .await?;
+        if !self.0.starts_with(b"HTTP/1.1 200 ") {
+            return Err(io::Error::other("not a 200 response"));
+        }
+        Ok(())
+    }
+}
+
+/// A 64-byte echo round trip.
+struct Echo([u8; PAYLOAD.len()]);
+
+impl Exchange for Echo {
+    const PERSISTENT: bool = true;
+
+    async fn once(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        stream.write_all(&PAYLOAD).await?;
+        stream.read_exact(&mut self.0).await?;
+        Ok(())
+    }
+}
+
+/// A keep-alive HTTP request and its whole response.
+struct Http(BytesMut);
+
+impl Exchange for Http {
+    const PERSISTENT: bool = true;
+
+    fn reset(&mut self) {
+        self.0.clear();
+    }
+
+    async fn once(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        stream.write_all(REQUEST).await?;
+        read_response(stream, &mut self.0).await
+    }
+}
+
+/// One client task: operations while the budget lasts, on a connection
+/// kept while the workload allows and nothing failed.
+async fn run<E: Exchange>(server: SocketAddr, shared: Arc<Shared>, mut exchange: E) -> Tally {
+    let mut tally = Tally::default();
+    let mut stream = None;
+    while shared.take() {
+        let start = Instant::now();
+        let result = tokio::time::timeout(shared.op_timeout, async {
+            if stream.is_none() {
+                exchange.reset();
+                stream = Some(connect(server).await?);
+            }
+            let s = stream.as_mut().expect("just connected");
+            exchange.once(s).await
+        })
+        .await;
+        if !E::PERSISTENT || !matches!(result, Ok(Ok(()))) {
+            stream = None;
+        }
+        tally.record(start, result).await;
+        shared.pause().await;
+        if tally.errors > MAX_ERRORS_PER_TASK {
+            break;
+        }
+    }
+    tally
 }
 
 /// Reads one `200` response with a `Content-Length` body and consumes it.
@@ -379,12 +387,14 @@ impl Tally {
     }
 }
 
-/// Runs `clients` tasks made by `task` and merges their tallies.
-async fn drive<F, Fut>(clients: usize, budget: Budget, task: F) -> Load
-where
-    F: Fn(Arc<Shared>) -> Fut,
-    Fut: std::future::Future<Output = Tally> + Send + 'static,
-{
+/// Runs `clients` client tasks, each with its own exchange from `exchange`,
+/// and merges their tallies.
+async fn drive<E: Exchange>(
+    server: SocketAddr,
+    clients: usize,
+    budget: Budget,
+    exchange: impl Fn() -> E,
+) -> Load {
     let start = Instant::now();
     let shared = Arc::new(Shared {
         deadline: start + budget.duration,
@@ -394,7 +404,7 @@ where
         started: AtomicU64::new(0),
     });
     let handles: Vec<_> = (0..clients)
-        .map(|_| tokio::spawn(task(Arc::clone(&shared))))
+        .map(|_| tokio::spawn(run(server, Arc::clone(&shared), exchange())))
         .collect();
     let mut load = Load::default();
     for handle in handles {
