@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: starting a server on
-//! `127.0.0.1:0`, bounding every wait, and a tiny HTTP/1.1 response reader.
+//! Helpers shared by the integration tests: starting and stopping a server
+//! on `127.0.0.1:0`, bounding every wait, the exchanges clients repeat
+//! (an echo, an HTTP/1.1 request), and the example binaries as processes.
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
@@ -7,8 +8,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use switchboard::{Builder, Error, Handler, Server, ShutdownHandle, ShutdownReport, Stats};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use switchboard::{
+    Addr, Builder, Connection, Error, Handler, Listen, Server, ShutdownHandle, ShutdownReport,
+    Stats, handler_fn,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// The bound on any single wait in a test.
@@ -29,7 +35,10 @@ pub async fn within_for<F: Future>(limit: Duration, what: &str, fut: F) -> F::Ou
 
 /// A running server and what a test needs to drive it.
 pub struct Running {
+    /// The first TCP listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, in the order they were given.
+    pub addrs: Vec<Addr>,
     pub shutdown: ShutdownHandle,
     pub stats: Stats,
     pub task: JoinHandle<Result<ShutdownReport, Error>>,
@@ -49,22 +58,87 @@ impl Running {
             .expect("server task panicked")
             .expect("Server::run failed")
     }
+
+    /// Connects a client to [`Running::addr`] (bounded).
+    pub async fn connect(&self) -> TcpStream {
+        within("connect", TcpStream::connect(self.addr))
+            .await
+            .expect("connects")
+    }
+
+    /// Every listener's address, for servers that listen on TCP only.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs
+            .iter()
+            .map(|addr| addr.as_tcp().unwrap_or_else(|| panic!("{addr} is not TCP")))
+            .collect()
+    }
+}
+
+/// Builds `handler` on `127.0.0.1:0` with the builder options `configure`
+/// sets, for a test that looks at the server before it runs (or never runs it).
+pub async fn build(handler: impl Handler, configure: impl FnOnce(Builder) -> Builder) -> Server {
+    let builder = configure(Server::builder().bind("127.0.0.1:0").handler(handler));
+    builder.build().await.expect("server builds")
 }
 
 /// Starts `handler` on `127.0.0.1:0` with the builder options `configure` sets.
 pub async fn start(handler: impl Handler, configure: impl FnOnce(Builder) -> Builder) -> Running {
-    let builder = configure(Server::builder().bind("127.0.0.1:0").handler(handler));
-    let server = builder.build().await.expect("server builds");
-    let addr = server.local_addr().as_tcp().expect("a TCP listener");
+    run(build(handler, configure).await)
+}
+
+/// Starts `handler` on the one listener `listen` describes (with the PROXY
+/// protocol, TLS, ...).
+pub async fn start_on(listen: Listen, handler: impl Handler) -> Running {
+    let builder = Server::builder().listen(listen).handler(handler);
+    run(builder.build().await.expect("server builds"))
+}
+
+/// Runs a server the test built itself (other listeners than one on
+/// `127.0.0.1:0`, or a look at it before it runs).
+///
+/// # Panics
+///
+/// If the server has no TCP listener: `Running::addr` would have no value.
+pub fn run(server: Server) -> Running {
+    let addrs = server.local_addrs();
+    let addr = addrs
+        .iter()
+        .find_map(Addr::as_tcp)
+        .expect("a TCP listener (Running::addr)");
     let shutdown = server.shutdown_handle();
     let stats = server.stats();
     let task = tokio::spawn(server.run());
     Running {
         addr,
+        addrs,
         shutdown,
         stats,
         task,
     }
+}
+
+/// A handler that does nothing: the connection is closed at once.
+pub fn noop() -> impl Handler {
+    handler_fn(|_conn: Connection| async { Ok::<_, std::io::Error>(()) })
+}
+
+/// A handler that sends what `look` sees of each connection to the returned
+/// receiver, then closes the connection (or fails with `look`'s error,
+/// sending nothing).
+pub fn reporter<T, F>(look: F) -> (impl Handler, mpsc::UnboundedReceiver<T>)
+where
+    T: Send + 'static,
+    F: Fn(&Connection) -> std::io::Result<T> + Send + Sync + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = handler_fn(move |conn: Connection| {
+        let sent = look(&conn).map(|seen| {
+            let _ = tx.send(seen);
+        });
+        async move { sent }
+    });
+    (handler, rx)
 }
 
 /// Asserts the report's identities.
@@ -150,6 +224,49 @@ pub async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, head_request: b
     response
 }
 
+/// Sends `request` and reads the response to it (not to a `HEAD`).
+pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+) -> Response {
+    within("the request to be sent", stream.write_all(request))
+        .await
+        .expect("the request is sent");
+    read_response(stream, false).await
+}
+
+/// Sends `bytes` and asserts that the same bytes come back; `what` names
+/// the echo in the timeout's message.
+pub async fn assert_echoes<S: AsyncRead + AsyncWrite + Unpin>(
+    what: &str,
+    stream: &mut S,
+    bytes: &[u8],
+) {
+    within("the bytes to be sent", stream.write_all(bytes))
+        .await
+        .expect("the bytes are sent");
+    let mut back = vec![0; bytes.len()];
+    within(what, stream.read_exact(&mut back))
+        .await
+        .expect("the echo arrives whole");
+    assert_eq!(back, bytes, "the echo differs from what was sent");
+}
+
+/// Connects to `addr`, sends `bytes` and reads until the server closes; a
+/// reset ends the read like a close (a handler that fails or panics drops
+/// the connection).
+pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut client = within("connect", TcpStream::connect(addr))
+        .await
+        .expect("connects");
+    within("the bytes to be sent", client.write_all(bytes))
+        .await
+        .expect("the bytes are sent");
+    let mut reply = Vec::new();
+    let _ = within("the server to close", client.read_to_end(&mut reply)).await;
+    reply
+}
+
 /// Asserts that the peer closes: the next read returns EOF (or a reset).
 pub async fn assert_closed<S: AsyncRead + Unpin>(stream: &mut S) {
     let mut byte = [0u8; 1];
@@ -228,6 +345,21 @@ impl Logs {
     }
 }
 
+/// A listening socket on `127.0.0.1:0` that a child process inherits (no
+/// close-on-exec), as systemd or HAProxy are handed theirs, and its address.
+#[cfg(unix)]
+pub fn inheritable_listener() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(64).unwrap();
+    socket.set_cloexec(false).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
+}
+
 /// `cargo test` builds the examples next to the test binaries:
 /// target/<profile>/examples/<name>.
 pub fn example_path(name: &str) -> std::path::PathBuf {
@@ -257,7 +389,8 @@ pub struct Example {
 impl Example {
     /// Starts example `name` with `command`'s arguments and environment
     /// (`command` names the program; pass `Example::command(name)`), and
-    /// reads the address it listens on.
+    /// reads the address it listens on. If it prints nothing, the panic
+    /// shows its stderr where `command` pipes it.
     pub async fn start(mut command: tokio::process::Command) -> Example {
         use tokio::io::AsyncBufReadExt;
         let mut child = command
@@ -271,6 +404,14 @@ impl Example {
         within("the `listening on` line", stdout.read_line(&mut first))
             .await
             .unwrap();
+        if first.is_empty() {
+            let mut err = String::from("(not piped)");
+            if let Some(mut stderr) = child.stderr.take() {
+                err.clear();
+                let _ = within("its stderr", stderr.read_to_string(&mut err)).await;
+            }
+            panic!("the example printed nothing; stderr: {err}");
+        }
         let addr = first
             .trim()
             .strip_prefix("listening on ")
