@@ -6,23 +6,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::within;
-use switchboard::{Addr, Connection, Error, Handler, Server, handler_fn};
+use common::{build, noop, within};
+use switchboard::{Addr, Connection, Error, Handler, Server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-fn noop() -> impl Handler {
-    handler_fn(|_conn: Connection| async { Ok::<_, io::Error>(()) })
-}
-
 #[tokio::test]
 async fn port_zero_reports_the_real_port_before_run() {
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .handler(noop())
-        .build()
-        .await
-        .unwrap();
+    let server = build(noop(), |b| b).await;
     let addr = server.local_addr().as_tcp().unwrap();
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 0, "the real port is known after build");
@@ -34,39 +25,15 @@ async fn port_zero_reports_the_real_port_before_run() {
 
 #[tokio::test]
 async fn accepts_every_address_form() {
-    let forms: Vec<Server> = vec![
-        Server::builder()
-            .bind("127.0.0.1:0")
-            .handler(noop())
-            .build()
-            .await
-            .unwrap(),
-        Server::builder()
-            .bind(String::from("127.0.0.1:0"))
-            .handler(noop())
-            .build()
-            .await
-            .unwrap(),
-        Server::builder()
-            .bind(("127.0.0.1", 0))
-            .handler(noop())
-            .build()
-            .await
-            .unwrap(),
-        Server::builder()
-            .bind("localhost:0")
-            .handler(noop())
-            .build()
-            .await
-            .unwrap(),
-        Server::builder()
-            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .handler(noop())
-            .build()
-            .await
-            .unwrap(),
+    let forms = [
+        Server::builder().bind("127.0.0.1:0"),
+        Server::builder().bind(String::from("127.0.0.1:0")),
+        Server::builder().bind(("127.0.0.1", 0)),
+        Server::builder().bind("localhost:0"),
+        Server::builder().bind(SocketAddr::from(([127, 0, 0, 1], 0))),
     ];
-    for server in &forms {
+    for form in forms {
+        let server = form.handler(noop()).build().await.unwrap();
         let addr = server.local_addr().as_tcp().unwrap();
         assert!(addr.ip().is_loopback(), "{addr} is loopback");
         assert_ne!(addr.port(), 0);
@@ -75,12 +42,7 @@ async fn accepts_every_address_form() {
 
 #[tokio::test]
 async fn a_taken_port_is_a_bind_error_naming_the_address() {
-    let first = Server::builder()
-        .bind("127.0.0.1:0")
-        .handler(noop())
-        .build()
-        .await
-        .unwrap();
+    let first = build(noop(), |b| b).await;
     let taken = first.local_addr();
     let err = Server::builder()
         .bind(taken.as_tcp().unwrap())
@@ -162,12 +124,7 @@ async fn missing_options_and_bad_values_are_errors_not_panics() {
 
 #[tokio::test]
 async fn dropping_an_unrun_server_frees_the_port() {
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .handler(noop())
-        .build()
-        .await
-        .unwrap();
+    let server = build(noop(), |b| b).await;
     let addr = server.local_addr().as_tcp().unwrap();
     drop(server);
     let refused = within("connect to a dropped server", TcpStream::connect(addr)).await;
@@ -200,7 +157,7 @@ async fn a_handler_chosen_at_run_time_serves_through_arc_dyn() {
             Arc::new(Named("b"))
         };
         let running = common::start(handler, |b| b).await;
-        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        let mut client = running.connect().await;
         let mut got = String::new();
         within("the greeting", client.read_to_string(&mut got))
             .await

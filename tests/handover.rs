@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Example, TempDir, accepted_in, read_response, within};
+use common::{Example, TempDir, accepted_in, read_response, run, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -132,9 +132,7 @@ async fn in_process_takeover_keeps_unix_socket_files_for_the_successor() {
             .handler(greeter(name))
             .build()
     };
-    let old = build("old").await.unwrap();
-    let addrs = old.local_addrs();
-    let old_run = tokio::spawn(old.run());
+    let old = run(build("old").await.unwrap());
     let greeting = async |path: &Path| {
         let mut client = within("connect", tokio::net::UnixStream::connect(path))
             .await
@@ -147,14 +145,10 @@ async fn in_process_takeover_keeps_unix_socket_files_for_the_successor() {
     };
     assert_eq!(greeting(&socket).await, "old");
 
-    let new = build("new").await.unwrap();
-    assert_eq!(new.local_addrs(), addrs, "same TCP port, same Unix path");
-    let new_shutdown = new.shutdown_handle();
-    let new_run = tokio::spawn(new.run());
-    let old_report = within("the old server to hand over and drain", old_run)
-        .await
-        .unwrap()
-        .unwrap();
+    let new = run(build("new").await.unwrap());
+    assert_eq!(new.addrs, old.addrs, "same TCP port, same Unix path");
+    // It hands over and drains by itself.
+    let old_report = old.finish().await;
     assert!(old_report.handed_over);
     assert!(
         socket.exists(),
@@ -162,11 +156,7 @@ async fn in_process_takeover_keeps_unix_socket_files_for_the_successor() {
     );
     assert_eq!(greeting(&socket).await, "new");
 
-    new_shutdown.shutdown();
-    let new_report = within("the new server to stop", new_run)
-        .await
-        .unwrap()
-        .unwrap();
+    let new_report = new.stop().await;
     assert!(!new_report.handed_over);
     assert!(!socket.exists(), "a clean stop removes the socket file");
     assert!(!control.exists(), "and the control socket");

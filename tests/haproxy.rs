@@ -11,29 +11,16 @@
 mod common;
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 
-use common::{TempDir, within};
-use socket2::{Domain, Socket, Type};
+use common::{TempDir, inheritable_listener, start_on, within};
 use switchboard::proxy::ProxyVersion;
-use switchboard::{Addr, Connection, Listen, ProxyProtocol, Server, handler_fn};
+use switchboard::{Addr, Connection, Listen, ProxyProtocol, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::sync::mpsc;
-
-fn inheritable_listener() -> (Socket, SocketAddr) {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .unwrap();
-    socket.listen(64).unwrap();
-    socket.set_cloexec(false).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
-    (socket, addr)
-}
 
 /// HAProxy on the PATH (as `.ci/run` looks for it) or where Debian puts it
 /// (`/usr/sbin`, often outside a user's PATH).
@@ -54,12 +41,10 @@ async fn haproxy_send_proxy_v1_and_v2_reach_the_handler_with_the_client_address(
         return;
     };
     let (tx, mut seen) = mpsc::unbounded_channel();
-    let server = Server::builder()
-        .listen(
-            Listen::tcp("127.0.0.1:0")
-                .proxy_protocol(ProxyProtocol::required().trust("127.0.0.1".parse().unwrap())),
-        )
-        .handler(handler_fn(move |mut conn: Connection| {
+    let trusted = ProxyProtocol::required().trust("127.0.0.1".parse().unwrap());
+    let running = start_on(
+        Listen::tcp("127.0.0.1:0").proxy_protocol(trusted),
+        handler_fn(move |mut conn: Connection| {
             let tx = tx.clone();
             async move {
                 let chunk = conn.read_chunk(64).await?;
@@ -68,14 +53,10 @@ async fn haproxy_send_proxy_v1_and_v2_reach_the_handler_with_the_client_address(
                 conn.write_all(&chunk).await?;
                 Ok::<_, io::Error>(())
             }
-        }))
-        .build()
-        .await
-        .unwrap();
-    let app = server.local_addr().as_tcp().unwrap();
-    let shutdown = server.shutdown_handle();
-    let stats = server.stats();
-    let running = tokio::spawn(server.run());
+        }),
+    )
+    .await;
+    let app = running.addr;
 
     let (v1_socket, v1_addr) = inheritable_listener();
     let (v2_socket, v2_addr) = inheritable_listener();
@@ -137,11 +118,10 @@ async fn haproxy_send_proxy_v1_and_v2_reach_the_handler_with_the_client_address(
         );
         assert_eq!(seen_version, Some(version));
     }
-    assert_eq!(stats.snapshot().proxy_rejected, 0);
+    assert_eq!(running.stats.snapshot().proxy_rejected, 0);
 
     let _ = proxy.start_kill();
-    let _ = proxy.wait().await;
-    shutdown.shutdown();
-    let report = within("run to return", running).await.unwrap().unwrap();
+    let _ = within("haproxy to exit", proxy.wait()).await;
+    let report = running.stop().await;
     assert_eq!(report.completed, 2);
 }

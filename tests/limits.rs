@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{assert_adds_up, assert_closed, start, within};
+use common::{assert_adds_up, assert_closed, noop, start, within};
 use switchboard::{Connection, handler_fn};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -38,11 +38,7 @@ async fn a_full_server_stops_accepting_until_a_connection_ends() {
     let mut clients = Vec::new();
     for _ in 0..5 {
         // The kernel completes the handshake for the backlog: connect works.
-        clients.push(
-            within("connect", TcpStream::connect(running.addr))
-                .await
-                .unwrap(),
-        );
+        clients.push(running.connect().await);
     }
     within("the first handler", started.recv()).await.unwrap();
     within("the second handler", started.recv()).await.unwrap();
@@ -130,7 +126,6 @@ async fn the_per_ip_limit_closes_extra_connections_from_one_address() {
 #[tokio::test]
 async fn limits_must_be_positive() {
     use switchboard::{Error, Server};
-    let noop = || handler_fn(|_c: Connection| async { Ok::<_, io::Error>(()) });
     for (builder, option) in [
         (Server::builder().max_connections(0), "max_connections"),
         (

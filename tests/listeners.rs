@@ -6,7 +6,7 @@ mod common;
 use std::io;
 use std::net::SocketAddr;
 
-use common::{assert_adds_up, within};
+use common::{assert_adds_up, assert_echoes, run, within};
 use switchboard::{Addr, Connection, Server, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,12 +21,7 @@ fn echo_once() -> impl switchboard::Handler {
 
 async fn round_trip(addr: SocketAddr) {
     let mut client = within("connect", TcpStream::connect(addr)).await.unwrap();
-    client.write_all(b"hi").await.unwrap();
-    let mut back = [0u8; 2];
-    within("the echo", client.read_exact(&mut back))
-        .await
-        .unwrap();
-    assert_eq!(&back, b"hi");
+    assert_echoes("the echo", &mut client, b"hi").await;
 }
 
 #[tokio::test]
@@ -41,40 +36,34 @@ async fn tcp_listeners_and_a_given_std_listener_share_one_server() {
         .build()
         .await
         .unwrap();
-    let addrs: Vec<SocketAddr> = server
-        .local_addrs()
-        .iter()
-        .map(|a| a.as_tcp().unwrap())
-        .collect();
+    let local_addr = server.local_addr();
+    let running = run(server);
+    let addrs = running.tcp_addrs();
     assert_eq!(addrs.len(), 3);
     assert_eq!(
         addrs[2], given_addr,
         "listeners keep the order they were given in"
     );
-    assert_eq!(server.local_addr(), Addr::Tcp(addrs[0]));
-    let stats = server.stats();
-    let shutdown = server.shutdown_handle();
-    let task = tokio::spawn(server.run());
+    assert_eq!(local_addr, Addr::Tcp(addrs[0]));
 
     for (i, &addr) in addrs.iter().enumerate() {
         for _ in 0..=i {
             round_trip(addr).await;
         }
     }
-    let live = stats.by_listener();
+    let live = running.stats.by_listener();
     let accepted: Vec<u64> = live.iter().map(|(_, s)| s.accepted).collect();
     assert_eq!(
         accepted,
         [1, 2, 3],
         "each listener counts its own connections"
     );
-    assert_eq!(stats.snapshot().accepted, 6);
+    assert_eq!(running.stats.snapshot().accepted, 6);
 
     // One shutdown closes every listener.
-    shutdown.shutdown();
-    let report = within("run to return", task).await.unwrap().unwrap();
+    let report = running.stop().await;
     for addr in addrs {
-        let refused = TcpStream::connect(addr).await;
+        let refused = within("a connect after the shutdown", TcpStream::connect(addr)).await;
         assert_eq!(
             refused.expect_err("closed").kind(),
             io::ErrorKind::ConnectionRefused
@@ -90,29 +79,29 @@ async fn tcp_listeners_and_a_given_std_listener_share_one_server() {
     assert_adds_up(&report);
 }
 
-#[tokio::test]
-async fn listeners_share_one_connection_limit() {
+/// A server on two TCP listeners that share one place.
+async fn two_listeners_one_place(handler: impl switchboard::Handler) -> common::Running {
     let server = Server::builder()
         .bind("127.0.0.1:0")
         .bind("127.0.0.1:0")
         .max_connections(1)
-        .handler(handler_fn(|mut conn: Connection| async move {
-            conn.write_all(b"in").await?;
-            let mut rest = Vec::new();
-            conn.read_to_end(&mut rest).await?;
-            Ok::<_, io::Error>(())
-        }))
+        .handler(handler)
         .build()
         .await
         .unwrap();
-    let addrs: Vec<SocketAddr> = server
-        .local_addrs()
-        .iter()
-        .map(|a| a.as_tcp().unwrap())
-        .collect();
-    let stats = server.stats();
-    let shutdown = server.shutdown_handle();
-    let task = tokio::spawn(server.run());
+    run(server)
+}
+
+#[tokio::test]
+async fn listeners_share_one_connection_limit() {
+    let running = two_listeners_one_place(handler_fn(|mut conn: Connection| async move {
+        conn.write_all(b"in").await?;
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).await?;
+        Ok::<_, io::Error>(())
+    }))
+    .await;
+    let addrs = running.tcp_addrs();
 
     let mut first = TcpStream::connect(addrs[0]).await.unwrap();
     let mut greeting = [0u8; 2];
@@ -137,10 +126,9 @@ async fn listeners_share_one_connection_limit() {
     )
     .await
     .unwrap();
-    assert_eq!(stats.snapshot().accepted, 2);
+    assert_eq!(running.stats.snapshot().accepted, 2);
     drop(second);
-    shutdown.shutdown();
-    within("run to return", task).await.unwrap().unwrap();
+    running.stop().await;
 }
 
 #[cfg(unix)]
@@ -155,19 +143,11 @@ async fn tcp_and_unix_listeners_mixed() {
         .build()
         .await
         .unwrap();
-    let tcp = server.local_addr().as_tcp().unwrap();
-    let shutdown = server.shutdown_handle();
-    let task = tokio::spawn(server.run());
-    round_trip(tcp).await;
+    let running = run(server);
+    round_trip(running.addr).await;
     let mut unix = tokio::net::UnixStream::connect(&path).await.unwrap();
-    unix.write_all(b"yo").await.unwrap();
-    let mut back = [0u8; 2];
-    within("the unix echo", unix.read_exact(&mut back))
-        .await
-        .unwrap();
-    assert_eq!(&back, b"yo");
-    shutdown.shutdown();
-    let report = within("run to return", task).await.unwrap().unwrap();
+    assert_echoes("the unix echo", &mut unix, b"yo").await;
+    let report = running.stop().await;
     assert_eq!(report.by_listener.len(), 2);
     assert_eq!(report.by_listener[1].0, Addr::Unix(Some(path)));
     assert_eq!(
@@ -183,25 +163,10 @@ async fn tcp_and_unix_listeners_mixed() {
 async fn a_quiet_listener_holds_no_place_under_the_limit() {
     // With one place, the first listener (no clients at all) must not keep
     // it while the second listener's client waits.
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .bind("127.0.0.1:0")
-        .max_connections(1)
-        .handler(echo_once())
-        .build()
-        .await
-        .unwrap();
-    let addrs: Vec<SocketAddr> = server
-        .local_addrs()
-        .iter()
-        .map(|a| a.as_tcp().unwrap())
-        .collect();
-    let shutdown = server.shutdown_handle();
-    let task = tokio::spawn(server.run());
+    let running = two_listeners_one_place(echo_once()).await;
     for _ in 0..3 {
-        round_trip(addrs[1]).await;
+        round_trip(running.tcp_addrs()[1]).await;
     }
-    shutdown.shutdown();
-    let report = within("run to return", task).await.unwrap().unwrap();
+    let report = running.stop().await;
     assert_eq!(report.by_listener[1].1.completed, 3);
 }

@@ -7,16 +7,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{assert_adds_up, assert_closed, within};
+use common::{Running, assert_adds_up, assert_closed, noop, start_on, within};
 use switchboard::proxy::ProxyVersion;
-use switchboard::{
-    Addr, Connection, Error, Handler, Listen, ProxyProtocol, Server, ShutdownHandle, Stats,
-    handler_fn,
-};
+use switchboard::{Addr, Connection, Error, Handler, Listen, ProxyProtocol, Server, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// What the handler saw of its connection.
 #[derive(Debug)]
@@ -48,36 +44,20 @@ fn observer(tx: mpsc::UnboundedSender<Seen>) -> impl Handler {
     })
 }
 
-struct Proxied {
-    addr: SocketAddr,
-    stats: Stats,
-    shutdown: ShutdownHandle,
-    task: JoinHandle<Result<switchboard::ShutdownReport, Error>>,
-    seen: mpsc::UnboundedReceiver<Seen>,
-}
-
-async fn start(proxy: ProxyProtocol) -> Proxied {
+/// Starts an [`observer`] behind `proxy`; returns the server and what the
+/// handler sees.
+async fn start(proxy: ProxyProtocol) -> (Running, mpsc::UnboundedReceiver<Seen>) {
     let (tx, seen) = mpsc::unbounded_channel();
-    let server = Server::builder()
-        .listen(Listen::tcp("127.0.0.1:0").proxy_protocol(proxy))
-        .handler(observer(tx))
-        .build()
-        .await
-        .unwrap();
-    Proxied {
-        addr: server.local_addr().as_tcp().unwrap(),
-        stats: server.stats(),
-        shutdown: server.shutdown_handle(),
-        task: tokio::spawn(server.run()),
-        seen,
-    }
+    let listen = Listen::tcp("127.0.0.1:0").proxy_protocol(proxy);
+    (start_on(listen, observer(tx)).await, seen)
 }
 
-impl Proxied {
-    async fn stop(self) -> switchboard::ShutdownReport {
-        self.shutdown.shutdown();
-        within("run to return", self.task).await.unwrap().unwrap()
-    }
+/// Connects to `addr`, sends `bytes` and expects the server to close the
+/// connection without an answer.
+async fn assert_refused(addr: SocketAddr, bytes: &[u8]) {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(bytes).await.unwrap();
+    assert_closed(&mut client).await;
 }
 
 /// A v2 PROXY header for TCP over IPv4 with an AUTHORITY TLV.
@@ -103,8 +83,8 @@ fn v2_header(src: SocketAddr, dst: SocketAddr, authority: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_v1_header_names_the_real_client() {
-    let mut server = start(ProxyProtocol::required()).await;
-    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let (server, mut reports) = start(ProxyProtocol::required()).await;
+    let mut client = server.connect().await;
     client
         .write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\nhello")
         .await
@@ -117,7 +97,7 @@ async fn a_v1_header_names_the_real_client() {
         &echo, b"hello",
         "the payload after the header reaches the handler intact"
     );
-    let seen = within("the handler's report", server.seen.recv())
+    let seen = within("the handler's report", reports.recv())
         .await
         .unwrap();
     assert_eq!(seen.peer, Addr::Tcp("203.0.113.7:51000".parse().unwrap()));
@@ -133,8 +113,8 @@ async fn a_v1_header_names_the_real_client() {
 
 #[tokio::test]
 async fn a_v2_header_with_tlvs() {
-    let mut server = start(ProxyProtocol::required()).await;
-    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let (server, mut reports) = start(ProxyProtocol::required()).await;
+    let mut client = server.connect().await;
     let src: SocketAddr = "198.51.100.9:40000".parse().unwrap();
     let mut bytes = v2_header(src, server.addr, "example.com");
     bytes.extend_from_slice(b"payload");
@@ -142,7 +122,7 @@ async fn a_v2_header_with_tlvs() {
     client.write_all(&bytes[..10]).await.unwrap();
     client.flush().await.unwrap();
     client.write_all(&bytes[10..]).await.unwrap();
-    let seen = within("the handler's report", server.seen.recv())
+    let seen = within("the handler's report", reports.recv())
         .await
         .unwrap();
     assert_eq!(seen.peer, Addr::Tcp(src));
@@ -154,7 +134,7 @@ async fn a_v2_header_with_tlvs() {
 
 #[tokio::test]
 async fn bad_headers_never_reach_the_handler() {
-    let mut server =
+    let (server, mut reports) =
         start(ProxyProtocol::required().header_timeout(Duration::from_millis(300))).await;
     let bad: [&[u8]; 5] = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",    // no header at all
@@ -164,12 +144,12 @@ async fn bad_headers_never_reach_the_handler() {
         b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff", // v2 announcing 65,535 bytes
     ];
     for bytes in bad {
-        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        let mut client = server.connect().await;
         let _ = client.write_all(bytes).await;
         assert_closed(&mut client).await;
     }
     // A header that never completes is cut off at the header timeout.
-    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    let mut slow = server.connect().await;
     slow.write_all(b"PROXY TCP4 1.2.3.4").await.unwrap();
     let since = Instant::now();
     assert_closed(&mut slow).await;
@@ -179,7 +159,7 @@ async fn bad_headers_never_reach_the_handler() {
         since.elapsed()
     );
 
-    assert!(server.seen.try_recv().is_err(), "the handler never ran");
+    assert!(reports.try_recv().is_err(), "the handler never ran");
     let snapshot = server.stats.snapshot();
     assert_eq!(snapshot.proxy_rejected, 6, "{snapshot:?}");
     assert_eq!(snapshot.completed + snapshot.failed, 0);
@@ -191,33 +171,23 @@ async fn bad_headers_never_reach_the_handler() {
 #[tokio::test]
 async fn headers_from_untrusted_peers_are_refused() {
     let balancer: IpAddr = "10.0.0.5".parse().unwrap();
-    let mut server = start(ProxyProtocol::required().trust(balancer)).await;
-    let mut client = TcpStream::connect(server.addr).await.unwrap();
-    client
-        .write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhi")
-        .await
-        .unwrap();
-    assert_closed(&mut client).await;
-    assert!(server.seen.try_recv().is_err());
+    let (server, mut reports) = start(ProxyProtocol::required().trust(balancer)).await;
+    assert_refused(server.addr, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhi").await;
+    assert!(reports.try_recv().is_err());
     assert_eq!(server.stats.snapshot().proxy_rejected, 1);
     server.stop().await;
 
     // Optional: an untrusted peer without a header is served as it is; with
     // one it is refused, so it cannot spoof its address.
-    let mut server = start(ProxyProtocol::optional().trust(balancer)).await;
-    let mut direct = TcpStream::connect(server.addr).await.unwrap();
+    let (server, mut reports) = start(ProxyProtocol::optional().trust(balancer)).await;
+    let mut direct = server.connect().await;
     direct.write_all(b"plain").await.unwrap();
-    let seen = within("the handler's report", server.seen.recv())
+    let seen = within("the handler's report", reports.recv())
         .await
         .unwrap();
     assert_eq!(seen.peer, Addr::Tcp(direct.local_addr().unwrap()));
     assert_eq!(seen.balancer, None);
-    let mut spoofer = TcpStream::connect(server.addr).await.unwrap();
-    spoofer
-        .write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhi")
-        .await
-        .unwrap();
-    assert_closed(&mut spoofer).await;
+    assert_refused(server.addr, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhi").await;
     assert_eq!(server.stats.snapshot().proxy_rejected, 1);
     server.stop().await;
 }
@@ -225,21 +195,21 @@ async fn headers_from_untrusted_peers_are_refused() {
 #[tokio::test]
 async fn optional_mode_serves_trusted_peers_with_or_without_a_header() {
     let loopback: IpAddr = "127.0.0.0".parse().unwrap();
-    let mut server = start(ProxyProtocol::optional().trust_network(loopback, 8)).await;
-    let mut with = TcpStream::connect(server.addr).await.unwrap();
+    let (server, mut reports) = start(ProxyProtocol::optional().trust_network(loopback, 8)).await;
+    let mut with = server.connect().await;
     with.write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\nx")
         .await
         .unwrap();
-    let seen = within("the handler's report", server.seen.recv())
+    let seen = within("the handler's report", reports.recv())
         .await
         .unwrap();
     assert_eq!(seen.peer, Addr::Tcp("203.0.113.7:51000".parse().unwrap()));
-    let mut without = TcpStream::connect(server.addr).await.unwrap();
+    let mut without = server.connect().await;
     without
         .write_all(b"PRIVMSG #x :PROXY is a word")
         .await
         .unwrap();
-    let seen = within("the handler's report", server.seen.recv())
+    let seen = within("the handler's report", reports.recv())
         .await
         .unwrap();
     assert_eq!(seen.peer, Addr::Tcp(without.local_addr().unwrap()));
@@ -253,9 +223,7 @@ async fn the_proxy_protocol_is_refused_on_unix_listeners_at_build() {
     let dir = common::TempDir::new("proxy-unix");
     let result = Server::builder()
         .listen(Listen::unix(dir.path("p.sock")).proxy_protocol(ProxyProtocol::required()))
-        .handler(handler_fn(|_c: Connection| async {
-            Ok::<_, io::Error>(())
-        }))
+        .handler(noop())
         .build()
         .await;
     assert!(

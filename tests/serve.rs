@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_adds_up, start, within};
+use common::{assert_adds_up, exchange, reporter, run, start, within};
 use switchboard::{Connection, Handler, handler_fn};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -45,11 +45,7 @@ async fn a_thousand_clients_at_once_are_all_served() {
 
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        clients.push(
-            within("connect", TcpStream::connect(running.addr))
-                .await
-                .unwrap(),
-        );
+        clients.push(running.connect().await);
     }
     // Every handler has started before any client speaks: 1,000 connections
     // are being served at the same time.
@@ -103,15 +99,9 @@ fn by_word() -> impl Handler {
 }
 
 async fn ask(addr: std::net::SocketAddr, word: &str) -> String {
-    let mut client = within("connect", TcpStream::connect(addr)).await.unwrap();
-    client
-        .write_all(format!("{word}\n").as_bytes())
-        .await
-        .unwrap();
-    let mut reply = String::new();
     // An error or a panic closes the connection: the reply is empty.
-    let _ = within("the reply", client.read_to_string(&mut reply)).await;
-    reply
+    let reply = exchange(addr, format!("{word}\n").as_bytes()).await;
+    String::from_utf8(reply).expect("a UTF-8 reply")
 }
 
 #[tokio::test]
@@ -189,26 +179,18 @@ async fn live_counters_add_up_under_concurrent_load() {
 
 #[tokio::test]
 async fn connections_know_their_addresses_and_nodelay_is_on_by_default() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let running = start(
-        handler_fn(move |conn: Connection| {
-            let tx = tx.clone();
-            async move {
-                let tcp = conn.as_tcp().expect("a TCP connection");
-                let _ = tx.send((
-                    conn.id(),
-                    conn.peer_addr(),
-                    conn.local_addr(),
-                    tcp.nodelay()?,
-                ));
-                Ok::<_, io::Error>(())
-            }
-        }),
-        |b| b,
-    )
-    .await;
+    let (handler, mut rx) = reporter(|conn| {
+        let tcp = conn.as_tcp().expect("a TCP connection");
+        Ok((
+            conn.id(),
+            conn.peer_addr(),
+            conn.local_addr(),
+            tcp.nodelay()?,
+        ))
+    });
+    let running = start(handler, |b| b).await;
     for expected_id in 1..=2 {
-        let client = TcpStream::connect(running.addr).await.unwrap();
+        let client = running.connect().await;
         let (id, peer, local, nodelay) = within("the handler's report", rx.recv()).await.unwrap();
         assert_eq!(id, expected_id, "ids count up from 1");
         assert_eq!(peer.as_tcp(), Some(client.local_addr().unwrap()));
@@ -220,47 +202,29 @@ async fn connections_know_their_addresses_and_nodelay_is_on_by_default() {
 
 #[tokio::test]
 async fn nodelay_can_be_turned_off() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let running = start(
-        handler_fn(move |conn: Connection| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(conn.as_tcp().expect("tcp").nodelay()?);
-                Ok::<_, io::Error>(())
-            }
-        }),
-        |b| b.tcp_nodelay(false),
-    )
-    .await;
-    let _client = TcpStream::connect(running.addr).await.unwrap();
+    let (handler, mut rx) = reporter(|conn| conn.as_tcp().expect("tcp").nodelay());
+    let running = start(handler, |b| b.tcp_nodelay(false)).await;
+    let _client = running.connect().await;
     assert!(!within("the handler's report", rx.recv()).await.unwrap());
     running.stop().await;
 }
 
 #[tokio::test]
 async fn a_wildcard_listener_reports_the_address_the_client_reached() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (handler, mut rx) = reporter(|conn| Ok(conn.local_addr()));
     let server = switchboard::Server::builder()
         .bind("0.0.0.0:0")
-        .handler(handler_fn(move |conn: Connection| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(conn.local_addr());
-                Ok::<_, io::Error>(())
-            }
-        }))
+        .handler(handler)
         .build()
         .await
         .unwrap();
-    let port = server.local_addr().as_tcp().unwrap().port();
-    let shutdown = server.shutdown_handle();
-    let task = tokio::spawn(server.run());
+    let running = run(server);
+    let port = running.addr.port();
     let _client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let local = within("the handler's report", rx.recv()).await.unwrap();
     assert_eq!(
         local.as_tcp(),
         Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     );
-    shutdown.shutdown();
-    within("run to return", task).await.unwrap().unwrap();
+    running.stop().await;
 }

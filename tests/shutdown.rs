@@ -6,8 +6,8 @@ use std::future::pending;
 use std::io;
 use std::time::Duration;
 
-use common::{assert_adds_up, assert_closed, start, within};
-use switchboard::{Connection, Server, handler_fn};
+use common::{assert_adds_up, assert_closed, build, noop, start, within};
+use switchboard::{Connection, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -35,7 +35,7 @@ async fn a_handler_mid_work_finishes_and_its_client_gets_the_whole_response() {
         |b| b.drain_timeout(Duration::from_secs(30)),
     )
     .await;
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut client = running.connect().await;
     client.write_all(b"g").await.unwrap();
     within("the handler to start", started_rx.recv())
         .await
@@ -73,7 +73,7 @@ async fn a_handler_that_ignores_the_signal_is_aborted_at_the_drain_timeout() {
         |b| b.drain_timeout(DRAIN),
     )
     .await;
-    let mut stubborn = TcpStream::connect(running.addr).await.unwrap();
+    let mut stubborn = running.connect().await;
     within("the handler to start", started_rx.recv())
         .await
         .unwrap();
@@ -120,7 +120,7 @@ async fn after_the_trigger_new_connects_are_refused() {
         |b| b,
     )
     .await;
-    let _held = TcpStream::connect(running.addr).await.unwrap();
+    let _held = running.connect().await;
     // Make sure the connection is accepted before the trigger.
     within("the connection to be accepted", entered_rx.recv())
         .await
@@ -153,14 +153,7 @@ async fn after_the_trigger_new_connects_are_refused() {
 
 #[tokio::test]
 async fn a_trigger_before_run_and_a_second_trigger_are_harmless() {
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .handler(handler_fn(|_c: Connection| async {
-            Ok::<_, io::Error>(())
-        }))
-        .build()
-        .await
-        .unwrap();
+    let server = build(noop(), |b| b).await;
     let addr = server.local_addr().as_tcp().unwrap();
     let handle = server.shutdown_handle();
     assert!(!handle.is_shutting_down());
@@ -173,7 +166,7 @@ async fn a_trigger_before_run_and_a_second_trigger_are_harmless() {
     assert_eq!(report.accepted, 0);
     assert_eq!(report.active_at_shutdown, 0);
     handle.shutdown(); // after run, still harmless
-    let refused = TcpStream::connect(addr).await;
+    let refused = within("a connect after run", TcpStream::connect(addr)).await;
     assert_eq!(
         refused.expect_err("closed").kind(),
         io::ErrorKind::ConnectionRefused
@@ -184,25 +177,23 @@ async fn a_trigger_before_run_and_a_second_trigger_are_harmless() {
 async fn the_builders_shutdown_future_triggers_the_shutdown() {
     let (trigger_tx, trigger_rx) = oneshot::channel::<()>();
     let (entered_tx, mut entered_rx) = mpsc::unbounded_channel();
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .handler(handler_fn(move |mut conn: Connection| {
+    let running = start(
+        handler_fn(move |mut conn: Connection| {
             let entered = entered_tx.clone();
             async move {
                 let _ = entered.send(());
                 conn.shutdown_requested().await;
                 conn.write_all(b"bye\n").await
             }
-        }))
-        .shutdown_signal(async {
-            let _ = trigger_rx.await;
-        })
-        .build()
-        .await
-        .unwrap();
-    let addr = server.local_addr().as_tcp().unwrap();
-    let task = tokio::spawn(server.run());
-    let mut client = TcpStream::connect(addr).await.unwrap();
+        }),
+        |b| {
+            b.shutdown_signal(async {
+                let _ = trigger_rx.await;
+            })
+        },
+    )
+    .await;
+    let mut client = running.connect().await;
     within("the connection to be accepted", entered_rx.recv())
         .await
         .unwrap();
@@ -212,7 +203,7 @@ async fn the_builders_shutdown_future_triggers_the_shutdown() {
         .await
         .unwrap();
     assert_eq!(goodbye, "bye\n", "the connection's signal fired");
-    let report = within("run to return", task).await.unwrap().unwrap();
+    let report = running.finish().await;
     assert_eq!(
         (report.accepted, report.drained, report.completed),
         (1, 1, 1)
@@ -244,7 +235,7 @@ async fn a_connection_signal_made_after_the_trigger_has_fired() {
         |b| b,
     )
     .await;
-    let _client = TcpStream::connect(running.addr).await.unwrap();
+    let _client = running.connect().await;
     within("the connection to be accepted", entered_rx.recv())
         .await
         .unwrap();

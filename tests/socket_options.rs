@@ -7,43 +7,40 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{start, within};
+use common::{build, noop, reporter, start, within};
 use socket2::SockRef;
-use switchboard::{Connection, Error, Handler, Server, handler_fn};
+use switchboard::{Builder, Error, Handler, Server};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
-fn noop() -> impl Handler {
-    handler_fn(|_c: Connection| async { Ok::<_, io::Error>(()) })
+/// Reports the accepted socket's keepalive setting and idle time.
+fn keepalive_reporter() -> (
+    impl Handler,
+    tokio::sync::mpsc::UnboundedReceiver<(bool, Duration)>,
+) {
+    reporter(|conn| {
+        let sock = SockRef::from(conn.as_tcp().expect("tcp"));
+        Ok((sock.keepalive()?, sock.tcp_keepalive_time()?))
+    })
 }
 
-/// Reports the accepted socket's keepalive settings.
-fn keepalive_reporter(tx: mpsc::UnboundedSender<(bool, Duration)>) -> impl Handler {
-    handler_fn(move |conn: Connection| {
-        let tx = tx.clone();
-        async move {
-            let sock = SockRef::from(conn.as_tcp().expect("tcp"));
-            let _ = tx.send((sock.keepalive()?, sock.tcp_keepalive_time()?));
-            Ok::<_, io::Error>(())
-        }
-    })
+/// A builder for a server that does nothing, listening on `addr`.
+fn noop_at(addr: impl switchboard::ToBindAddr) -> Builder {
+    Server::builder().bind(addr).handler(noop())
 }
 
 #[tokio::test]
 async fn tcp_keepalive_is_off_by_default_and_set_with_its_idle_time() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let plain = start(keepalive_reporter(tx.clone()), |b| b).await;
-    let _c = TcpStream::connect(plain.addr).await.unwrap();
+    let (handler, mut rx) = keepalive_reporter();
+    let plain = start(handler, |b| b).await;
+    let _c = plain.connect().await;
     let (on, _) = within("the report", rx.recv()).await.unwrap();
     assert!(!on, "keepalive is off by default");
     plain.stop().await;
 
-    let probing = start(keepalive_reporter(tx), |b| {
-        b.tcp_keepalive(Duration::from_secs(42))
-    })
-    .await;
-    let _c = TcpStream::connect(probing.addr).await.unwrap();
+    let (handler, mut rx) = keepalive_reporter();
+    let probing = start(handler, |b| b.tcp_keepalive(Duration::from_secs(42))).await;
+    let _c = probing.connect().await;
     let (on, idle) = within("the report", rx.recv()).await.unwrap();
     assert!(on);
     assert_eq!(idle, Duration::from_secs(42));
@@ -52,22 +49,11 @@ async fn tcp_keepalive_is_off_by_default_and_set_with_its_idle_time() {
 
 #[tokio::test]
 async fn reuse_port_lets_two_listeners_share_a_port() {
-    let first = Server::builder()
-        .bind("127.0.0.1:0")
-        .handler(noop())
-        .reuse_port(true)
-        .build()
-        .await
-        .unwrap();
+    let first = build(noop(), |b| b.reuse_port(true)).await;
     let addr = first.local_addr().as_tcp().unwrap();
-    let second = Server::builder()
-        .bind(addr)
-        .handler(noop())
-        .reuse_port(true)
-        .build()
-        .await;
+    let second = noop_at(addr).reuse_port(true).build().await;
     assert!(second.is_ok(), "{second:?}");
-    let without = Server::builder().bind(addr).handler(noop()).build().await;
+    let without = noop_at(addr).build().await;
     assert!(
         matches!(&without, Err(Error::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse),
         "{without:?}"
@@ -88,12 +74,7 @@ async fn reuse_address_lets_a_restarted_server_bind_past_time_wait() {
     drop(client);
     running.stop().await;
 
-    let strict = Server::builder()
-        .bind(addr)
-        .handler(noop())
-        .reuse_address(false)
-        .build()
-        .await;
+    let strict = noop_at(addr).reuse_address(false).build().await;
     if in_time_wait(addr.port()) {
         assert!(
             matches!(&strict, Err(Error::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse),
@@ -108,7 +89,7 @@ async fn reuse_address_lets_a_restarted_server_bind_past_time_wait() {
         );
         drop(strict);
     }
-    let restarted = Server::builder().bind(addr).handler(noop()).build().await;
+    let restarted = noop_at(addr).build().await;
     assert!(
         restarted.is_ok(),
         "the default (SO_REUSEADDR) binds: {restarted:?}"
@@ -118,12 +99,7 @@ async fn reuse_address_lets_a_restarted_server_bind_past_time_wait() {
 #[tokio::test]
 async fn ipv6_only_decides_whether_ipv4_clients_reach_a_wildcard_ipv6_listener() {
     for only in [true, false] {
-        let built = Server::builder()
-            .bind("[::]:0")
-            .handler(noop())
-            .ipv6_only(only)
-            .build()
-            .await;
+        let built = noop_at("[::]:0").ipv6_only(only).build().await;
         let server = match built {
             Ok(server) => server,
             Err(err) => {

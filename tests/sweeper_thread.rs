@@ -8,10 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, within};
-use switchboard::{Connection, handler_fn};
+use common::{noop, start, within};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 /// How many threads of this process are named like the sweeper (the
 /// kernel keeps the first 15 bytes of a thread's name).
@@ -35,21 +33,15 @@ async fn sweepers_become(n: usize) {
     assert_eq!(sweepers(), n, "sweeper threads");
 }
 
-fn idle() -> impl switchboard::Handler {
-    handler_fn(|_conn: Connection| async { Ok::<_, std::io::Error>(()) })
-}
-
 #[tokio::test]
 async fn the_sweeper_thread_ends_with_run_or_its_dropped_future() {
     assert_eq!(sweepers(), 0);
 
     // Without any timeout there is nothing to sweep: no thread.
-    let untimed = start(idle(), |b| b.idle_timeout(None)).await;
+    let untimed = start(noop(), |b| b.idle_timeout(None)).await;
     // A connection served shows `run` got past the point where it would
     // start the sweeper (before its accept loops).
-    let mut client = within("connect", TcpStream::connect(untimed.addr))
-        .await
-        .unwrap();
+    let mut client = untimed.connect().await;
     let mut rest = Vec::new();
     within("the handler to close", client.read_to_end(&mut rest))
         .await
@@ -57,13 +49,13 @@ async fn the_sweeper_thread_ends_with_run_or_its_dropped_future() {
     assert_eq!(sweepers(), 0, "no timeout, no sweeper");
     untimed.stop().await;
 
-    let running = start(idle(), |b| b.idle_timeout(Duration::from_secs(5))).await;
+    let running = start(noop(), |b| b.idle_timeout(Duration::from_secs(5))).await;
     sweepers_become(1).await;
     running.stop().await;
     sweepers_become(0).await;
 
     // A `run` future dropped midway stops its sweeper too.
-    let dropped = start(idle(), |b| b.idle_timeout(Duration::from_secs(5))).await;
+    let dropped = start(noop(), |b| b.idle_timeout(Duration::from_secs(5))).await;
     sweepers_become(1).await;
     dropped.task.abort();
     let _ = within("the aborted run", dropped.task).await;

@@ -9,12 +9,11 @@ use std::io;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use common::{Example, TempDir, assert_adds_up, within};
+use common::{Example, TempDir, assert_adds_up, start_on, within};
 use switchboard::rustls::pki_types::ServerName;
 use switchboard::rustls::{ClientConfig, RootCertStore};
-use switchboard::{Addr, Connection, Listen, ProxyProtocol, Server, TlsConfig, handler_fn};
+use switchboard::{Addr, Connection, Listen, ProxyProtocol, TlsConfig, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -83,17 +82,9 @@ async fn the_handler_sees_the_decrypted_stream_sni_and_alpn() {
         .unwrap()
         .alpn_protocols(["h2", "http/1.1"]);
     let (tx, mut seen) = mpsc::unbounded_channel();
-    let server = Server::builder()
-        .listen(Listen::tcp("127.0.0.1:0").tls(tls))
-        .handler(reporter(tx))
-        .build()
-        .await
-        .unwrap();
-    let addr = server.local_addr().as_tcp().unwrap();
-    let (stats, shutdown) = (server.stats(), server.shutdown_handle());
-    let running = tokio::spawn(server.run());
+    let running = start_on(Listen::tcp("127.0.0.1:0").tls(tls), reporter(tx)).await;
 
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = running.connect().await;
     let name = ServerName::try_from("localhost").unwrap();
     let mut client = within(
         "the handshake",
@@ -113,7 +104,7 @@ async fn the_handler_sees_the_decrypted_stream_sni_and_alpn() {
     assert_eq!(seen_first.alpn.as_deref(), Some(&b"http/1.1"[..]));
 
     // Plain text on the TLS port: refused before the handler, counted.
-    let mut plain = TcpStream::connect(addr).await.unwrap();
+    let mut plain = running.connect().await;
     plain
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -123,10 +114,9 @@ async fn the_handler_sees_the_decrypted_stream_sni_and_alpn() {
     let _ = within("the close", plain.read_to_end(&mut answer)).await;
     assert!(answer.is_empty() || answer[0] == 21, "{answer:?}");
     assert!(seen.try_recv().is_err(), "the handler never ran for it");
-    assert_eq!(stats.snapshot().tls_failed, 1);
+    assert_eq!(running.stats.snapshot().tls_failed, 1);
 
-    shutdown.shutdown();
-    let report = within("run to return", running).await.unwrap().unwrap();
+    let report = running.stop().await;
     assert_eq!((report.completed, report.tls_failed), (1, 1));
     assert_adds_up(&report);
 }
@@ -136,21 +126,12 @@ async fn a_proxy_header_then_tls() {
     let cert = cert();
     let tls = TlsConfig::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap();
     let (tx, mut seen) = mpsc::unbounded_channel();
-    let server = Server::builder()
-        .listen(
-            Listen::tcp("127.0.0.1:0")
-                .proxy_protocol(ProxyProtocol::required())
-                .tls(tls),
-        )
-        .handler(reporter(tx))
-        .build()
-        .await
-        .unwrap();
-    let addr = server.local_addr().as_tcp().unwrap();
-    let shutdown = server.shutdown_handle();
-    let running = tokio::spawn(server.run());
+    let listen = Listen::tcp("127.0.0.1:0")
+        .proxy_protocol(ProxyProtocol::required())
+        .tls(tls);
+    let running = start_on(listen, reporter(tx)).await;
 
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tcp = running.connect().await;
     tcp.write_all(b"PROXY TCP4 203.0.113.9 192.0.2.1 44000 443\r\n")
         .await
         .unwrap();
@@ -162,8 +143,7 @@ async fn a_proxy_header_then_tls() {
     let seen = within("the handler's report", seen.recv()).await.unwrap();
     assert_eq!(seen.peer, Addr::Tcp("203.0.113.9:44000".parse().unwrap()));
     assert_eq!(seen.transport, "tls");
-    shutdown.shutdown();
-    within("run to return", running).await.unwrap().unwrap();
+    running.stop().await;
 }
 
 /// The hello example in TLS mode, started with a certificate made here.

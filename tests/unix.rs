@@ -7,9 +7,9 @@ mod common;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{TempDir, assert_adds_up, within};
-use switchboard::{Addr, Connection, Error, Handler, Server, handler_fn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{TempDir, assert_adds_up, assert_echoes, noop, within};
+use switchboard::{Addr, Builder, Connection, Error, Handler, Server, handler_fn};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -42,16 +42,12 @@ async fn a_unix_socket_is_served_by_the_same_handler() {
         server.local_addr().to_string(),
         format!("unix:{}", path.display())
     );
+    // Run by hand: `common::run` needs a TCP listener for `Running::addr`.
     let shutdown = server.shutdown_handle();
     let task = tokio::spawn(server.run());
 
     let mut client = within("connect", UnixStream::connect(&path)).await.unwrap();
-    client.write_all(b"over unix").await.unwrap();
-    let mut back = [0u8; 9];
-    within("the echo", client.read_exact(&mut back))
-        .await
-        .unwrap();
-    assert_eq!(&back, b"over unix");
+    assert_echoes("the echo", &mut client, b"over unix").await;
     let (peer, local, transport) = within("the report", rx.recv()).await.unwrap();
     assert_eq!(peer, Addr::Unix(None), "clients' sockets are unnamed");
     assert_eq!(local, Addr::Unix(Some(path.clone())));
@@ -67,8 +63,10 @@ async fn a_unix_socket_is_served_by_the_same_handler() {
     );
 }
 
-fn noop() -> impl Handler {
-    handler_fn(|_c: Connection| async { Ok::<_, io::Error>(()) })
+/// A builder for a server that does nothing, listening on the Unix socket
+/// `path`.
+fn noop_at(path: &std::path::Path) -> Builder {
+    Server::builder().bind_unix(path).handler(noop())
 }
 
 #[tokio::test]
@@ -78,11 +76,7 @@ async fn a_stale_socket_file_is_replaced() {
     // A server that died leaves its socket file, with nobody listening.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let server = Server::builder()
-        .bind_unix(&path)
-        .handler(noop())
-        .build()
-        .await;
+    let server = noop_at(&path).build().await;
     assert!(server.is_ok(), "the stale file is replaced: {server:?}");
     let _client = within("connect", UnixStream::connect(&path)).await.unwrap();
 }
@@ -91,17 +85,8 @@ async fn a_stale_socket_file_is_replaced() {
 async fn a_live_socket_is_address_in_use() {
     let dir = TempDir::new("unix-live");
     let path = dir.path("live.sock");
-    let first = Server::builder()
-        .bind_unix(&path)
-        .handler(noop())
-        .build()
-        .await
-        .unwrap();
-    let second = Server::builder()
-        .bind_unix(&path)
-        .handler(noop())
-        .build()
-        .await;
+    let first = noop_at(&path).build().await.unwrap();
+    let second = noop_at(&path).build().await;
     match second {
         Err(Error::Bind { addr, source }) => {
             assert_eq!(addr, Addr::Unix(Some(path.clone())));
@@ -123,11 +108,7 @@ async fn a_file_that_is_not_a_socket_is_never_removed() {
     let dir = TempDir::new("unix-file");
     let path = dir.path("important.txt");
     std::fs::write(&path, b"keep me").unwrap();
-    let result = Server::builder()
-        .bind_unix(&path)
-        .handler(noop())
-        .build()
-        .await;
+    let result = noop_at(&path).build().await;
     assert!(
         matches!(&result, Err(Error::Bind { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists),
         "{result:?}"
@@ -139,10 +120,8 @@ async fn a_file_that_is_not_a_socket_is_never_removed() {
 async fn socket_permissions_can_be_set() {
     let dir = TempDir::new("unix-mode");
     let path = dir.path("private.sock");
-    let _server = Server::builder()
-        .bind_unix(&path)
+    let _server = noop_at(&path)
         .unix_permissions(0o600)
-        .handler(noop())
         .build()
         .await
         .unwrap();
