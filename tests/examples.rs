@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{Example, accepted_in, example_path, read_response, within};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{Example, accepted_in, assert_echoes, example_path, request, within};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 async fn launch(name: &str) -> Example {
@@ -25,11 +25,7 @@ async fn launch_with(name: &str, addr: &str, env: &[(&str, &str)]) -> Example {
 async fn hello_serves_http_and_stops_on_sigterm() {
     let example = launch("hello").await;
     let mut client = TcpStream::connect(example.addr).await.unwrap();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let response = read_response(&mut client, false).await;
+    let response = request(&mut client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(response.status, 200);
     assert_eq!(response.body, b"Hello from async Rust!");
     // The client stays connected (keep-alive): it must not hold up the exit.
@@ -44,12 +40,7 @@ async fn hello_serves_http_and_stops_on_sigterm() {
 async fn echo_echoes_and_stops_on_sigterm() {
     let example = launch("echo").await;
     let mut client = TcpStream::connect(example.addr).await.unwrap();
-    client.write_all(b"ping").await.unwrap();
-    let mut back = [0u8; 4];
-    within("the echo", client.read_exact(&mut back))
-        .await
-        .unwrap();
-    assert_eq!(&back, b"ping");
+    assert_echoes("the echo", &mut client, b"ping").await;
     let out = example.terminate().await;
     assert!(
         out.contains("shutdown report: accepted 1, completed 1"),
@@ -78,11 +69,12 @@ async fn several_processes_share_one_port_with_so_reuseport() {
         let mut client = within("connect", TcpStream::connect(first.addr))
             .await
             .unwrap();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_response(&mut client, false).await.status, 200);
+        let response = request(
+            &mut client,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(response.status, 200);
     }
     let (one, two) = (first.terminate().await, second.terminate().await);
     let (a, b) = (accepted_in(&one), accepted_in(&two));

@@ -12,7 +12,7 @@ use std::io;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Logs, start, within};
+use common::{Logs, assert_echoes, start, within};
 use switchboard::{Connection, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -148,25 +148,13 @@ async fn out_of_descriptors_the_server_backs_off_and_recovers_by_itself() {
     // attempt is at most a second away) and serves the waiting client.
     drop(filler);
     set_nofile(soft, hard);
-    client.write_all(b"back").await.unwrap();
-    let mut echo = [0u8; 4];
-    within(
-        "the waiting client to be served",
-        client.read_exact(&mut echo),
-    )
-    .await
-    .unwrap();
-    assert_eq!(&echo, b"back");
+    assert_echoes("the waiting client to be served", &mut client, b"back").await;
     // A new client is served too: a round trip, not just a connect, which
     // the kernel's backlog would answer even with accepting stuck.
     let mut fresh = within("a new client", TcpStream::connect(running.addr))
         .await
         .unwrap();
-    fresh.write_all(b"anew").await.unwrap();
-    within("the new client to be served", fresh.read_exact(&mut echo))
-        .await
-        .unwrap();
-    assert_eq!(&echo, b"anew");
+    assert_echoes("the new client to be served", &mut fresh, b"anew").await;
     drop(fresh);
 
     let report = running.stop().await;

@@ -7,10 +7,9 @@ mod http;
 
 use std::time::Duration;
 
-use common::{Running, assert_adds_up, assert_closed, read_response, start};
+use common::{Running, assert_adds_up, assert_closed, read_response, request, start};
 use http::{BODY, Hello, MAX_HEAD, Method, Status, parse_head};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 async fn hello() -> Running {
     start(Hello, |b| b.drain_timeout(Duration::from_secs(10))).await
@@ -21,9 +20,8 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
 #[tokio::test]
 async fn answers_get_with_the_greeting() {
     let running = hello().await;
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
-    client.write_all(GET).await.unwrap();
-    let response = read_response(&mut client, false).await;
+    let mut client = running.connect().await;
+    let response = request(&mut client, GET).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.body, BODY.as_bytes());
     assert_eq!(response.header("content-length"), Some("22"));
@@ -42,11 +40,9 @@ async fn answers_get_with_the_greeting() {
 #[tokio::test]
 async fn keeps_the_connection_alive_for_several_requests() {
     let running = hello().await;
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut client = running.connect().await;
     for _ in 0..3 {
-        client.write_all(GET).await.unwrap();
-        let response = read_response(&mut client, false).await;
-        assert_eq!(response.status, 200);
+        assert_eq!(request(&mut client, GET).await.status, 200);
     }
     // Two pipelined requests in one write are both answered, in order.
     client
@@ -66,12 +62,12 @@ async fn keeps_the_connection_alive_for_several_requests() {
 #[tokio::test]
 async fn honours_connection_close() {
     let running = hello().await;
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let response = read_response(&mut client, false).await;
+    let mut client = running.connect().await;
+    let response = request(
+        &mut client,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(response.status, 200);
     assert_eq!(response.header("connection"), Some("close"));
     assert_closed(&mut client).await;
@@ -81,19 +77,18 @@ async fn honours_connection_close() {
 #[tokio::test]
 async fn http_1_0_closes_unless_asked_to_keep_alive() {
     let running = hello().await;
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
-    client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-    let response = read_response(&mut client, false).await;
+    let mut client = running.connect().await;
+    let response = request(&mut client, b"GET / HTTP/1.0\r\n\r\n").await;
     assert_eq!(response.header("connection"), Some("close"));
     assert_closed(&mut client).await;
 
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut client = running.connect().await;
     for _ in 0..2 {
-        client
-            .write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            .await
-            .unwrap();
-        let response = read_response(&mut client, false).await;
+        let response = request(
+            &mut client,
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        )
+        .await;
         assert_eq!(response.header("connection"), Some("keep-alive"));
     }
     running.stop().await;
@@ -111,9 +106,8 @@ async fn malformed_requests_get_400_and_a_close() {
         b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
         b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n",
     ] {
-        let mut client = TcpStream::connect(running.addr).await.unwrap();
-        client.write_all(bad).await.unwrap();
-        let response = read_response(&mut client, false).await;
+        let mut client = running.connect().await;
+        let response = request(&mut client, bad).await;
         assert_eq!(
             response.status,
             400,
@@ -135,13 +129,12 @@ async fn malformed_requests_get_400_and_a_close() {
 #[tokio::test]
 async fn an_oversized_head_gets_431_and_a_close() {
     let running = hello().await;
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
-    let mut request = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
-    request.resize(MAX_HEAD + 100, b'a');
+    let mut client = running.connect().await;
+    let mut oversized = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
+    oversized.resize(MAX_HEAD + 100, b'a');
     // The client may still be writing when the server answers and stops
     // reading; the server lingers so the response is not lost to a reset.
-    client.write_all(&request).await.unwrap();
-    let response = read_response(&mut client, false).await;
+    let response = request(&mut client, &oversized).await;
     assert_eq!(response.status, 431);
     client.shutdown().await.unwrap();
     assert_closed(&mut client).await;
@@ -151,17 +144,16 @@ async fn an_oversized_head_gets_431_and_a_close() {
 #[tokio::test]
 async fn other_methods_get_405_and_bodies_are_skipped() {
     let running = hello().await;
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
-    client
-        .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
-        .await
-        .unwrap();
-    let response = read_response(&mut client, false).await;
+    let mut client = running.connect().await;
+    let response = request(
+        &mut client,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
     assert_eq!(response.status, 405);
     assert_eq!(response.header("allow"), Some("GET, HEAD"));
     // The body was consumed: the next request on the connection works.
-    client.write_all(GET).await.unwrap();
-    assert_eq!(read_response(&mut client, false).await.status, 200);
+    assert_eq!(request(&mut client, GET).await.status, 200);
     running.stop().await;
 }
 
@@ -170,9 +162,8 @@ async fn idle_keep_alive_clients_never_hold_up_shutdown() {
     let running = hello().await;
     let mut clients = Vec::new();
     for _ in 0..20 {
-        let mut client = TcpStream::connect(running.addr).await.unwrap();
-        client.write_all(GET).await.unwrap();
-        assert_eq!(read_response(&mut client, false).await.status, 200);
+        let mut client = running.connect().await;
+        assert_eq!(request(&mut client, GET).await.status, 200);
         clients.push(client); // now idle, kept alive
     }
     let report = running.stop().await;
@@ -194,11 +185,10 @@ async fn the_request_in_flight_at_shutdown_is_answered_with_connection_close() {
     let running = hello().await;
     // One client mid-request, one idle: the idle one's close tells the test
     // that the connections' shutdown signal has fired.
-    let mut busy = TcpStream::connect(running.addr).await.unwrap();
+    let mut busy = running.connect().await;
     busy.write_all(b"GET / HTTP/1.1\r\nHost:").await.unwrap();
-    let mut idle = TcpStream::connect(running.addr).await.unwrap();
-    idle.write_all(GET).await.unwrap();
-    read_response(&mut idle, false).await;
+    let mut idle = running.connect().await;
+    request(&mut idle, GET).await;
 
     running.shutdown.shutdown();
     assert_closed(&mut idle).await;

@@ -15,27 +15,32 @@ mod room;
 
 use std::sync::Arc;
 
-use common::{read_response, within};
+use common::{read_response, request, within};
 use switchboard::testing::TestConnection;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::task::JoinHandle;
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// Waits (bounded) for a handler's task to end, and expects it to succeed.
+async fn ended(what: &str, task: JoinHandle<Result<(), switchboard::BoxError>>) {
+    within(what, task)
+        .await
+        .expect("the handler did not panic")
+        .expect("the handler succeeded");
+}
 
 #[tokio::test(start_paused = true)]
 async fn hello_keeps_alive_then_leaves_at_shutdown() {
     let mut served = TestConnection::new().serve(http::Hello);
     for _ in 0..2 {
-        served.client.write_all(GET).await.unwrap();
-        let response = within("a response", read_response(&mut served.client, false)).await;
+        let response = request(&mut served.client, GET).await;
         assert_eq!(response.status, 200);
         assert_eq!(response.body, http::BODY.as_bytes());
     }
     // Idle between requests: the shutdown signal ends the handler at once.
     served.shutdown.shutdown();
-    within("the handler to end", served.task)
-        .await
-        .unwrap()
-        .unwrap();
+    ended("the handler to end", served.task).await;
     let mut rest = Vec::new();
     within("EOF", served.client.read_to_end(&mut rest))
         .await
@@ -57,23 +62,16 @@ async fn hello_answers_the_request_in_flight_with_connection_close() {
     let response = within("a response", read_response(&mut served.client, false)).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.header("connection"), Some("close"));
-    within("the handler to end", served.task)
-        .await
-        .unwrap()
-        .unwrap();
+    ended("the handler to end", served.task).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn hello_rejects_a_malformed_request() {
     let mut served = TestConnection::new().serve(http::Hello);
-    served.client.write_all(b"NOT HTTP\r\n\r\n").await.unwrap();
-    let response = within("a response", read_response(&mut served.client, false)).await;
+    let response = request(&mut served.client, b"NOT HTTP\r\n\r\n").await;
     assert_eq!(response.status, 400);
     served.client.shutdown().await.unwrap();
-    within("the handler to end", served.task)
-        .await
-        .unwrap()
-        .unwrap();
+    ended("the handler to end", served.task).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -92,10 +90,7 @@ async fn echo_echoes_until_eof() {
         .unwrap();
     within("the sender", sender).await.unwrap();
     assert_eq!(back, vec![b'e'; 100]);
-    within("the handler to end", served.task)
-        .await
-        .unwrap()
-        .unwrap();
+    ended("the handler to end", served.task).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -133,13 +128,7 @@ async fn chat_delivers_lines_and_says_goodbye_at_shutdown() {
 
     alice.shutdown.shutdown();
     assert_eq!(next(&mut alice_lines).await, room::GOODBYE);
-    within("alice's handler to end", alice.task)
-        .await
-        .unwrap()
-        .unwrap();
+    ended("alice's handler to end", alice.task).await;
     bob.shutdown.shutdown();
-    within("bob's handler to end", bob.task)
-        .await
-        .unwrap()
-        .unwrap();
+    ended("bob's handler to end", bob.task).await;
 }

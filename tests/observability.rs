@@ -8,10 +8,9 @@ mod common;
 use std::io;
 use std::time::Duration;
 
-use common::{Logs, start, within};
+use common::{Logs, exchange, start};
 use switchboard::{Connection, handler_fn};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 #[derive(Debug)]
 struct PanickingDisplay;
@@ -86,18 +85,10 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
     )
     .await;
     for word in ["ok", "err", "panic", "bad-error", "bad-conversion"] {
-        let mut client = TcpStream::connect(running.addr).await.unwrap();
-        client
-            .write_all(format!("{word}\n").as_bytes())
-            .await
-            .unwrap();
-        let mut rest = Vec::new();
-        let _ = within("the server to close", client.read_to_end(&mut rest)).await;
+        exchange(running.addr, format!("{word}\n").as_bytes()).await;
     }
-    let mut sleeper = TcpStream::connect(running.addr).await.unwrap();
-    sleeper.write_all(b"wait\n").await.unwrap();
-    let mut rest = Vec::new();
-    let _ = within("the idle timeout", sleeper.read_to_end(&mut rest)).await;
+    // The handler waits for more: the idle timeout closes the connection.
+    exchange(running.addr, b"wait\n").await;
     let report = running.stop().await;
     assert_eq!(
         (

@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::{start, within};
 use switchboard::{Connection, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry};
@@ -56,7 +55,7 @@ async fn a_subscriber_panicking_at_a_connections_end_frees_its_place() {
     })
     .await;
     for _ in 0..3 {
-        let mut client = TcpStream::connect(running.addr).await.unwrap();
+        let mut client = running.connect().await;
         let mut greeting = Vec::new();
         within("a greeting", client.read_to_end(&mut greeting))
             .await

@@ -8,7 +8,6 @@ use common::{start, within};
 use switchboard::testing::TestConnection;
 use switchboard::{Connection, READ_CHUNK_MAX, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 #[tokio::test]
@@ -65,7 +64,7 @@ async fn chunks_over_a_socket_keep_order_and_end_at_eof() {
         }
     });
     let server = start(handler, |b| b).await;
-    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let mut client = server.connect().await;
     let sent: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     let mut echoed = vec![0; sent.len()];
     // One message at a time, each echoed before the next is sent, so that a

@@ -10,81 +10,42 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 
-use common::{example_path, read_response, within};
-use socket2::{Domain, Socket, Type};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use common::{Example, example_path, inheritable_listener, request, within};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
 #[tokio::test]
 async fn the_hello_example_serves_a_socket_passed_by_systemd() {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .unwrap();
-    socket.listen(16).unwrap();
-    socket.set_cloexec(false).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let (socket, addr) = inheritable_listener();
     let fd = socket.as_raw_fd();
 
     let script = format!("exec 3<&{fd}; export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" systemd");
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .args(["-c", &script])
         .arg(example_path("hello"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("sh starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    within("the `listening on` line", stdout.read_line(&mut first))
-        .await
-        .unwrap();
-    if first.is_empty() {
-        let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err).await;
-        panic!("the example printed nothing; stderr: {err}");
-    }
-    assert_eq!(
-        first.trim(),
-        format!("listening on {addr}"),
-        "it listens on the passed socket"
-    );
+        .stderr(Stdio::piped());
+    let example = Example::start(command).await;
+    assert_eq!(example.addr, addr, "it listens on the passed socket");
     // The test's own copy is no longer needed: only the server holds it now.
     drop(socket);
 
     let mut client = within("connect", TcpStream::connect(addr)).await.unwrap();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let response = read_response(&mut client, false).await;
+    let response = request(
+        &mut client,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(response.status, 200);
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap()
-            .success()
-    );
-    let status = within("the example to exit", child.wait()).await.unwrap();
-    assert!(status.success(), "{status}");
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).await.unwrap();
+    let rest = example.terminate().await;
     assert!(rest.contains("accepted 1, completed 1"), "{rest}");
 
     without_passed_sockets_the_build_fails_clearly().await;
 }
-
 /// Runs after the activation test, in the same test, so that no child of
 /// another test inherits the socket meant for the example.
 async fn without_passed_sockets_the_build_fails_clearly() {

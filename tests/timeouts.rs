@@ -5,7 +5,7 @@ mod common;
 use std::io;
 use std::time::{Duration, Instant};
 
-use common::{assert_adds_up, start, within};
+use common::{assert_adds_up, assert_echoes, start, within};
 use switchboard::{Connection, Handler, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,7 +63,7 @@ async fn slowloris_silent_connections_are_closed_at_the_idle_timeout() {
 
     // A normal client, served throughout; its round-trip latency is measured
     // before and during the attack.
-    let mut normal = TcpStream::connect(running.addr).await.unwrap();
+    let mut normal = running.connect().await;
     let mut round_trip = async || {
         let start = Instant::now();
         normal.write_all(b"ping").await.unwrap();
@@ -81,9 +81,7 @@ async fn slowloris_silent_connections_are_closed_at_the_idle_timeout() {
     let opened = Instant::now();
     let mut watchers = Vec::with_capacity(SILENT);
     for _ in 0..SILENT {
-        let silent = within("connect", TcpStream::connect(running.addr))
-            .await
-            .unwrap();
+        let silent = running.connect().await;
         watchers.push(tokio::spawn(closed_after(silent, Instant::now())));
     }
     let connected_in = opened.elapsed();
@@ -153,7 +151,7 @@ async fn silent_connections_do_not_hold_up_shutdown() {
     .await;
     let mut silent = Vec::new();
     for _ in 0..100 {
-        silent.push(TcpStream::connect(running.addr).await.unwrap());
+        silent.push(running.connect().await);
     }
     within("the connections to be accepted", async {
         for _ in 0..100 {
@@ -178,26 +176,15 @@ async fn a_client_that_never_speaks_is_closed_at_the_first_read_timeout() {
         b.idle_timeout(None).first_read_timeout(FIRST_READ)
     })
     .await;
-    let mute = TcpStream::connect(running.addr).await.unwrap();
+    let mute = running.connect().await;
     let since = Instant::now();
-    let mut talker = TcpStream::connect(running.addr).await.unwrap();
-    talker.write_all(b"x").await.unwrap();
-    let mut back = [0u8; 1];
-    within("the first echo", talker.read_exact(&mut back))
-        .await
-        .unwrap();
+    let mut talker = running.connect().await;
+    assert_echoes("the first echo", &mut talker, b"x").await;
 
     let waited = within("the mute client to be closed", closed_after(mute, since)).await;
     assert!(waited >= FIRST_READ - FIRST_READ / 10, "{waited:?}");
     // The client that spoke is not subject to it (and idle is off): still served.
-    talker.write_all(b"y").await.unwrap();
-    within(
-        "an echo after the first-read deadline",
-        talker.read_exact(&mut back),
-    )
-    .await
-    .unwrap();
-    assert_eq!(&back, b"y");
+    assert_echoes("an echo after the first-read deadline", &mut talker, b"y").await;
     let snapshot = running.stats.snapshot();
     assert_eq!(
         (snapshot.timed_out_first_read, snapshot.timed_out_idle),
@@ -211,7 +198,7 @@ async fn a_client_that_never_speaks_is_closed_at_the_first_read_timeout() {
 async fn a_busy_connection_is_closed_at_the_maximum_age() {
     const AGE: Duration = Duration::from_millis(400);
     let running = start(stubborn_echo(), |b| b.max_connection_age(AGE)).await;
-    let mut client = TcpStream::connect(running.addr).await.unwrap();
+    let mut client = running.connect().await;
     let since = Instant::now();
     let mut back = [0u8; 1];
     // Busy all along: one round trip after another until the server closes.
