@@ -86,11 +86,11 @@ impl Client {
     }
 }
 
-/// Connects clients one at a time, each after the previous ones have seen it
-/// join, so that every one of them is in the room when this returns.
-async fn clients(addr: SocketAddr, n: usize) -> Vec<Client> {
-    let mut clients: Vec<Client> = Vec::new();
-    for _ in 0..n {
+/// Connects `N` clients one at a time, each after the previous ones have
+/// seen it join, so that every one of them is in the room when this returns.
+async fn clients<const N: usize>(addr: SocketAddr) -> [Client; N] {
+    let mut clients: Vec<Client> = Vec::with_capacity(N);
+    for _ in 0..N {
         let new = Client::join(addr).await;
         for old in &mut clients {
             old.expect(&format!("*** {} joined", new.nick)).await;
@@ -98,14 +98,14 @@ async fn clients(addr: SocketAddr, n: usize) -> Vec<Client> {
         clients.push(new);
     }
     clients
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N clients were pushed"))
 }
 
 #[tokio::test]
 async fn newcomers_are_guests_and_the_others_see_them_join_and_leave() {
     let running = chat(Room::new()).await;
-    let [mut a, b] = <[Client; 2]>::try_from(clients(running.addr, 2).await)
-        .ok()
-        .unwrap();
+    let [mut a, b] = clients(running.addr).await;
     assert_ne!(a.nick, b.nick);
 
     let b_nick = b.nick.clone();
@@ -132,7 +132,7 @@ async fn newcomers_are_guests_and_the_others_see_them_join_and_leave() {
 #[tokio::test]
 async fn lines_go_to_everyone_but_the_sender() {
     let running = chat(Room::new()).await;
-    let mut all = clients(running.addr, 3).await;
+    let mut all = clients::<3>(running.addr).await;
     let speaker = all[0].nick.clone();
 
     all[0].say("hello, room").await;
@@ -162,9 +162,7 @@ async fn lines_go_to_everyone_but_the_sender() {
 #[tokio::test]
 async fn nicknames_are_validated_and_unique() {
     let running = chat(Room::new()).await;
-    let [mut a, mut b] = <[Client; 2]>::try_from(clients(running.addr, 2).await)
-        .ok()
-        .unwrap();
+    let [mut a, mut b] = clients(running.addr).await;
     let a_guest = a.nick.clone();
 
     a.say("/nick alice").await;
@@ -230,9 +228,7 @@ async fn nicknames_are_validated_and_unique() {
 #[tokio::test]
 async fn an_over_long_line_is_refused_and_the_connection_goes_on() {
     let running = chat(Room::new()).await;
-    let [mut a, mut b] = <[Client; 2]>::try_from(clients(running.addr, 2).await)
-        .ok()
-        .unwrap();
+    let [mut a, mut b] = clients(running.addr).await;
     let too_long = format!("*** error: line too long (over {MAX_LINE} bytes), discarded");
 
     // Exactly MAX_LINE bytes is fine.
@@ -388,7 +384,7 @@ fn index(line: &str, prefix: &str) -> Option<usize> {
 #[tokio::test]
 async fn shutdown_says_goodbye_to_every_client_and_drains() {
     let running = chat(Room::new()).await;
-    let mut all = clients(running.addr, 3).await;
+    let mut all = clients::<3>(running.addr).await;
     all[0].say("/nick alice").await;
     all[0].expect("*** you are now alice").await;
     for other in &mut all[1..] {
