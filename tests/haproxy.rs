@@ -1,11 +1,13 @@
 //! A real HAProxy in front of the server, with `send-proxy` (v1) and
 //! `send-proxy-v2`: the handler sees the client's address.
 //!
-//! `.ci/run` installs HAProxy (Debian package `haproxy`) when it is missing;
-//! where it cannot be found the test says so loudly and skips. HAProxy's
-//! frontends listen on sockets this test binds on `127.0.0.1:0` and passes
-//! down (`bind fd@N`), so no port is guessed. A test binary of its own, so no
-//! other test's child inherits those sockets.
+//! `.ci/run` installs HAProxy (Debian package `haproxy`) when it is missing
+//! and, once it has it, sets `SWITCHBOARD_REQUIRE_HAPROXY=1`: a HAProxy the
+//! test cannot find is then a failure. Without that variable the test says
+//! so loudly and skips. HAProxy's frontends listen on sockets this test
+//! binds on `127.0.0.1:0` and passes down (`bind fd@N`), so no port is
+//! guessed. A test binary of its own, so no other test's child inherits
+//! those sockets.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -22,6 +24,11 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+/// Set (to anything but `0`) where HAProxy must be there, as `.ci/run` does
+/// once it has it: a missing HAProxy then fails the test instead of
+/// skipping it.
+const REQUIRE: &str = "SWITCHBOARD_REQUIRE_HAPROXY";
+
 /// HAProxy on the PATH (as `.ci/run` looks for it) or where Debian puts it
 /// (`/usr/sbin`, often outside a user's PATH).
 fn haproxy_binary() -> Option<std::path::PathBuf> {
@@ -35,6 +42,12 @@ fn haproxy_binary() -> Option<std::path::PathBuf> {
 #[tokio::test]
 async fn haproxy_send_proxy_v1_and_v2_reach_the_handler_with_the_client_address() {
     let Some(haproxy) = haproxy_binary() else {
+        let required = std::env::var(REQUIRE).is_ok_and(|v| !v.is_empty() && v != "0");
+        assert!(
+            !required,
+            "{REQUIRE} is set (.ci/run sets it when it has HAProxy) but haproxy is not \
+             on the PATH, in /usr/sbin or in /usr/local/sbin"
+        );
         eprintln!(
             "\n*** SKIPPED: haproxy is not installed (apt-get install haproxy); .ci/run installs it ***\n"
         );
