@@ -53,10 +53,12 @@
 //! ```
 
 use std::fmt;
+use std::future::poll_fn;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::ControlFlow;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The longest v1 header, CRLF included (§2.1: the worst case
@@ -583,9 +585,12 @@ pub fn parse_header(input: &[u8], v2_max_len: usize) -> Result<Parsed, ProxyErro
 ///
 /// The reader peeks at what has arrived, parses it, and takes from the
 /// socket only bytes the parser has placed inside the header, so it never
-/// reads payload and never spins on data it has already seen. Memory is one
-/// buffer of `max(V1_MAX_LEN, v2_max_len)` bytes (the latter clamped to
-/// [`V2_PROTOCOL_MAX_LEN`]).
+/// reads payload and never spins on data it has already seen. Memory is a
+/// [`V1_MAX_LEN`]-byte buffer inside the future, which holds any v1 line
+/// and the v2 headers of IP addresses with a few TLVs; a longer v2 header
+/// (Unix addresses, large TLVs) gets one allocation of its exact length,
+/// once the 16 fixed bytes have announced that length and it has passed
+/// the cap.
 ///
 /// This function does not time out: a peer that sends nothing keeps it
 /// waiting. Run it under `tokio::time::timeout` (the specification suggests
@@ -608,39 +613,58 @@ pub async fn read_header(
     stream: &mut TcpStream,
     v2_max_len: usize,
 ) -> Result<ProxyHeader, ProxyError> {
-    let capacity = v2_max_len.clamp(V1_MAX_LEN, V2_PROTOCOL_MAX_LEN);
-    let mut buf = vec![0; capacity];
+    // Most headers fit here: every v1 line, and v2 with IP addresses and
+    // short TLVs. Not a heap buffer of the v2 cap: this runs for every
+    // connection, and most headers are a tenth of that.
+    let mut head = [0; V1_MAX_LEN];
+    // The buffer of a v2 header too long for `head`, of exactly its
+    // length; empty (unallocated) until one announces itself.
+    let mut long = Vec::new();
     // buf[..taken] has been read off the socket; every byte of it belongs
     // to the header, as the parser said when it was taken.
     let mut taken = 0;
     loop {
-        let Some(free) = buf.get_mut(taken..).filter(|free| !free.is_empty()) else {
-            // The parser errors before any cap is reached; this is only a
-            // belt against looping on a full buffer.
-            return Err(ProxyError::V2TooLong {
-                len: taken,
-                max: capacity,
-            });
+        let buf: &mut [u8] = if long.is_empty() {
+            &mut head
+        } else {
+            &mut long
         };
+        // Never empty: the parser asked for more than `taken` bytes (an
+        // `Incomplete` lower bound exceeds its input), and `buf` holds what
+        // it asked for. Were it empty, `peek` would return 0, an end of
+        // stream, not a spin.
+        let free = &mut buf[taken..];
         // Waits until something new has arrived: the socket holds nothing
-        // that was already parsed, since those bytes were taken.
-        let peeked = stream.peek(free).await?;
+        // that was already parsed, since those bytes were taken. Through
+        // `poll_peek` rather than `peek`, whose future would add some 200
+        // bytes to this one, in every connection's task.
+        let peeked = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(free))).await?;
         if peeked == 0 {
             return Err(ProxyError::UnexpectedEof { received: taken });
         }
         let seen = taken + peeked;
-        match parse_header(&buf[..seen], v2_max_len)? {
-            Parsed::Complete { header, consumed } => {
-                // taken <= consumed <= seen: the bytes taken were a proper
-                // prefix of the header, and the parser never claims bytes it
-                // was not given. The rest is in the socket's buffer already.
-                stream.read_exact(&mut buf[taken..consumed]).await?;
-                return Ok(header);
-            }
-            Parsed::Incomplete { .. } => {
-                // All `seen` bytes are header bytes: take the new ones.
-                stream.read_exact(&mut buf[taken..seen]).await?;
+        let (end, next) = match parse_header(&buf[..seen], v2_max_len)? {
+            // taken <= consumed <= seen: the bytes taken were a proper
+            // prefix of the header, and the parser never claims bytes it
+            // was not given. The rest is in the socket's buffer already.
+            Parsed::Complete { header, consumed } => (consumed, ControlFlow::Break(header)),
+            // All `seen` bytes are header bytes: take the new ones.
+            Parsed::Incomplete { min_len } => (seen, ControlFlow::Continue(min_len)),
+        };
+        // One await for both cases, with nothing of the parser's kept over
+        // it but the header: the future stays small.
+        stream.read_exact(&mut buf[taken..end]).await?;
+        match next {
+            ControlFlow::Break(header) => return Ok(header),
+            ControlFlow::Continue(min_len) => {
                 taken = seen;
+                if min_len > buf.len() {
+                    // Only a v2 header outgrows `head` (a v1 line cannot end
+                    // past V1_MAX_LEN), and only once its length field is in
+                    // and within the cap: `min_len` is then its exact total.
+                    long = vec![0; min_len];
+                    long[..taken].copy_from_slice(&head[..taken]);
+                }
             }
         }
     }
@@ -2066,6 +2090,28 @@ mod tests {
         (client.expect("connect"), accepted.expect("accept").0)
     }
 
+    /// A pair whose client has sent `sent`, and closed its side when `close`.
+    async fn pair_after(sent: &[u8], close: bool) -> (TcpStream, TcpStream) {
+        let (mut client, server) = pair().await;
+        client.write_all(sent).await.expect("client write");
+        if close {
+            client.shutdown().await.expect("client shutdown");
+        }
+        (client, server)
+    }
+
+    /// `read_header` with the cap `max`, failing the test with `hang` when
+    /// it does not end within the test timeout.
+    async fn read(
+        server: &mut TcpStream,
+        max: usize,
+        hang: &str,
+    ) -> Result<ProxyHeader, ProxyError> {
+        tokio::time::timeout(TEST_TIMEOUT, read_header(server, max))
+            .await
+            .unwrap_or_else(|_| panic!("{hang}"))
+    }
+
     async fn read_rest(server: &mut TcpStream) -> Vec<u8> {
         let mut rest = Vec::new();
         tokio::time::timeout(TEST_TIMEOUT, server.read_to_end(&mut rest))
@@ -2075,19 +2121,24 @@ mod tests {
         rest
     }
 
+    /// A v2 TCP4 header of exactly `total` bytes (at least 31), padded with
+    /// a NOOP TLV.
+    fn v2_of_len(total: usize) -> Vec<u8> {
+        let padding = vec![0; total - V2_MIN_LEN - 12 - 3];
+        let body = [[1; 12].as_slice(), &tlv(Tlv::NOOP, &padding)].concat();
+        v2(0x21, 0x11, &body)
+    }
+
     #[tokio::test]
     async fn read_header_leaves_the_payload_unread() {
-        let (mut client, mut server) = pair().await;
-        client
-            .write_all(b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nGET / HTTP/1.1\r\n\r\n")
+        let (_client, mut server) = pair_after(
+            b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nGET / HTTP/1.1\r\n\r\n",
+            true,
+        )
+        .await;
+        let header = read(&mut server, DEFAULT_V2_MAX_LEN, "read_header timed out")
             .await
-            .expect("client write");
-        client.shutdown().await.expect("client shutdown");
-        let header =
-            tokio::time::timeout(TEST_TIMEOUT, read_header(&mut server, DEFAULT_V2_MAX_LEN))
-                .await
-                .expect("read_header timed out")
-                .expect("a valid header");
+            .expect("a valid header");
         assert_eq!(header.source_addr(), Some(sock("192.168.0.1:56324")));
         assert_eq!(read_rest(&mut server).await, b"GET / HTTP/1.1\r\n\r\n");
     }
@@ -2118,30 +2169,82 @@ mod tests {
                 .expect("client write");
             client.shutdown().await.expect("client shutdown");
         });
-        let parsed =
-            tokio::time::timeout(TEST_TIMEOUT, read_header(&mut server, DEFAULT_V2_MAX_LEN))
-                .await
-                .expect("read_header timed out")
-                .expect("a valid header");
+        let parsed = read(&mut server, DEFAULT_V2_MAX_LEN, "read_header timed out")
+            .await
+            .expect("a valid header");
         assert_eq!(parsed.source_addr(), Some(sock("10.0.0.1:8080")));
         assert_eq!(parsed.authority(), Some("example.com"));
         assert_eq!(read_rest(&mut server).await, payload);
         writer.await.expect("writer task");
     }
 
+    /// Headers at the edges of the reader's buffer (a v1 line and a v2
+    /// header of `V1_MAX_LEN` bytes, a v2 one byte longer) and of the cap,
+    /// each sent in two pieces and followed by payload that looks like a
+    /// header: the reader gives what the parser gives, and leaves the
+    /// payload, to the byte, for the handler.
+    #[tokio::test]
+    async fn read_header_takes_exactly_the_header_at_every_size() {
+        let ffff = ["ffff"; 8].join(":");
+        let v1_max = format!("PROXY UNKNOWN {ffff} {ffff} 65535 65535\r\n").into_bytes();
+        let unix = [unix_field(b"/a"), unix_field(b"/b")].concat();
+        let payload = b"PROXY \r\n\r\n\0\r\nQUIT\n, then the application's bytes";
+        let cases = [
+            (v1_max, DEFAULT_V2_MAX_LEN),
+            (b"PROXY UNKNOWN\r\n".to_vec(), DEFAULT_V2_MAX_LEN),
+            (v2(0x20, 0x00, &[]), DEFAULT_V2_MAX_LEN),
+            (v2(0x21, 0x11, &[1; 12]), DEFAULT_V2_MAX_LEN),
+            (v2_of_len(V1_MAX_LEN), DEFAULT_V2_MAX_LEN),
+            (v2_of_len(V1_MAX_LEN), V1_MAX_LEN),
+            (v2_of_len(V1_MAX_LEN + 1), DEFAULT_V2_MAX_LEN),
+            (v2_of_len(V1_MAX_LEN + 1), V1_MAX_LEN + 1),
+            (v2(0x21, 0x31, &unix), DEFAULT_V2_MAX_LEN),
+            (v2_of_len(DEFAULT_V2_MAX_LEN), DEFAULT_V2_MAX_LEN),
+            (v2_of_len(5000), 5000),
+        ];
+        for (header, max) in cases {
+            let len = header.len();
+            let (mut client, mut server) = pair().await;
+            let sent = [header.as_slice(), payload].concat();
+            let writer = tokio::spawn(async move {
+                let (first, second) = sent.split_at(len / 2);
+                client.write_all(first).await.expect("client write");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                client.write_all(second).await.expect("client write");
+                client.shutdown().await.expect("client shutdown");
+            });
+            let parsed = read(&mut server, max, "read_header timed out")
+                .await
+                .unwrap_or_else(|err| panic!("a header of {len} bytes, cap {max}: {err}"));
+            let expected = parse_header(&header, max).expect("a valid test header");
+            assert_eq!(
+                Parsed::Complete {
+                    header: parsed,
+                    consumed: len
+                },
+                expected,
+                "a header of {len} bytes, cap {max}"
+            );
+            assert_eq!(
+                read_rest(&mut server).await,
+                payload,
+                "after a header of {len} bytes, cap {max}"
+            );
+            writer.await.expect("writer task");
+        }
+    }
+
     #[tokio::test]
     async fn read_header_refuses_garbage_at_once() {
-        let (mut client, mut server) = pair().await;
         // The client keeps the connection open: the error must come from
         // the bytes, not from an end of stream.
-        client
-            .write_all(b"GET / HTTP/1.1\r\n")
-            .await
-            .expect("client write");
-        let result =
-            tokio::time::timeout(TEST_TIMEOUT, read_header(&mut server, DEFAULT_V2_MAX_LEN))
-                .await
-                .expect("garbage must be refused without waiting");
+        let (client, mut server) = pair_after(b"GET / HTTP/1.1\r\n", false).await;
+        let result = read(
+            &mut server,
+            DEFAULT_V2_MAX_LEN,
+            "garbage must be refused without waiting",
+        )
+        .await;
         assert!(
             matches!(result, Err(ProxyError::NotProxyProtocol)),
             "{result:?}"
@@ -2151,63 +2254,68 @@ mod tests {
 
     #[tokio::test]
     async fn read_header_refuses_too_much() {
-        let (mut client, mut server) = pair().await;
+        let ffff = ["ffff"; 8].join(":");
         let flood = [b"PROXY UNKNOWN ".as_slice(), &[b'a'; 4096]].concat();
-        client.write_all(&flood).await.expect("client write");
-        let result =
-            tokio::time::timeout(TEST_TIMEOUT, read_header(&mut server, DEFAULT_V2_MAX_LEN))
-                .await
-                .expect("an over-long v1 line must be refused without waiting");
-        assert!(matches!(result, Err(ProxyError::V1TooLong)), "{result:?}");
+        let v1_over = format!("PROXY UNKNOWN {ffff} {ffff} 65535 655350\r\n").into_bytes();
+        assert_eq!(v1_over.len(), V1_MAX_LEN + 1);
+        for sent in [flood, v1_over] {
+            // Open, so that the error comes from the bytes.
+            let (_client, mut server) = pair_after(&sent, false).await;
+            let result = read(
+                &mut server,
+                DEFAULT_V2_MAX_LEN,
+                "an over-long v1 line must be refused without waiting",
+            )
+            .await;
+            assert!(matches!(result, Err(ProxyError::V1TooLong)), "{result:?}");
+        }
 
-        let (mut client, mut server) = pair().await;
-        client
-            .write_all(&v2(0x21, 0x11, &[0; 60_000])[..V2_MIN_LEN])
-            .await
-            .expect("client write");
-        let result =
-            tokio::time::timeout(TEST_TIMEOUT, read_header(&mut server, DEFAULT_V2_MAX_LEN))
-                .await
-                .expect("an over-long v2 header must be refused from its fixed part");
-        assert!(
-            matches!(
-                result,
-                Err(ProxyError::V2TooLong {
-                    len: 60_016,
-                    max: DEFAULT_V2_MAX_LEN
-                })
-            ),
-            "{result:?}"
-        );
+        // Refused from the fixed part, before the rest is sent; one byte
+        // over the cap is too much, on either side of the reader's buffer.
+        let cases = [
+            (v2(0x21, 0x11, &[0; 60_000]), DEFAULT_V2_MAX_LEN),
+            (v2_of_len(DEFAULT_V2_MAX_LEN + 1), DEFAULT_V2_MAX_LEN),
+            (v2_of_len(V1_MAX_LEN + 1), V1_MAX_LEN),
+            (v2_of_len(V1_MAX_LEN), V1_MAX_LEN - 1),
+        ];
+        for (header, max) in cases {
+            let (_client, mut server) = pair_after(&header[..V2_MIN_LEN], false).await;
+            let result = read(
+                &mut server,
+                max,
+                "an over-long v2 header must be refused from its fixed part",
+            )
+            .await;
+            let len = header.len();
+            assert!(
+                matches!(result, Err(ProxyError::V2TooLong { len: l, max: m }) if (l, m) == (len, max)),
+                "{len} bytes, cap {max}: {result:?}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn read_header_reports_a_close_midway() {
-        let (mut client, mut server) = pair().await;
-        client
-            .write_all(b"PROXY TCP4 1.2.3.4 ")
-            .await
-            .expect("client write");
-        client.shutdown().await.expect("client shutdown");
-        let result =
-            tokio::time::timeout(TEST_TIMEOUT, read_header(&mut server, DEFAULT_V2_MAX_LEN))
-                .await
-                .expect("a close midway must end the read");
-        assert!(
-            matches!(result, Err(ProxyError::UnexpectedEof { received: 19 })),
-            "{result:?}"
-        );
-
-        let (client, mut server) = pair().await;
-        drop(client);
-        let result =
-            tokio::time::timeout(TEST_TIMEOUT, read_header(&mut server, DEFAULT_V2_MAX_LEN))
-                .await
-                .expect("a close before any byte must end the read");
-        assert!(
-            matches!(result, Err(ProxyError::UnexpectedEof { received: 0 })),
-            "{result:?}"
-        );
+        // Closed after part of a v1 line, of a long v2 header (read into
+        // its own buffer), and before any byte.
+        let long = v2_of_len(DEFAULT_V2_MAX_LEN);
+        for (sent, received) in [
+            (&b"PROXY TCP4 1.2.3.4 "[..], 19),
+            (&long[..500], 500),
+            (&b""[..], 0),
+        ] {
+            let (_client, mut server) = pair_after(sent, true).await;
+            let result = read(
+                &mut server,
+                DEFAULT_V2_MAX_LEN,
+                "a close midway must end the read",
+            )
+            .await;
+            assert!(
+                matches!(result, Err(ProxyError::UnexpectedEof { received: r }) if r == received),
+                "after {received} bytes: {result:?}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -2216,9 +2324,9 @@ mod tests {
             &b""[..],
             b"PROXY TCP4 1.2.3.4",
             &v2(0x21, 0x11, &[0; 12])[..20],
+            &v2_of_len(DEFAULT_V2_MAX_LEN)[..V1_MAX_LEN + 20],
         ] {
-            let (mut client, mut server) = pair().await;
-            client.write_all(sent).await.expect("client write");
+            let (client, mut server) = pair_after(sent, false).await;
             let result = tokio::time::timeout(
                 Duration::from_millis(200),
                 read_header(&mut server, DEFAULT_V2_MAX_LEN),
