@@ -1129,6 +1129,17 @@ mod tests {
         addr.parse().expect("test address")
     }
 
+    /// Checks `header` is the connection of the specification's examples
+    /// (§2.1 and §2.2): TCP4 from 192.168.0.1:56324 to 192.168.0.11:443.
+    fn assert_spec_example(header: &ProxyHeader, version: ProxyVersion) {
+        assert_eq!(header.version(), version);
+        assert_eq!(header.command(), ProxyCommand::Proxy);
+        assert_eq!(header.transport(), ProxyTransport::Tcp4);
+        assert_eq!(header.source_addr(), Some(sock("192.168.0.1:56324")));
+        assert_eq!(header.destination_addr(), Some(sock("192.168.0.11:443")));
+        assert_eq!(header.tlvs().count(), 0);
+    }
+
     /// A v2 header built byte by byte as §2.2 lays it out.
     fn v2(ver_cmd: u8, fam: u8, body: &[u8]) -> Vec<u8> {
         let mut out = V2_SIGNATURE.to_vec();
@@ -1249,12 +1260,7 @@ mod tests {
             &input[consumed..],
             b"GET / HTTP/1.1\r\nHost: 192.168.0.11\r\n\r\n"
         );
-        assert_eq!(header.version(), ProxyVersion::V1);
-        assert_eq!(header.command(), ProxyCommand::Proxy);
-        assert_eq!(header.transport(), ProxyTransport::Tcp4);
-        assert_eq!(header.source_addr(), Some(sock("192.168.0.1:56324")));
-        assert_eq!(header.destination_addr(), Some(sock("192.168.0.11:443")));
-        assert_eq!(header.tlvs().count(), 0);
+        assert_spec_example(&header, ProxyVersion::V1);
     }
 
     #[test]
@@ -1340,30 +1346,24 @@ mod tests {
         invalid(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 +2\r\n", "destination port");
         invalid(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 \r\n", "destination port");
 
-        for bad_end in [
-            &b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"[..],
+        let bad_ends: [&[u8]; 5] = [
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX",
             b"PROXY UNKNOWN\n",
             b"PROXY UNKNOWN \n\r\n",
             b"PROXY UNKNOWN \r\r\n",
-        ] {
-            assert!(
-                matches!(error(bad_end), ProxyError::V1LineEnding),
-                "{bad_end:?}"
-            );
-        }
-
-        for not_proxy in [
-            &b"GET / HTTP/1.1\r\n"[..],
+        ];
+        let not_proxy: [&[u8]; 5] = [
+            b"GET / HTTP/1.1\r\n",
             b"proxy TCP4",
             b"PROXZ",
             b"PROXYTCP4",
             b"\x16\x03\x01",
-        ] {
-            assert!(
-                matches!(error(not_proxy), ProxyError::NotProxyProtocol),
-                "{not_proxy:?}"
-            );
+        ];
+        for (inputs, want) in [(bad_ends, "V1LineEnding"), (not_proxy, "NotProxyProtocol")] {
+            for input in inputs {
+                assert_eq!(format!("{:?}", error(input)), want, "{input:?}");
+            }
         }
     }
 
@@ -1429,12 +1429,7 @@ mod tests {
         let (header, consumed) = complete(&input);
         assert_eq!(consumed, 28);
         assert_eq!(&input[consumed..], b"payload");
-        assert_eq!(header.version(), ProxyVersion::V2);
-        assert_eq!(header.command(), ProxyCommand::Proxy);
-        assert_eq!(header.transport(), ProxyTransport::Tcp4);
-        assert_eq!(header.source_addr(), Some(sock("192.168.0.1:56324")));
-        assert_eq!(header.destination_addr(), Some(sock("192.168.0.11:443")));
-        assert_eq!(header.tlvs().count(), 0);
+        assert_spec_example(&header, ProxyVersion::V2);
     }
 
     #[test]
@@ -1615,91 +1610,67 @@ mod tests {
     #[test]
     fn v2_errors() {
         let ipv4 = [1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2];
-        assert!(matches!(
-            error(&v2(0x11, 0x11, &ipv4)),
-            ProxyError::V2Version(1)
-        ));
-        assert!(matches!(
-            error(&v2(0x31, 0x11, &ipv4)),
-            ProxyError::V2Version(3)
-        ));
-        assert!(matches!(
-            error(&v2(0x22, 0x11, &ipv4)),
-            ProxyError::V2Command(2)
-        ));
-        assert!(matches!(
-            error(&v2(0x2f, 0x11, &ipv4)),
-            ProxyError::V2Command(0xf)
-        ));
-        assert!(matches!(
-            error(&v2(0x21, 0x41, &ipv4)),
-            ProxyError::V2Family(4)
-        ));
-        assert!(matches!(
-            error(&v2(0x21, 0x13, &ipv4)),
-            ProxyError::V2Protocol(3)
-        ));
-        // The bad byte is refused before the rest arrives.
-        assert!(matches!(
-            error(&v2(0x11, 0x11, &ipv4)[..13]),
-            ProxyError::V2Version(1)
-        ));
-        assert!(matches!(
-            error(&v2(0x21, 0xf1, &ipv4)[..14]),
-            ProxyError::V2Family(0xf)
-        ));
-
-        assert!(matches!(
-            error(&v2(0x21, 0x11, &ipv4[..8])),
-            ProxyError::V2AddressTruncated { len: 8, needed: 12 }
-        ));
-        assert!(matches!(
-            error(&v2(0x21, 0x21, &[0; 35])),
-            ProxyError::V2AddressTruncated {
-                len: 35,
-                needed: 36
-            }
-        ));
-        assert!(matches!(
-            error(&v2(0x21, 0x31, &[0; 215])),
-            ProxyError::V2AddressTruncated {
-                len: 215,
-                needed: 216
-            }
-        ));
-
-        // Leftover bytes that are not a whole TLV.
-        let mut body = ipv4.to_vec();
-        body.extend([Tlv::NOOP, 0]);
-        assert!(matches!(
-            error(&v2(0x21, 0x11, &body)),
-            ProxyError::V2TlvTruncated { offset: 28 }
-        ));
-        // A TLV whose length runs past the header.
-        let mut body = ipv4.to_vec();
-        body.extend(tlv(Tlv::ALPN, b"h2"));
-        body.extend([Tlv::AUTHORITY, 0, 10, b'x']);
-        assert!(matches!(
-            error(&v2(0x21, 0x11, &body)),
-            ProxyError::V2TlvTruncated { offset: 33 }
-        ));
-        // An SSL TLV too short for client and verify, and one whose sub-TLV
-        // overruns it.
-        let mut body = ipv4.to_vec();
-        body.extend(tlv(Tlv::SSL, &[1, 0, 0, 0]));
-        assert!(matches!(
-            error(&v2(0x21, 0x11, &body)),
-            ProxyError::V2TlvTruncated { offset: 28 }
-        ));
-        let mut body = ipv4.to_vec();
-        body.extend(tlv(
-            Tlv::SSL,
-            &[1, 0, 0, 0, 0, Tlv::SSL_VERSION, 0, 9, b'T'],
-        ));
-        assert!(matches!(
-            error(&v2(0x21, 0x11, &body)),
-            ProxyError::V2TlvTruncated { offset: 36 }
-        ));
+        // TCP4 addresses, then `tlvs`.
+        let with_tlvs = |tlvs: &[u8]| v2(0x21, 0x11, &[ipv4.as_slice(), tlvs].concat());
+        // (input, the error's Debug form).
+        let cases = [
+            (v2(0x11, 0x11, &ipv4), "V2Version(1)"),
+            (v2(0x31, 0x11, &ipv4), "V2Version(3)"),
+            (v2(0x22, 0x11, &ipv4), "V2Command(2)"),
+            (v2(0x2f, 0x11, &ipv4), "V2Command(15)"),
+            (v2(0x21, 0x41, &ipv4), "V2Family(4)"),
+            (v2(0x21, 0x13, &ipv4), "V2Protocol(3)"),
+            // The bad byte is refused before the rest arrives.
+            (v2(0x11, 0x11, &ipv4)[..13].to_vec(), "V2Version(1)"),
+            (v2(0x21, 0xf1, &ipv4)[..14].to_vec(), "V2Family(15)"),
+            (
+                v2(0x21, 0x11, &ipv4[..8]),
+                "V2AddressTruncated { len: 8, needed: 12 }",
+            ),
+            (
+                v2(0x21, 0x21, &[0; 35]),
+                "V2AddressTruncated { len: 35, needed: 36 }",
+            ),
+            (
+                v2(0x21, 0x31, &[0; 215]),
+                "V2AddressTruncated { len: 215, needed: 216 }",
+            ),
+            // Leftover bytes that are not a whole TLV.
+            (with_tlvs(&[Tlv::NOOP, 0]), "V2TlvTruncated { offset: 28 }"),
+            // A TLV whose length runs past the header.
+            (
+                with_tlvs(
+                    &[
+                        tlv(Tlv::ALPN, b"h2").as_slice(),
+                        &[Tlv::AUTHORITY, 0, 10, b'x'],
+                    ]
+                    .concat(),
+                ),
+                "V2TlvTruncated { offset: 33 }",
+            ),
+            // An SSL TLV too short for client and verify, and one whose
+            // sub-TLV overruns it.
+            (
+                with_tlvs(&tlv(Tlv::SSL, &[1, 0, 0, 0])),
+                "V2TlvTruncated { offset: 28 }",
+            ),
+            (
+                with_tlvs(&tlv(
+                    Tlv::SSL,
+                    &[1, 0, 0, 0, 0, Tlv::SSL_VERSION, 0, 9, b'T'],
+                )),
+                "V2TlvTruncated { offset: 36 }",
+            ),
+        ];
+        for (input, expected) in cases {
+            let err = error(&input);
+            assert_eq!(
+                format!("{err:?}"),
+                expected,
+                "for {:?}",
+                input.escape_ascii().to_string()
+            );
+        }
 
         // Signature mismatches, including at the NUL byte.
         for at in 0..V2_SIGNATURE.len() {
@@ -1823,14 +1794,13 @@ mod tests {
 
     // ---- properties --------------------------------------------------------
 
-    fn arb_v4() -> impl Strategy<Value = SocketAddr> {
-        (any::<[u8; 4]>(), any::<u16>())
-            .prop_map(|(ip, port)| SocketAddr::new(Ipv4Addr::from(ip).into(), port))
-    }
-
-    fn arb_v6() -> impl Strategy<Value = SocketAddr> {
-        (any::<[u8; 16]>(), any::<u16>())
-            .prop_map(|(ip, port)| SocketAddr::new(Ipv6Addr::from(ip).into(), port))
+    /// An IPv4 (`N` = 4) or IPv6 (`N` = 16) endpoint.
+    fn arb_inet<const N: usize>() -> impl Strategy<Value = SocketAddr>
+    where
+        IpAddr: From<[u8; N]>,
+        [u8; N]: Arbitrary,
+    {
+        (any::<[u8; N]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip.into(), port))
     }
 
     fn arb_unix() -> impl Strategy<Value = ProxyUnixAddr> {
@@ -1897,14 +1867,14 @@ mod tests {
             destination,
         };
         prop_oneof![
-            (arb_v4(), arb_v4()).prop_map(move |a| header(
+            (arb_inet::<4>(), arb_inet::<4>()).prop_map(move |a| header(
                 V1,
                 Proxy,
                 ProxyTransport::Tcp4,
                 inet(a),
                 vec![]
             )),
-            (arb_v6(), arb_v6()).prop_map(move |a| header(
+            (arb_inet::<16>(), arb_inet::<16>()).prop_map(move |a| header(
                 V1,
                 Proxy,
                 ProxyTransport::Tcp6,
@@ -1932,22 +1902,30 @@ mod tests {
                 ProxyAddresses::Unspecified,
                 vec![]
             )),
-            (arb_v4(), arb_v4(), any::<bool>(), arb_tlvs()).prop_map(move |(s, d, udp, tlvs)| {
-                let t = if udp {
-                    ProxyTransport::Udp4
-                } else {
-                    ProxyTransport::Tcp4
-                };
-                header(V2, Proxy, t, inet((s, d)), tlvs)
-            }),
-            (arb_v6(), arb_v6(), any::<bool>(), arb_tlvs()).prop_map(move |(s, d, udp, tlvs)| {
-                let t = if udp {
-                    ProxyTransport::Udp6
-                } else {
-                    ProxyTransport::Tcp6
-                };
-                header(V2, Proxy, t, inet((s, d)), tlvs)
-            }),
+            (arb_inet::<4>(), arb_inet::<4>(), any::<bool>(), arb_tlvs()).prop_map(
+                move |(s, d, udp, tlvs)| {
+                    let t = if udp {
+                        ProxyTransport::Udp4
+                    } else {
+                        ProxyTransport::Tcp4
+                    };
+                    header(V2, Proxy, t, inet((s, d)), tlvs)
+                }
+            ),
+            (
+                arb_inet::<16>(),
+                arb_inet::<16>(),
+                any::<bool>(),
+                arb_tlvs()
+            )
+                .prop_map(move |(s, d, udp, tlvs)| {
+                    let t = if udp {
+                        ProxyTransport::Udp6
+                    } else {
+                        ProxyTransport::Tcp6
+                    };
+                    header(V2, Proxy, t, inet((s, d)), tlvs)
+                }),
             (arb_unix(), arb_unix(), any::<bool>(), arb_tlvs()).prop_map(
                 |(source, destination, dgram, tlvs)| {
                     let t = if dgram {
