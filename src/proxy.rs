@@ -55,7 +55,7 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::ControlFlow;
 
 use tokio::io::{AsyncReadExt, ReadBuf};
@@ -964,22 +964,8 @@ fn parse_v2_addresses(
         });
     };
     let addresses = match family >> 4 {
-        1 => {
-            let ip = |at: usize| Ipv4Addr::from(be_array::<4>(addr, at));
-            let port = |at: usize| u16::from_be_bytes(be_array::<2>(addr, at));
-            ProxyAddresses::Inet {
-                source: SocketAddr::new(ip(0).into(), port(8)),
-                destination: SocketAddr::new(ip(4).into(), port(10)),
-            }
-        }
-        2 => {
-            let ip = |at: usize| Ipv6Addr::from(be_array::<16>(addr, at));
-            let port = |at: usize| u16::from_be_bytes(be_array::<2>(addr, at));
-            ProxyAddresses::Inet {
-                source: SocketAddr::new(ip(0).into(), port(32)),
-                destination: SocketAddr::new(ip(16).into(), port(34)),
-            }
-        }
+        1 => inet_addresses::<4>(addr),
+        2 => inet_addresses::<16>(addr),
         _ => ProxyAddresses::Unix {
             source: ProxyUnixAddr {
                 raw: Box::new(be_array::<UNIX_ADDR_LEN>(addr, 0)),
@@ -990,6 +976,21 @@ fn parse_v2_addresses(
         },
     };
     Ok((transport, addresses, V2_MIN_LEN + needed))
+}
+
+/// The IP endpoints of a v2 address block (§2.2): the source and the
+/// destination address, `N` bytes each, then the source and the
+/// destination port. `addr` has been length-checked.
+fn inet_addresses<const N: usize>(addr: &[u8]) -> ProxyAddresses
+where
+    IpAddr: From<[u8; N]>,
+{
+    let ip = |at| IpAddr::from(be_array::<N>(addr, at));
+    let port = |at| u16::from_be_bytes(be_array::<2>(addr, at));
+    ProxyAddresses::Inet {
+        source: SocketAddr::new(ip(0), port(2 * N)),
+        destination: SocketAddr::new(ip(N), port(2 * N + 2)),
+    }
 }
 
 /// `N` bytes of `bytes` at `at`, which the caller has length-checked.
@@ -1084,7 +1085,6 @@ fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
     use std::time::Duration;
 
     use proptest::prelude::*;
