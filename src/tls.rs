@@ -571,12 +571,38 @@ mod tests {
                 .expect("the server reports a connection within the limit")
                 .expect("the server task is running")
         }
+
+        /// The next connection's outcome, which must be a failed handshake
+        /// that `is` accepts; `what` names that failure in the message.
+        async fn next_failed(&mut self, what: &str, is: fn(&HandshakeError) -> bool) -> Served {
+            let served = self.next().await;
+            assert_failed(&served, what, is);
+            served
+        }
+
+        /// The next connection's handshake, which must have succeeded.
+        async fn next_handshake(&mut self) -> TlsInfo {
+            self.next()
+                .await
+                .result
+                .expect("the server's handshake succeeds")
+        }
     }
 
     impl Drop for TestServer {
         fn drop(&mut self) {
             self.task.abort();
         }
+    }
+
+    /// Checks that `served` is a failed handshake that `is` accepts; `what`
+    /// names the expected failure in the message.
+    fn assert_failed(served: &Served, what: &str, is: fn(&HandshakeError) -> bool) {
+        assert!(
+            served.result.as_ref().err().is_some_and(is),
+            "expected {what}, got {:?}",
+            served.result
+        );
     }
 
     /// Connects and completes a client handshake for `name`.
@@ -619,11 +645,7 @@ mod tests {
             greeting, b"hello\n",
             "the stream carries data after the handshake"
         );
-        let info = server
-            .next()
-            .await
-            .result
-            .expect("the server's handshake succeeds");
+        let info = server.next_handshake().await;
         assert_eq!(info.server_name(), Some("localhost"));
         assert_eq!(info.alpn_protocol(), Some(&b"http/1.1"[..]));
         assert_eq!(info.protocol_version(), ProtocolVersion::TLSv1_3);
@@ -639,11 +661,7 @@ mod tests {
         .await
         .expect("the handshake succeeds");
         assert_eq!(client.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let info = server
-            .next()
-            .await
-            .result
-            .expect("the server's handshake succeeds");
+        let info = server.next_handshake().await;
         assert_eq!(info.alpn_protocol(), Some(&b"h2"[..]));
         let shown = format!("{info:?}");
         assert!(
@@ -656,11 +674,7 @@ mod tests {
         let _client = handshake(server.addr, &connector(&cert, &[]), "127.0.0.1")
             .await
             .expect("the handshake by IP address succeeds");
-        let info = server
-            .next()
-            .await
-            .result
-            .expect("the server's handshake succeeds");
+        let info = server.next_handshake().await;
         assert_eq!(info.server_name(), None);
         assert_eq!(info.alpn_protocol(), None);
     }
@@ -671,12 +685,9 @@ mod tests {
         let mut server = TestServer::start(&server_tls(&cert)).await;
         let refused = handshake(server.addr, &connector(&cert, &["imap"]), "localhost").await;
         assert!(refused.is_err(), "the client must see the refusal");
-        let served = server.next().await;
-        assert!(
-            matches!(served.result, Err(HandshakeError::Tls(_))),
-            "expected a TLS error, got {:?}",
-            served.result
-        );
+        server
+            .next_failed("a TLS error", |err| matches!(err, HandshakeError::Tls(_)))
+            .await;
     }
 
     #[tokio::test]
@@ -688,12 +699,11 @@ mod tests {
 
         let started = Instant::now();
         let mut silent = TcpStream::connect(server.addr).await.expect("connect");
-        let served = server.next().await;
-        assert!(
-            matches!(served.result, Err(HandshakeError::Timeout)),
-            "expected a handshake timeout, got {:?}",
-            served.result
-        );
+        let served = server
+            .next_failed("a handshake timeout", |err| {
+                matches!(err, HandshakeError::Timeout)
+            })
+            .await;
         let took = served.at - started;
         assert!(
             took >= handshake_timeout && took < handshake_timeout + Duration::from_secs(2),
@@ -718,12 +728,9 @@ mod tests {
             .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .expect("write");
-        let served = server.next().await;
-        assert!(
-            matches!(served.result, Err(HandshakeError::Tls(_))),
-            "expected a TLS error, got {:?}",
-            served.result
-        );
+        server
+            .next_failed("a TLS error", |err| matches!(err, HandshakeError::Tls(_)))
+            .await;
         // The server answers with a TLS alert record (content type 21) or
         // nothing, then closes (EOF or a reset): never anything in clear.
         if let Ok(answer) = read_to_eof(&mut client).await {
@@ -736,12 +743,9 @@ mod tests {
         // A client that closes mid-handshake is an I/O error, not a panic.
         let client = TcpStream::connect(server.addr).await.expect("connect");
         drop(client);
-        let served = server.next().await;
-        assert!(
-            matches!(served.result, Err(HandshakeError::Io(_))),
-            "expected an I/O error, got {:?}",
-            served.result
-        );
+        server
+            .next_failed("an I/O error", |err| matches!(err, HandshakeError::Io(_)))
+            .await;
     }
 
     /// Policy: with the cap reached, a handshake waits for a slot, and the
@@ -785,11 +789,9 @@ mod tests {
         } else {
             (second, first)
         };
-        assert!(
-            matches!(silent_served.result, Err(HandshakeError::Timeout)),
-            "expected the silent client to time out, got {:?}",
-            silent_served.result
-        );
+        assert_failed(&silent_served, "the silent client to time out", |err| {
+            matches!(err, HandshakeError::Timeout)
+        });
         assert!(served.result.is_ok(), "got {:?}", served.result);
         assert!(
             served.at >= silent_served.at,
@@ -824,12 +826,11 @@ mod tests {
             refused.is_err(),
             "the client must be closed without a handshake"
         );
-        let served = server.next().await;
-        assert!(
-            matches!(served.result, Err(HandshakeError::QueueTimeout)),
-            "expected a queue timeout, got {:?}",
-            served.result
-        );
+        let served = server
+            .next_failed("a queue timeout", |err| {
+                matches!(err, HandshakeError::QueueTimeout)
+            })
+            .await;
         assert!(served.at - started >= handshake_timeout);
         assert_eq!(
             HandshakeError::QueueTimeout.kind(),
@@ -985,11 +986,7 @@ mod tests {
             stdout.contains("hello"),
             "no data after the handshake\n{transcript}"
         );
-        let info = server
-            .next()
-            .await
-            .result
-            .expect("the server's handshake succeeds");
+        let info = server.next_handshake().await;
         assert_eq!(info.server_name(), Some("localhost"));
         assert_eq!(info.alpn_protocol(), Some(&b"http/1.1"[..]));
     }
