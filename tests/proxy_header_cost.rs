@@ -36,10 +36,20 @@ fn v2_tcp4_of_len(total: usize) -> Vec<u8> {
     v2(0x11, &body)
 }
 
+/// A connected pair over loopback: (the client, the server's side).
+async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+    let addr = listener.local_addr().expect("local_addr");
+    let (client, accepted) = tokio::time::timeout(LIMIT, async {
+        tokio::join!(TcpStream::connect(addr), listener.accept())
+    })
+    .await
+    .expect("connecting over loopback timed out");
+    (client.expect("connect"), accepted.expect("accept").0)
+}
+
 #[tokio::test]
 async fn reading_a_header_allocates_only_what_the_header_keeps() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local_addr");
     let unix = v2(0x31, &[b'/'; 216]);
     // (what, the header, heap allocations and bytes while reading it).
     let cases = [
@@ -76,9 +86,7 @@ async fn reading_a_header_allocates_only_what_the_header_keeps() {
         ("v2 Unix addresses", unix, 3, 232 + 2 * 108),
     ];
     for (what, header, allocations, bytes) in cases {
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut client = client.expect("connect");
-        let (mut server, _) = accepted.expect("accept");
+        let (mut client, mut server) = pair(&listener).await;
         client
             .write_all(&[header.as_slice(), b"payload"].concat())
             .await
@@ -107,9 +115,7 @@ async fn reading_a_header_allocates_only_what_the_header_keeps() {
     // The future lives in every PROXY connection's task: it holds a v1
     // line's worth of buffer and the header it returns, nothing the size
     // of the v2 cap (it took 528 bytes with a heap buffer; 336 now).
-    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    drop(client);
-    let (mut server, _) = accepted.expect("accept");
+    let (_client, mut server) = pair(&listener).await;
     let size = std::mem::size_of_val(&read_header(&mut server, DEFAULT_V2_MAX_LEN));
     assert!(size <= 512, "the future takes {size} bytes");
 }
