@@ -10,12 +10,24 @@
 //!   the wait from a few milliseconds up to a second, until an accept works;
 //! * anything else means the listener itself is broken: stop.
 
+use std::fmt;
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
+/// What an accept loop does next, after [`Backoff::on_error`] handled an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// Accept again: the error cost one connection only, or the backoff's
+    /// wait is over.
+    Accept,
+    /// The loop's stop signal completed during the backoff's wait.
+    Stop,
+}
+
 /// What to do about an accept error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AcceptError {
+enum AcceptError {
     /// Only that one connection is lost: accept again at once.
     Connection,
     /// Out of a resource: back off before accepting again.
@@ -24,7 +36,7 @@ pub(crate) enum AcceptError {
     Fatal,
 }
 
-pub(crate) fn classify(err: &io::Error) -> AcceptError {
+fn classify(err: &io::Error) -> AcceptError {
     use io::ErrorKind::*;
     match err.kind() {
         ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
@@ -78,7 +90,9 @@ fn is_pending_network_error(_code: i32) -> bool {
     false
 }
 
-/// Exponential backoff for resource exhaustion.
+/// An accept loop's handling of accept errors: classification, and
+/// exponential backoff for resource exhaustion. The server's listeners and
+/// the handover control socket use the same one.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     next: Duration,
@@ -98,15 +112,62 @@ impl Backoff {
         }
     }
 
+    /// The step after an accept failed with `err`: a connection lost in the
+    /// backlog is skipped (logged at `debug`); out of resources, it waits
+    /// the next delay or until `stop` completes, whichever is first (one
+    /// `warn` per episode); any other error is handed back, for the caller
+    /// to log and end its loop with. `listener` names the socket in the
+    /// logs.
+    ///
+    /// An accepted connection ends the episode: call [`Backoff::reset`].
+    ///
+    /// # Errors
+    ///
+    /// `err` itself, when it means the listener cannot go on.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped during the wait, nothing is lost; the episode
+    /// goes on, and the next wait is the longer one.
+    pub(crate) async fn on_error(
+        &mut self,
+        err: io::Error,
+        listener: &(dyn fmt::Display + Sync),
+        stop: impl Future<Output = ()>,
+    ) -> io::Result<Resume> {
+        match classify(&err) {
+            AcceptError::Connection => {
+                tracing::debug!(%listener, error = %err, "accept: connection lost before accept, skipped");
+                Ok(Resume::Accept)
+            }
+            AcceptError::Resources => {
+                let delay = self.next_delay();
+                if self.begin_episode() {
+                    tracing::warn!(
+                        %listener,
+                        error = %err,
+                        "accept: out of resources, backing off (up to 1 s between attempts) until it works"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    () = stop => Ok(Resume::Stop),
+                    () = tokio::time::sleep(delay) => Ok(Resume::Accept),
+                }
+            }
+            AcceptError::Fatal => Err(err),
+        }
+    }
+
     /// The delay before the next attempt; doubles up to [`Backoff::MAX`].
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         delay
     }
 
     /// Returns `true` the first time it is called in an episode.
-    pub(crate) fn begin_episode(&mut self) -> bool {
+    fn begin_episode(&mut self) -> bool {
         !std::mem::replace(&mut self.episode_reported, true)
     }
 
@@ -155,6 +216,34 @@ mod tests {
             assert_eq!(os(22), AcceptError::Fatal, "EINVAL");
         }
         let _ = os;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_error_skips_waits_or_gives_the_error_back() {
+        let mut b = Backoff::new();
+        let never = std::future::pending::<()>;
+        let aborted = io::Error::from(io::ErrorKind::ConnectionAborted);
+        let started = tokio::time::Instant::now();
+        let resumed = b.on_error(aborted, &"test", never()).await;
+        assert_eq!(resumed.ok(), Some(Resume::Accept));
+        assert_eq!(started.elapsed(), Duration::ZERO, "a lost connection waits");
+        assert!(!b.in_episode(), "a lost connection began an episode");
+
+        let out_of_memory = || io::Error::from(io::ErrorKind::OutOfMemory);
+        let resumed = b.on_error(out_of_memory(), &"test", never()).await;
+        assert_eq!(resumed.ok(), Some(Resume::Accept));
+        assert_eq!(started.elapsed(), Backoff::MIN);
+        assert!(b.in_episode());
+        let resumed = b.on_error(out_of_memory(), &"test", async {}).await;
+        assert_eq!(resumed.ok(), Some(Resume::Stop));
+        assert_eq!(started.elapsed(), Backoff::MIN, "stopped, yet it waited");
+
+        let fatal = io::Error::from(io::ErrorKind::InvalidInput);
+        let given_back = b.on_error(fatal, &"test", never()).await;
+        assert_eq!(
+            given_back.map_err(|e| e.kind()),
+            Err(io::ErrorKind::InvalidInput)
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::accept::{self, AcceptError, Backoff};
+use crate::accept::Backoff;
 use crate::shutdown::Fired;
 
 /// The most listening sockets one handover carries.
@@ -392,6 +392,7 @@ pub(crate) async fn offer(
         offered();
     };
     let mut backoff = Backoff::new();
+    let listener_name = format!("handover control socket {}", path.display());
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => {
@@ -407,21 +408,14 @@ pub(crate) async fn offer(
                 backoff.reset();
                 stream
             }
-            Err(err) => match accept::classify(&err) {
-                AcceptError::Connection => continue,
-                AcceptError::Resources => {
-                    if backoff.begin_episode() {
-                        tracing::warn!(error = %err, "handover control socket: cannot accept, backing off");
-                    }
-                    let delay = backoff.next_delay();
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    continue;
-                }
-                AcceptError::Fatal => return Err(err),
-            },
+            Err(err) => {
+                // Stopped during the wait or not, the loop's own look at
+                // `stop` comes next.
+                backoff
+                    .on_error(err, &listener_name, stop.cancelled())
+                    .await?;
+                continue;
+            }
         };
         tracing::info!(path = %path.display(), "a successor asks for the listening sockets");
         let session = tokio::select! {

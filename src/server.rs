@@ -25,7 +25,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::accept::{self, AcceptError, Backoff};
+use crate::accept::{Backoff, Resume};
 use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
 use crate::connection::Stream;
 #[cfg(unix)]
@@ -515,26 +515,10 @@ async fn accept_loop(
             }
             Err(err) => {
                 home.counters.accept_error();
-                match accept::classify(&err) {
-                    AcceptError::Connection => {
-                        tracing::debug!(%addr, error = %err, "accept: connection lost before accept, skipped");
-                    }
-                    AcceptError::Resources => {
-                        let delay = backoff.next_delay();
-                        if backoff.begin_episode() {
-                            tracing::warn!(
-                                %addr,
-                                error = %err,
-                                "accept: out of resources, backing off (up to 1 s between attempts) until it works"
-                            );
-                        }
-                        tokio::select! {
-                            biased;
-                            () = &mut stop => return Ok(()),
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                    }
-                    AcceptError::Fatal => {
+                match backoff.on_error(err, &addr, &mut stop).await {
+                    Ok(Resume::Accept) => {}
+                    Ok(Resume::Stop) => return Ok(()),
+                    Err(err) => {
                         tracing::error!(%addr, error = %err, "accept failed, shutting down");
                         return Err((addr, err));
                     }
