@@ -103,26 +103,20 @@ pub(crate) enum Inherited {
 }
 
 impl Inherited {
-    /// A duplicate of a running TCP listener's descriptor, to [`offer`]. It
-    /// refers to the same socket (same queue, same port), so the listener
-    /// keeps serving meanwhile.
+    /// A duplicate of a running listener's descriptor, as `kind`
+    /// (`Inherited::Tcp` or `Inherited::Unix`), to [`offer`]. It refers to
+    /// the same socket (same queue, same address), so the listener keeps
+    /// serving meanwhile.
     ///
     /// # Errors
     ///
     /// The process is out of descriptors.
-    pub(crate) fn duplicate_tcp(listener: &tokio::net::TcpListener) -> io::Result<Self> {
+    pub(crate) fn duplicate<L: From<OwnedFd>>(
+        listener: &impl AsFd,
+        kind: fn(L) -> Inherited,
+    ) -> io::Result<Self> {
         let fd = listener.as_fd().try_clone_to_owned()?;
-        Ok(Inherited::Tcp(fd.into()))
-    }
-
-    /// A duplicate of a running Unix listener's descriptor, to [`offer`].
-    ///
-    /// # Errors
-    ///
-    /// The process is out of descriptors.
-    pub(crate) fn duplicate_unix(listener: &tokio::net::UnixListener) -> io::Result<Self> {
-        let fd = listener.as_fd().try_clone_to_owned()?;
-        Ok(Inherited::Unix(fd.into()))
+        Ok(kind(fd.into()))
     }
 
     fn kind(&self) -> u8 {
@@ -1158,7 +1152,7 @@ mod tests {
         let control = bounded("bind", Control::bind(&control_path, STEP))
             .await
             .expect("bind control");
-        let dup = Inherited::duplicate_tcp(&tcp).expect("duplicate");
+        let dup = Inherited::duplicate(&tcp, Inherited::Tcp).expect("duplicate");
         let old = Offering::start(control, vec![dup], STEP);
 
         let vanishing = take(&control_path).await;

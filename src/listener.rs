@@ -72,8 +72,8 @@ impl Listener {
     #[cfg(unix)]
     pub(crate) fn duplicate(&self) -> io::Result<Inherited> {
         match self {
-            Listener::Tcp(listener) => Inherited::duplicate_tcp(listener),
-            Listener::Unix { listener, .. } => Inherited::duplicate_unix(listener),
+            Listener::Tcp(listener) => Inherited::duplicate(listener, Inherited::Tcp),
+            Listener::Unix { listener, .. } => Inherited::duplicate(listener, Inherited::Unix),
         }
     }
 
