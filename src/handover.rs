@@ -454,6 +454,8 @@ const VERSION: u8 = 1;
 const HEADER_LEN: usize = 8;
 /// The longest body: one kind byte per descriptor of an OFFER.
 const MAX_BODY: usize = MAX_DESCRIPTORS;
+// A body's length always fits the header's `u16`.
+const _: () = assert!(MAX_BODY <= u16::MAX as usize);
 
 const KIND_TCP: u8 = 1;
 const KIND_UNIX: u8 = 2;
@@ -755,13 +757,15 @@ async fn send_frame(
     body: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    // The one check of the size: within these limits the length fits the
+    // header (see `MAX_BODY`) and the descriptors `send_some`'s buffer.
     if body.len() > MAX_BODY || fds.len() > MAX_DESCRIPTORS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "handover message over the size limit",
         ));
     }
-    let len = u16::try_from(body.len()).map_err(|_| invalid("body length"))?;
+    let len = body.len() as u16;
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(&MAGIC);
     bytes.push(VERSION);
@@ -785,14 +789,17 @@ async fn send_frame(
     Ok(())
 }
 
+/// Sends what of `bytes` the socket takes, with `fds` (at most
+/// [`MAX_DESCRIPTORS`], as [`send_frame`] checked).
 fn send_some(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_DESCRIPTORS))];
     let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !ancillary.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many descriptors for one handover message",
-        ));
+    if !fds.is_empty() {
+        // The buffer has room for MAX_DESCRIPTORS. Were it short all the
+        // same, the message would go without descriptors, and the receiver
+        // refuses an offer whose descriptors are not all there.
+        let pushed = ancillary.push(SendAncillaryMessage::ScmRights(fds));
+        debug_assert!(pushed, "send_frame checks the number of descriptors");
     }
     Ok(rustix::net::sendmsg(
         stream,
