@@ -1616,14 +1616,11 @@ impl Offering {
 
 impl Drop for Offering {
     fn drop(&mut self) {
-        for task in [
-            self.offer.take().map(|t| t.abort_handle()),
-            self.ready.take().map(|t| t.abort_handle()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            task.abort();
+        if let Some(offer) = &self.offer {
+            offer.abort();
+        }
+        if let Some(ready) = &self.ready {
+            ready.abort();
         }
     }
 }
