@@ -445,6 +445,157 @@ pub(crate) async fn offer(
     }
 }
 
+/// How long each step of a handover may take (connecting, the offer,
+/// "ready", the confirmation).
+pub(crate) const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server's part in restarts: the control socket it offers its listeners
+/// on, and the predecessor it took them from, if any.
+#[derive(Debug)]
+pub(crate) struct Handover {
+    control: Control,
+    predecessor: Option<Predecessor>,
+}
+
+impl Handover {
+    /// Takes the listeners of the server running with this control socket,
+    /// if there is one; otherwise creates the control socket. The listeners
+    /// come back in the predecessor's order.
+    pub(crate) async fn acquire(path: &Path) -> io::Result<(Handover, Option<Vec<Inherited>>)> {
+        match take_over(path, HANDOVER_TIMEOUT).await? {
+            Some(TakeOver {
+                listeners,
+                control,
+                predecessor,
+            }) => {
+                tracing::info!(
+                    control = %path.display(),
+                    listeners = listeners.len(),
+                    "took over the listeners of the running server"
+                );
+                let handover = Handover {
+                    control,
+                    predecessor: Some(predecessor),
+                };
+                Ok((handover, Some(listeners)))
+            }
+            None => {
+                let control = Control::bind(path, HANDOVER_TIMEOUT).await?;
+                let handover = Handover {
+                    control,
+                    predecessor: None,
+                };
+                Ok((handover, None))
+            }
+        }
+    }
+
+    /// Once the server accepts on its listeners: tells the predecessor (if
+    /// any) to drain, and offers `sockets` (duplicates of the listeners) to
+    /// a successor until `trigger` fires. A successor that takes them fires
+    /// `trigger` itself, after setting every `keepers` flag so that this
+    /// server leaves the socket files in place for the successor.
+    pub(crate) fn start(
+        self,
+        sockets: Vec<Inherited>,
+        keepers: Vec<Arc<AtomicBool>>,
+        trigger: &Arc<Fired>,
+    ) -> Offering {
+        tracing::debug!(control = %self.control.path().display(), "offering the listeners to a successor");
+        let stop = CancellationToken::new();
+        let triggered = Fired::wait(trigger);
+        let fire = Arc::clone(trigger);
+        // Once the sockets are sent, the successor may serve on them: keep
+        // the Unix socket files even if this server stops first.
+        let offered = move || {
+            for keeper in &keepers {
+                keeper.store(true, Ordering::Relaxed);
+            }
+        };
+        let handed_over = move || {
+            tracing::info!("listeners handed over to a successor; draining");
+            fire.fire();
+        };
+        let offering = offer(
+            self.control,
+            sockets,
+            HANDOVER_TIMEOUT,
+            stop.clone(),
+            offered,
+            handed_over,
+        );
+        let offer = tokio::spawn(async move {
+            tokio::pin!(offering);
+            // The offer stops when shutdown begins, whoever triggered it; a
+            // handover that triggered it runs on to its confirmation.
+            tokio::select! {
+                offered = &mut offering => return offered,
+                () = triggered => stop.cancel(),
+            }
+            offering.await
+        });
+        let ready = self.predecessor.map(|predecessor| {
+            tokio::spawn(async move {
+                match predecessor.ready().await {
+                    Ok(()) => tracing::info!("the previous server stopped accepting and is draining"),
+                    Err(err) => tracing::warn!(error = %err, "the previous server did not confirm the handover"),
+                }
+            })
+        });
+        Offering {
+            offer: Some(offer),
+            ready,
+        }
+    }
+}
+
+/// The tasks [`Handover::start`] spawned; dropping it (with the `run`
+/// future, say) aborts them, so no copy of a listener outlives the server.
+#[derive(Debug)]
+pub(crate) struct Offering {
+    offer: Option<tokio::task::JoinHandle<io::Result<Offered>>>,
+    ready: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Offering {
+    /// Once shutdown has begun (the offer ends with it): whether the
+    /// listeners were handed over. A confirmation still awaited from a
+    /// predecessor is given up rather than waited for.
+    pub(crate) async fn finish(mut self) -> bool {
+        if let Some(ready) = self.ready.take() {
+            ready.abort();
+            // It logs its own result if it had one.
+            let _ = ready.await;
+        }
+        let Some(offer) = self.offer.take() else {
+            return false;
+        };
+        match offer.await {
+            Ok(Ok(Offered::HandedOver)) => true,
+            Ok(Ok(Offered::Stopped)) => false,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "handover control socket failed; restarts will not be seamless");
+                false
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "the handover task ended abnormally");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Offering {
+    fn drop(&mut self) {
+        if let Some(offer) = &self.offer {
+            offer.abort();
+        }
+        if let Some(ready) = &self.ready {
+            ready.abort();
+        }
+    }
+}
+
 /// Connections waiting on the control socket: successors come one at a
 /// time, so a few are plenty.
 const CONTROL_BACKLOG: i32 = 8;
@@ -1471,156 +1622,5 @@ mod tests {
         .await
         .expect_err("more than MAX_LISTENERS");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
-    }
-}
-
-/// How long each step of a handover may take (connecting, the offer,
-/// "ready", the confirmation).
-pub(crate) const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A server's part in restarts: the control socket it offers its listeners
-/// on, and the predecessor it took them from, if any.
-#[derive(Debug)]
-pub(crate) struct Handover {
-    control: Control,
-    predecessor: Option<Predecessor>,
-}
-
-impl Handover {
-    /// Takes the listeners of the server running with this control socket,
-    /// if there is one; otherwise creates the control socket. The listeners
-    /// come back in the predecessor's order.
-    pub(crate) async fn acquire(path: &Path) -> io::Result<(Handover, Option<Vec<Inherited>>)> {
-        match take_over(path, HANDOVER_TIMEOUT).await? {
-            Some(TakeOver {
-                listeners,
-                control,
-                predecessor,
-            }) => {
-                tracing::info!(
-                    control = %path.display(),
-                    listeners = listeners.len(),
-                    "took over the listeners of the running server"
-                );
-                let handover = Handover {
-                    control,
-                    predecessor: Some(predecessor),
-                };
-                Ok((handover, Some(listeners)))
-            }
-            None => {
-                let control = Control::bind(path, HANDOVER_TIMEOUT).await?;
-                let handover = Handover {
-                    control,
-                    predecessor: None,
-                };
-                Ok((handover, None))
-            }
-        }
-    }
-
-    /// Once the server accepts on its listeners: tells the predecessor (if
-    /// any) to drain, and offers `sockets` (duplicates of the listeners) to
-    /// a successor until `trigger` fires. A successor that takes them fires
-    /// `trigger` itself, after setting every `keepers` flag so that this
-    /// server leaves the socket files in place for the successor.
-    pub(crate) fn start(
-        self,
-        sockets: Vec<Inherited>,
-        keepers: Vec<Arc<AtomicBool>>,
-        trigger: &Arc<Fired>,
-    ) -> Offering {
-        tracing::debug!(control = %self.control.path().display(), "offering the listeners to a successor");
-        let stop = CancellationToken::new();
-        let triggered = Fired::wait(trigger);
-        let fire = Arc::clone(trigger);
-        // Once the sockets are sent, the successor may serve on them: keep
-        // the Unix socket files even if this server stops first.
-        let offered = move || {
-            for keeper in &keepers {
-                keeper.store(true, Ordering::Relaxed);
-            }
-        };
-        let handed_over = move || {
-            tracing::info!("listeners handed over to a successor; draining");
-            fire.fire();
-        };
-        let offering = offer(
-            self.control,
-            sockets,
-            HANDOVER_TIMEOUT,
-            stop.clone(),
-            offered,
-            handed_over,
-        );
-        let offer = tokio::spawn(async move {
-            tokio::pin!(offering);
-            // The offer stops when shutdown begins, whoever triggered it; a
-            // handover that triggered it runs on to its confirmation.
-            tokio::select! {
-                offered = &mut offering => return offered,
-                () = triggered => stop.cancel(),
-            }
-            offering.await
-        });
-        let ready = self.predecessor.map(|predecessor| {
-            tokio::spawn(async move {
-                match predecessor.ready().await {
-                    Ok(()) => tracing::info!("the previous server stopped accepting and is draining"),
-                    Err(err) => tracing::warn!(error = %err, "the previous server did not confirm the handover"),
-                }
-            })
-        });
-        Offering {
-            offer: Some(offer),
-            ready,
-        }
-    }
-}
-
-/// The tasks [`Handover::start`] spawned; dropping it (with the `run`
-/// future, say) aborts them, so no copy of a listener outlives the server.
-#[derive(Debug)]
-pub(crate) struct Offering {
-    offer: Option<tokio::task::JoinHandle<io::Result<Offered>>>,
-    ready: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Offering {
-    /// Once shutdown has begun (the offer ends with it): whether the
-    /// listeners were handed over. A confirmation still awaited from a
-    /// predecessor is given up rather than waited for.
-    pub(crate) async fn finish(mut self) -> bool {
-        if let Some(ready) = self.ready.take() {
-            ready.abort();
-            // It logs its own result if it had one.
-            let _ = ready.await;
-        }
-        let Some(offer) = self.offer.take() else {
-            return false;
-        };
-        match offer.await {
-            Ok(Ok(Offered::HandedOver)) => true,
-            Ok(Ok(Offered::Stopped)) => false,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "handover control socket failed; restarts will not be seamless");
-                false
-            }
-            Err(join) => {
-                tracing::error!(error = %join, "the handover task ended abnormally");
-                false
-            }
-        }
-    }
-}
-
-impl Drop for Offering {
-    fn drop(&mut self) {
-        if let Some(offer) = &self.offer {
-            offer.abort();
-        }
-        if let Some(ready) = &self.ready {
-            ready.abort();
-        }
     }
 }
