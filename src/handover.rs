@@ -1058,6 +1058,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+    use std::io::ErrorKind;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
 
@@ -1156,6 +1158,21 @@ mod tests {
             .expect("take_over found nobody offering")
     }
 
+    async fn bind_control(path: &Path) -> Control {
+        bounded("bind", Control::bind(path, STEP))
+            .await
+            .expect("bind control")
+    }
+
+    /// Asserts that `take_over` at `path` fails with an error of `kind`;
+    /// `why` says what should make it fail.
+    async fn take_over_fails(path: &Path, kind: ErrorKind, why: &str) {
+        let err = bounded("take_over", take_over(path, STEP))
+            .await
+            .expect_err(why);
+        assert_eq!(err.kind(), kind, "{why}: {err}");
+    }
+
     fn into_tokio_tcp(listener: std::net::TcpListener) -> tokio::net::TcpListener {
         listener.set_nonblocking(true).expect("nonblocking");
         tokio::net::TcpListener::from_std(listener).expect("register listener")
@@ -1188,9 +1205,7 @@ mod tests {
         let tcp = tcp_listener();
         let addr = tcp.local_addr().expect("local_addr");
         let unix = std::os::unix::net::UnixListener::bind(&app_path).expect("bind unix");
-        let control = bounded("bind control", Control::bind(&control_path, STEP))
-            .await
-            .expect("bind control");
+        let control = bind_control(&control_path).await;
         let sockets = vec![
             copy_tcp(&tcp),
             Inherited::Unix(unix.try_clone().expect("dup")),
@@ -1256,9 +1271,7 @@ mod tests {
         let control_path = dir.join("control.sock");
         let tcp = tcp_listener();
         let addr = tcp.local_addr().expect("local_addr");
-        let control = bounded("bind", Control::bind(&control_path, STEP))
-            .await
-            .expect("bind control");
+        let control = bind_control(&control_path).await;
         let first = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
         drop(tcp);
 
@@ -1307,9 +1320,7 @@ mod tests {
         let control_path = dir.join("control.sock");
         let tcp = into_tokio_tcp(tcp_listener());
         let addr = tcp.local_addr().expect("local_addr");
-        let control = bounded("bind", Control::bind(&control_path, STEP))
-            .await
-            .expect("bind control");
+        let control = bind_control(&control_path).await;
         let dup = Inherited::duplicate(&tcp, Inherited::Tcp).expect("duplicate");
         let old = Offering::start(control, vec![dup], STEP);
 
@@ -1337,9 +1348,7 @@ mod tests {
     async fn a_failed_handover_after_the_offer_leaves_the_files_to_the_successor() {
         let dir = TempDir::new("late");
         let control_path = dir.join("control.sock");
-        let control = bounded("bind", Control::bind(&control_path, STEP))
-            .await
-            .expect("bind control");
+        let control = bind_control(&control_path).await;
         let tcp = tcp_listener();
         let old = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
 
@@ -1369,9 +1378,7 @@ mod tests {
         let dir = TempDir::new("garbage");
         let control_path = dir.join("control.sock");
         let tcp = tcp_listener();
-        let control = bounded("bind", Control::bind(&control_path, STEP))
-            .await
-            .expect("bind control");
+        let control = bind_control(&control_path).await;
         // A short timeout so that the silent client below costs little.
         let old = Offering::start(control, vec![copy_tcp(&tcp)], Duration::from_millis(300));
 
@@ -1461,10 +1468,12 @@ mod tests {
             // Our copy goes; only the successor's copy could keep it open.
             drop(pair_ours);
         });
-        let err = bounded("take_over", take_over(&path, STEP))
-            .await
-            .expect_err("a socket pair passed for a TCP listener");
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        take_over_fails(
+            &path,
+            ErrorKind::InvalidData,
+            "a socket pair passed for a TCP listener",
+        )
+        .await;
         bounded("fake", fake).await.expect("fake panicked");
         let mut rest = Vec::new();
         bounded(
@@ -1483,10 +1492,7 @@ mod tests {
         let fake = fake_predecessor(&path, |mut conn| async move {
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
         });
-        let err = bounded("take_over", take_over(&path, STEP))
-            .await
-            .expect_err("garbage offer");
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        take_over_fails(&path, ErrorKind::InvalidData, "garbage offer").await;
         bounded("fake", fake).await.expect("fake panicked");
 
         let path = dir.join("count.sock");
@@ -1495,10 +1501,12 @@ mod tests {
             // Names two sockets, sends no descriptor.
             let _ = send_frame(&conn, Message::Offer, &[KIND_TCP, KIND_CONTROL], &[]).await;
         });
-        let err = bounded("take_over", take_over(&path, STEP))
-            .await
-            .expect_err("an offer without descriptors");
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        take_over_fails(
+            &path,
+            ErrorKind::InvalidData,
+            "an offer without descriptors",
+        )
+        .await;
         bounded("fake", fake).await.expect("fake panicked");
 
         let path = dir.join("reject.sock");
@@ -1506,10 +1514,7 @@ mod tests {
             read_frame(&conn).await.expect("request");
             let _ = send_frame(&conn, Message::Reject, &[], &[]).await;
         });
-        let err = bounded("take_over", take_over(&path, STEP))
-            .await
-            .expect_err("a reject");
-        assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
+        take_over_fails(&path, ErrorKind::Unsupported, "a reject").await;
         bounded("fake", fake).await.expect("fake panicked");
 
         let path = dir.join("silent.sock");
@@ -1589,10 +1594,7 @@ mod tests {
 
         // Anything else at the path is left alone and is an error.
         std::fs::write(&path, b"not a socket").expect("write");
-        let err = bounded("take_over", take_over(&path, STEP))
-            .await
-            .expect_err("a regular file");
-        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        take_over_fails(&path, ErrorKind::AlreadyExists, "a regular file").await;
         let err = bounded("bind", Control::bind(&path, STEP))
             .await
             .expect_err("a regular file");
@@ -1603,9 +1605,7 @@ mod tests {
     #[tokio::test]
     async fn too_many_sockets_are_refused_up_front() {
         let dir = TempDir::new("too-many");
-        let control = bounded("bind", Control::bind(&dir.join("control.sock"), STEP))
-            .await
-            .expect("bind control");
+        let control = bind_control(&dir.join("control.sock")).await;
         let tcp = tcp_listener();
         let sockets = (0..=MAX_LISTENERS).map(|_| copy_tcp(&tcp)).collect();
         let err = bounded(
