@@ -171,7 +171,10 @@ impl ProxyProtocol {
     ///
     /// To tell, the listener waits for the first bytes (up to the
     /// [header timeout](ProxyProtocol::header_timeout)), so use it only for
-    /// protocols where the client speaks first.
+    /// protocols where the client speaks first. A client without a header
+    /// gets all of its bytes to the handler, even when its first segment
+    /// looked like the start of one (`"P"`, `"\r\n"`): nothing is taken off
+    /// the socket until a whole header has arrived.
     pub fn optional() -> Self {
         ProxyProtocol::new(false)
     }

@@ -56,9 +56,8 @@ use std::fmt;
 use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::ControlFlow;
 
-use tokio::io::{AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncReadExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The longest v1 header, CRLF included (§2.1: the worst case
@@ -583,32 +582,35 @@ pub fn parse_header(input: &[u8], v2_max_len: usize) -> Result<Parsed, ProxyErro
 /// bytes: whatever the peer sent after it stays unread in the socket, for
 /// the handler.
 ///
-/// The reader peeks at what has arrived, parses it, and takes from the
-/// socket only bytes the parser has placed inside the header, so it never
-/// reads payload and never spins on data it has already seen. Memory is a
-/// [`V1_MAX_LEN`]-byte buffer inside the future, which holds any v1 line
-/// and the v2 headers of IP addresses with a few TLVs; a longer v2 header
-/// (Unix addresses, large TLVs) gets one allocation of its exact length,
-/// once the 16 fixed bytes have announced that length and it has passed
-/// the cap.
+/// The reader peeks at what has arrived and parses it, and takes the
+/// header off the socket only once it is whole: until then nothing is
+/// consumed, so a stream that turns out to carry no header (or a bad one)
+/// is left exactly as it arrived, even when its first bytes came in a
+/// segment of their own and looked like the start of a signature (a
+/// `"P"`, or `"\r\n"`). That is what lets a listener serve clients without
+/// a header when the header is optional. Memory is a [`V1_MAX_LEN`]-byte
+/// buffer inside the future, which holds any v1 line and the v2 headers of
+/// IP addresses with a few TLVs; a longer v2 header (Unix addresses, large
+/// TLVs) gets one allocation of its exact length, once the 16 fixed bytes
+/// have announced that length and it has passed the cap.
 ///
 /// This function does not time out: a peer that sends nothing keeps it
-/// waiting. Run it under `tokio::time::timeout` (the specification suggests
-/// "at least 3 seconds to cover a TCP retransmit") and close the
-/// connection when the timeout fires.
+/// waiting (without spinning: it sleeps until more bytes arrive). Run it
+/// under `tokio::time::timeout` (the specification suggests "at least 3
+/// seconds to cover a TCP retransmit") and close the connection when the
+/// timeout fires.
 ///
 /// # Errors
 ///
-/// [`ProxyError::UnexpectedEof`] when the peer closes first,
-/// [`ProxyError::Io`] when the socket fails, and the errors of
-/// [`parse_header`] for a bad header. In every case the connection should
-/// be closed: part of the header may have been consumed.
+/// [`ProxyError::UnexpectedEof`] when the peer closes first (`received`:
+/// the bytes of the header that had arrived), [`ProxyError::Io`] when the
+/// socket fails, and the errors of [`parse_header`] for a bad header.
 ///
 /// # Cancel safety
 ///
-/// Not cancel safe: when the future is dropped (by a timeout) part of the
-/// header may have been consumed, and the stream is no longer usable for
-/// the protocol. Close it.
+/// Cancel safe: until the header is whole nothing is taken off the socket,
+/// and the whole header, already in the socket's buffer by then, is taken
+/// by one read that does not wait.
 pub async fn read_header(
     stream: &mut TcpStream,
     v2_max_len: usize,
@@ -620,54 +622,98 @@ pub async fn read_header(
     // The buffer of a v2 header too long for `head`, of exactly its
     // length; empty (unallocated) until one announces itself.
     let mut long = Vec::new();
-    // buf[..taken] has been read off the socket; every byte of it belongs
-    // to the header, as the parser said when it was taken.
-    let mut taken = 0;
+    // The bytes already peeked and found to be an incomplete header; all of
+    // them are still in the socket.
+    let mut seen = 0;
     loop {
         let buf: &mut [u8] = if long.is_empty() {
             &mut head
         } else {
             &mut long
         };
-        // Never empty: the parser asked for more than `taken` bytes (an
-        // `Incomplete` lower bound exceeds its input), and `buf` holds what
-        // it asked for. Were it empty, `peek` would return 0, an end of
-        // stream, not a spin.
-        let free = &mut buf[taken..];
-        // Waits until something new has arrived: the socket holds nothing
-        // that was already parsed, since those bytes were taken. Through
-        // `poll_peek` rather than `peek`, whose future would add some 200
-        // bytes to this one, in every connection's task.
-        let peeked = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(free))).await?;
-        if peeked == 0 {
-            return Err(ProxyError::UnexpectedEof { received: taken });
+        // `buf` is longer than `seen`: the parser asked for more than it was
+        // given (an `Incomplete` lower bound exceeds its input), and `buf`
+        // holds what it asked for.
+        let peeked = peek_more(stream, buf, seen).await?;
+        if peeked == seen {
+            // An end of stream: nothing more will come.
+            return Err(ProxyError::UnexpectedEof { received: seen });
         }
-        let seen = taken + peeked;
-        let (end, next) = match parse_header(&buf[..seen], v2_max_len)? {
-            // taken <= consumed <= seen: the bytes taken were a proper
-            // prefix of the header, and the parser never claims bytes it
-            // was not given. The rest is in the socket's buffer already.
-            Parsed::Complete { header, consumed } => (consumed, ControlFlow::Break(header)),
-            // All `seen` bytes are header bytes: take the new ones.
-            Parsed::Incomplete { min_len } => (seen, ControlFlow::Continue(min_len)),
-        };
-        // One await for both cases, with nothing of the parser's kept over
-        // it but the header: the future stays small.
-        stream.read_exact(&mut buf[taken..end]).await?;
-        match next {
-            ControlFlow::Break(header) => return Ok(header),
-            ControlFlow::Continue(min_len) => {
-                taken = seen;
+        let (header, consumed) = match parse_header(&buf[..peeked], v2_max_len)? {
+            Parsed::Complete { header, consumed } => (header, consumed),
+            Parsed::Incomplete { min_len } => {
+                seen = peeked;
                 if min_len > buf.len() {
                     // Only a v2 header outgrows `head` (a v1 line cannot end
                     // past V1_MAX_LEN), and only once its length field is in
                     // and within the cap: `min_len` is then its exact total.
                     long = vec![0; min_len];
-                    long[..taken].copy_from_slice(&head[..taken]);
+                    long[..seen].copy_from_slice(&head[..seen]);
                 }
+                continue;
             }
+        };
+        // Outside the match, so that nothing of the parser's but the header
+        // is kept over the await. The parser never claims bytes it was not
+        // given: the whole header is in the socket's buffer, and one read
+        // takes it.
+        stream.read_exact(&mut buf[..consumed]).await?;
+        return Ok(header);
+    }
+}
+
+/// Peeks at the start of `stream` into `buf` once it holds more than the
+/// `seen` bytes already parsed, or once the peer has closed: returns how many
+/// bytes it holds, `seen` (or 0) meaning an end of stream.
+///
+/// A peek does not consume, so the socket stays readable while it holds the
+/// bytes already seen: waiting for more means clearing that readiness, with
+/// a peek inside [`TcpStream::try_io`], so that bytes arriving between the
+/// peek and the clearing are never missed.
+async fn peek_more(stream: &TcpStream, buf: &mut [u8], seen: usize) -> io::Result<usize> {
+    // The common case, a header that arrived whole, takes this peek alone.
+    // Through `poll_peek` rather than `peek`, whose future would add some
+    // 200 bytes to this one, in every connection's task.
+    let peeked = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(buf))).await?;
+    if peeked != seen || peeked == 0 {
+        return Ok(peeked);
+    }
+    // Nothing new since the last parse: sleep until the socket changes. Boxed:
+    // this wait only serves headers that arrive in pieces, and its future
+    // would otherwise enlarge every PROXY connection's task.
+    Box::pin(wait_and_peek(stream, buf, seen)).await
+}
+
+/// The rest of [`peek_more`]: waits for the socket to become readable, and
+/// peeks; while the peek finds just the `seen` bytes and the peer has not
+/// closed, clears the readiness and waits again.
+async fn wait_and_peek(stream: &TcpStream, buf: &mut [u8], seen: usize) -> io::Result<usize> {
+    loop {
+        let ready = stream.ready(Interest::READABLE).await?;
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let peeked = peek_now(stream, buf)?;
+            if peeked == seen && !ready.is_read_closed() {
+                // Clears the readiness behind which this peek found nothing
+                // new; bytes that arrived since are a new readiness event,
+                // which this does not clear.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(peeked)
+        });
+        match peeked {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
         }
     }
+}
+
+/// A peek that does not wait, for inside [`TcpStream::try_io`]. tokio has
+/// none, and the crate forbids `unsafe` (socket2's peek takes uninitialised
+/// memory), so it peeks through a duplicate of the descriptor: two more
+/// system calls, only for a header that arrives in pieces.
+fn peek_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let duplicate: std::net::TcpStream = socket2::SockRef::from(stream).try_clone()?.into();
+    duplicate.peek(buf)
 }
 
 /// Parses a v1 line (§2.1). `input[0]` is `b'P'`.
@@ -2230,6 +2276,54 @@ mod tests {
         drop(client);
     }
 
+    /// A stream whose first segment looks like the start of a header but is
+    /// none, or a bad one, keeps every byte: nothing is taken off the socket
+    /// until a header is whole, so that a listener where the header is
+    /// optional serves such a client its own bytes.
+    #[tokio::test]
+    async fn read_header_takes_nothing_from_a_stream_that_is_no_header() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            // WebDAV's PROPFIND shares "PRO" with "PROXY ".
+            (b"PRO", b"PFIND / HTTP/1.1\r\n\r\n"),
+            (b"P", b"OST / HTTP/1.1\r\n\r\n"),
+            // Blank lines share "\r\n\r\n" with the v2 signature.
+            (b"\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"),
+            // A v1 line that goes wrong after its signature.
+            (b"PROXY TCP4 ", b"not-an-address 1.2.3.4 1 2\r\n"),
+        ];
+        for (first, rest) in cases {
+            let (mut client, mut server) = pair().await;
+            client.write_all(first).await.expect("client write");
+            // Until the first segment is in the server's socket.
+            tokio::time::timeout(TEST_TIMEOUT, async {
+                let mut probe = vec![0; first.len()];
+                while server.peek(&mut probe).await.expect("peek") < first.len() {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the first segment did not arrive");
+            {
+                let mut reading = std::pin::pin!(read_header(&mut server, DEFAULT_V2_MAX_LEN));
+                let once =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(reading.as_mut().poll(cx)))
+                        .await;
+                assert!(once.is_pending(), "{first:?} alone is not yet an answer");
+                client.write_all(rest).await.expect("client write");
+                let result = tokio::time::timeout(TEST_TIMEOUT, reading)
+                    .await
+                    .expect("read_header did not end once the rest arrived");
+                assert!(result.is_err(), "{first:?} + {rest:?}: {result:?}");
+            }
+            client.shutdown().await.expect("client shutdown");
+            assert_eq!(
+                read_rest(&mut server).await,
+                [first, rest].concat(),
+                "the bytes after {first:?} was peeked alone"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn read_header_refuses_too_much() {
         let ffff = ["ffff"; 8].join(":");
@@ -2305,15 +2399,20 @@ mod tests {
             &v2_of_len(DEFAULT_V2_MAX_LEN)[..V1_MAX_LEN + 20],
         ] {
             let (client, mut server) = pair_after(sent, false).await;
-            let result = tokio::time::timeout(
-                Duration::from_millis(200),
-                read_header(&mut server, DEFAULT_V2_MAX_LEN),
-            )
-            .await;
+            // Polls of the reader: it sleeps while nothing new arrives, so
+            // a few, not a spin.
+            let mut polls = 0;
+            let mut reading = std::pin::pin!(read_header(&mut server, DEFAULT_V2_MAX_LEN));
+            let counted = std::future::poll_fn(|cx| {
+                polls += 1;
+                reading.as_mut().poll(cx)
+            });
+            let result = tokio::time::timeout(Duration::from_millis(200), counted).await;
             assert!(
                 result.is_err(),
                 "expected the caller's timeout after {sent:?}, got {result:?}"
             );
+            assert!(polls <= 3, "{polls} polls in 200 ms after {sent:?}");
             drop(client);
         }
     }
