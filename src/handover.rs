@@ -495,13 +495,17 @@ impl Handover {
     /// a successor until `trigger` fires. A successor that takes them fires
     /// `trigger` itself, after setting every `keepers` flag so that this
     /// server leaves the socket files in place for the successor.
+    ///
+    /// If the control socket fails, the offer ends and the server serves on
+    /// without seamless restarts; that is logged at `error` when it happens.
     pub(crate) fn start(
         self,
         sockets: Vec<Inherited>,
         keepers: Vec<Arc<AtomicBool>>,
         trigger: &Arc<Fired>,
     ) -> Offering {
-        tracing::debug!(control = %self.control.path().display(), "offering the listeners to a successor");
+        let control = self.control.path().to_path_buf();
+        tracing::debug!(control = %control.display(), "offering the listeners to a successor");
         let stop = CancellationToken::new();
         let triggered = Fired::wait(trigger);
         let fire = Arc::clone(trigger);
@@ -528,11 +532,23 @@ impl Handover {
             tokio::pin!(offering);
             // The offer stops when shutdown begins, whoever triggered it; a
             // handover that triggered it runs on to its confirmation.
-            tokio::select! {
-                offered = &mut offering => return offered,
-                () = triggered => stop.cancel(),
+            let offered = tokio::select! {
+                offered = &mut offering => offered,
+                () = triggered => {
+                    stop.cancel();
+                    offering.await
+                }
+            };
+            // Reported when it happens, not at shutdown: the server serves
+            // on, and an operator must learn now that a restart would fail.
+            if let Err(err) = &offered {
+                tracing::error!(
+                    control = %control.display(),
+                    error = %err,
+                    "handover control socket failed; restarts will not be seamless"
+                );
             }
-            offering.await
+            offered
         });
         let ready = self.predecessor.map(|predecessor| {
             tokio::spawn(async move {
@@ -573,10 +589,8 @@ impl Offering {
         match offer.await {
             Ok(Ok(Offered::HandedOver)) => true,
             Ok(Ok(Offered::Stopped)) => false,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "handover control socket failed; restarts will not be seamless");
-                false
-            }
+            // The task logged it when it happened.
+            Ok(Err(_)) => false,
             Err(join) => {
                 tracing::error!(error = %join, "the handover task ended abnormally");
                 false
@@ -1600,6 +1614,104 @@ mod tests {
             .expect_err("a regular file");
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
         assert_eq!(std::fs::read(&path).expect("read"), b"not a socket");
+    }
+
+    /// What a `tracing_subscriber::fmt` subscriber writes, and a wake-up at
+    /// each write.
+    #[derive(Clone, Default)]
+    struct Logs {
+        text: Arc<std::sync::Mutex<Vec<u8>>>,
+        written: Arc<tokio::sync::Notify>,
+    }
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.text.lock().unwrap().extend_from_slice(buf);
+            self.written.notify_one();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        /// Collects what this thread logs (tasks of a current-thread
+        /// runtime included) until the guard is dropped.
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn lines_with(&self, needle: &str) -> Vec<String> {
+            String::from_utf8_lossy(&self.text.lock().unwrap())
+                .lines()
+                .filter(|line| line.contains(needle))
+                .map(str::to_owned)
+                .collect()
+        }
+
+        /// Waits (unbounded: wrap it in `bounded`) for a line with `needle`.
+        async fn logged(&self, needle: &str) -> String {
+            loop {
+                if let Some(line) = self.lines_with(needle).pop() {
+                    return line;
+                }
+                // A write since the look left a permit: no wake-up is lost.
+                self.written.notified().await;
+            }
+        }
+    }
+
+    /// An operator must learn that restarts stopped working when the
+    /// control socket fails, not when the server stops; and only once.
+    #[tokio::test]
+    async fn a_failing_control_socket_is_reported_at_once_and_only_once() {
+        let logs = Logs::default();
+        let _capture = logs.capture();
+        let dir = TempDir::new("failing");
+        let path = dir.join("control.sock");
+        // A socket that does not listen: its accept fails with EINVAL, an
+        // error that no retry cures, like that of a broken control socket.
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SockAddr::unix(&path).expect("address"))
+            .expect("bind");
+        let control = Control {
+            listener: socket.into(),
+            file: FileId::of(&path).expect("the socket file"),
+            path: path.clone(),
+        };
+        let trigger = Arc::new(Fired::default());
+        let handover = Handover {
+            control,
+            predecessor: None,
+        };
+        let offering = handover.start(vec![copy_tcp(&tcp_listener())], Vec::new(), &trigger);
+
+        let failed = "handover control socket failed";
+        let line = bounded(
+            "the failure to be logged while the server runs",
+            logs.logged(failed),
+        )
+        .await;
+        assert!(line.contains("ERROR"), "not logged as an error: {line}");
+        assert!(
+            line.contains(&path.display().to_string()),
+            "the path is missing: {line}"
+        );
+        assert!(line.contains("os error 22"), "the error is missing: {line}");
+
+        trigger.fire();
+        assert!(!bounded("finish", offering.finish()).await);
+        let reports = logs.lines_with(failed);
+        assert_eq!(reports.len(), 1, "reported again at shutdown: {reports:#?}");
     }
 
     #[tokio::test]
