@@ -339,9 +339,13 @@ pub(crate) async fn take_over(control: &Path, timeout: Duration) -> io::Result<O
 /// shutdown begins, or these copies keep the listening sockets open (and
 /// clients queued) after the server has closed its own.
 ///
-/// When `stop` is cancelled while no handover is in progress, the control
-/// file is removed (if it is still ours). After a handover it is left to
-/// the successor, which serves on the same socket.
+/// `stop` wins over a successor connecting at the same moment: once it is
+/// cancelled, no handover begins and none in progress goes on.
+///
+/// However this ends (stopped, failed, or the future dropped), the control
+/// file is removed if it is still ours: unless the sockets were sent to a
+/// successor, which serves on the same socket and so owns the file from
+/// then on, even if its handover failed here.
 ///
 /// # Errors
 ///
@@ -361,6 +365,33 @@ pub(crate) async fn offer(
     offered: impl Fn() + Send + Sync,
     handed_over: impl FnOnce() + Send,
 ) -> io::Result<Offered> {
+    let Control {
+        listener,
+        path,
+        file,
+    } = control;
+    let registered = listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener));
+    let listener = match registered {
+        Ok(listener) => listener,
+        Err(err) => {
+            file.remove_if_at(&path);
+            return Err(err);
+        }
+    };
+    // Once the sockets (the control socket among them) went to a successor,
+    // that successor may serve on them whatever came after: from then on
+    // their files belong to it, even if its handover failed here.
+    let sent = AtomicBool::new(false);
+    // Declared after `listener`, so dropped before it: the file goes before
+    // the socket closes, or a successor could find it stale and replace it
+    // just while this removes it.
+    let _file = ControlFile {
+        path: &path,
+        file,
+        sent: &sent,
+    };
     if sockets.len() > MAX_LISTENERS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -370,17 +401,6 @@ pub(crate) async fn offer(
             ),
         ));
     }
-    let Control {
-        listener,
-        path,
-        file,
-    } = control;
-    listener.set_nonblocking(true)?;
-    let listener = UnixListener::from_std(listener)?;
-    // Once the sockets (the control socket among them) went to a successor,
-    // that successor may serve on them whatever came after: from then on
-    // their files belong to it, even if its handover failed here.
-    let sent = AtomicBool::new(false);
     let mark_sent = || {
         sent.store(true, Ordering::Relaxed);
         offered();
@@ -389,12 +409,10 @@ pub(crate) async fn offer(
     let listener_name = format!("handover control socket {}", path.display());
     loop {
         let accepted = tokio::select! {
-            () = stop.cancelled() => {
-                if !sent.load(Ordering::Relaxed) {
-                    file.remove_if_at(&path);
-                }
-                return Ok(Offered::Stopped);
-            }
+            // A stop that has come wins over a successor waiting in the
+            // backlog: the handover would be cut short at once anyway.
+            biased;
+            () = stop.cancelled() => return Ok(Offered::Stopped),
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -413,8 +431,9 @@ pub(crate) async fn offer(
         };
         tracing::info!(path = %path.display(), "a successor asks for the listening sockets");
         let session = tokio::select! {
-            // A handover in progress may already have sent the control
-            // socket: leave the file to the successor.
+            // A stop cuts the handover short; `_file` leaves the file to the
+            // successor if the sockets were sent already.
+            biased;
             () = stop.cancelled() => return Ok(Offered::Stopped),
             session = hand_over(&stream, &sockets, &listener, timeout, &mark_sent) => session,
         };
@@ -883,6 +902,24 @@ async fn connect(path: &Path, timeout: Duration) -> io::Result<Found> {
         // Removed between the look and the connect.
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
         Err(err) => Err(err),
+    }
+}
+
+/// The control file while [`offer`] runs: removed when the offer ends,
+/// however it ends, if it is still the file this server bound or took over;
+/// kept once `sent`, for the successor that received the sockets.
+#[derive(Debug)]
+struct ControlFile<'a> {
+    path: &'a Path,
+    file: FileId,
+    sent: &'a AtomicBool,
+}
+
+impl Drop for ControlFile<'_> {
+    fn drop(&mut self) {
+        if !self.sent.load(Ordering::Relaxed) {
+            self.file.remove_if_at(self.path);
+        }
     }
 }
 
@@ -1614,6 +1651,133 @@ mod tests {
             .expect_err("a regular file");
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
         assert_eq!(std::fs::read(&path).expect("read"), b"not a socket");
+    }
+
+    /// Wakes a test waiting on it when a future polled by hand with it as
+    /// the waker is woken.
+    #[derive(Default)]
+    struct Woken(tokio::sync::Notify);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.notify_one();
+        }
+    }
+
+    /// Polls `fut` once by hand: the test decides what has happened before
+    /// each poll.
+    fn poll_once<F: Future>(
+        fut: std::pin::Pin<&mut F>,
+        woken: &Arc<Woken>,
+    ) -> std::task::Poll<F::Output> {
+        let waker = std::task::Waker::from(Arc::clone(woken));
+        fut.poll(&mut std::task::Context::from_waker(&waker))
+    }
+
+    /// A raw successor's connection to `path`; its reads are bounded.
+    fn connect_raw(path: &Path) -> std::os::unix::net::UnixStream {
+        let conn = std::os::unix::net::UnixStream::connect(path).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        conn
+    }
+
+    /// A stop and a successor's connection, both there when the offer
+    /// looks: the stop wins, the successor is never accepted (only a
+    /// connection closed in the backlog is reset), and the file goes.
+    #[tokio::test]
+    async fn a_stop_wins_over_a_successor_waiting_at_the_same_moment() {
+        use std::io::Read;
+        let dir = TempDir::new("stop-first");
+        let path = dir.join("control.sock");
+        let tcp = tcp_listener();
+        // An unbiased wait would pick either at random: try it many times.
+        for round in 0..32 {
+            let control = bind_control(&path).await;
+            let stop = CancellationToken::new();
+            let sockets = vec![copy_tcp(&tcp)];
+            let mut offering =
+                std::pin::pin!(offer(control, sockets, STEP, stop.clone(), || {}, || {}));
+            let woken = Arc::new(Woken::default());
+            assert!(poll_once(offering.as_mut(), &woken).is_pending());
+            let mut successor = connect_raw(&path);
+            // The runtime saw the connection waiting: accept would succeed.
+            bounded("the control socket to be readable", woken.0.notified()).await;
+            stop.cancel();
+            let std::task::Poll::Ready(offered) = poll_once(offering.as_mut(), &woken) else {
+                panic!("round {round}: the offer went on after the stop");
+            };
+            assert_eq!(offered.expect("offer"), Offered::Stopped);
+            assert!(
+                !path.exists(),
+                "round {round}: the stop left the control file behind"
+            );
+            let read = successor.read(&mut [0]);
+            assert!(
+                read.as_ref()
+                    .is_err_and(|err| err.kind() == ErrorKind::ConnectionReset),
+                "round {round}: the successor was accepted after the stop: {read:?}"
+            );
+        }
+    }
+
+    /// How a handover in progress is ended in
+    /// `a_handover_ended_before_the_offer_was_sent_removes_the_control_file`.
+    #[derive(Debug, Clone, Copy)]
+    enum End {
+        Stop,
+        Drop,
+    }
+
+    #[tokio::test]
+    async fn a_handover_ended_before_the_offer_was_sent_removes_the_control_file() {
+        use std::io::Read;
+        let dir = TempDir::new("stop-during");
+        let path = dir.join("control.sock");
+        let tcp = tcp_listener();
+        for end in [End::Stop, End::Drop] {
+            let control = bind_control(&path).await;
+            let stop = CancellationToken::new();
+            let sockets = vec![copy_tcp(&tcp)];
+            let mut offering = Box::pin(offer(control, sockets, STEP, stop.clone(), || {}, || {}));
+            let woken = Arc::new(Woken::default());
+            assert!(poll_once(offering.as_mut(), &woken).is_pending());
+            // A successor that has not asked yet.
+            let mut successor = connect_raw(&path);
+            bounded("the control socket to be readable", woken.0.notified()).await;
+            // The offer accepts it and waits for its request.
+            assert!(poll_once(offering.as_mut(), &woken).is_pending());
+            match end {
+                End::Stop => {
+                    stop.cancel();
+                    let offered = poll_once(offering.as_mut(), &woken);
+                    assert!(
+                        matches!(offered, std::task::Poll::Ready(Ok(Offered::Stopped))),
+                        "{offered:?}"
+                    );
+                }
+                End::Drop => drop(offering),
+            }
+            assert!(
+                !path.exists(),
+                "{end:?} during a handover that had sent nothing left the control file"
+            );
+            // It was accepted (then closed, not reset in the backlog).
+            let read = successor.read(&mut [0]);
+            assert!(read.as_ref().is_ok_and(|&n| n == 0), "{end:?}: {read:?}");
+        }
+
+        // Once the sockets are sent, the file is the successor's.
+        let control = bind_control(&path).await;
+        let old = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
+        let taken = take(&path).await;
+        old.stop.cancel();
+        assert_eq!(old.ended().await, Offered::Stopped);
+        assert!(
+            path.exists(),
+            "a stop after the offer was sent removed the successor's control file"
+        );
+        drop(taken);
     }
 
     /// What a `tracing_subscriber::fmt` subscriber writes, and a wake-up at
