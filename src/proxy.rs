@@ -55,8 +55,10 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use socket2::SockRef;
 use tokio::io::{AsyncReadExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -582,35 +584,46 @@ pub fn parse_header(input: &[u8], v2_max_len: usize) -> Result<Parsed, ProxyErro
 /// bytes: whatever the peer sent after it stays unread in the socket, for
 /// the handler.
 ///
-/// The reader peeks at what has arrived and parses it, and takes the
-/// header off the socket only once it is whole: until then nothing is
-/// consumed, so a stream that turns out to carry no header (or a bad one)
-/// is left exactly as it arrived, even when its first bytes came in a
-/// segment of their own and looked like the start of a signature (a
-/// `"P"`, or `"\r\n"`). That is what lets a listener serve clients without
-/// a header when the header is optional. Memory is a [`V1_MAX_LEN`]-byte
-/// buffer inside the future, which holds any v1 line and the v2 headers of
-/// IP addresses with a few TLVs; a longer v2 header (Unix addresses, large
-/// TLVs) gets one allocation of its exact length, once the 16 fixed bytes
-/// have announced that length and it has passed the cap.
+/// The reader peeks at what has arrived and parses it, and takes from the
+/// socket only bytes the parser has placed inside the header, so it never
+/// reads payload. Until [`V2_MIN_LEN`] (16) bytes have arrived, more than
+/// either version's signature, it takes nothing: a stream that turns out to
+/// carry no header is left exactly as it arrived, even when its first bytes
+/// came in a segment of their own and looked like the start of a signature
+/// (a `"P"`, or `"\r\n"`). That is what lets a listener serve clients
+/// without a header when the header is optional. From then on it takes
+/// what it has parsed as it goes, so that a header sent a byte at a time
+/// costs no more than one sent whole.
+///
+/// Memory is a [`V1_MAX_LEN`]-byte buffer inside the future, which holds
+/// any v1 line and the v2 headers of IP addresses with a few TLVs; a longer
+/// v2 header (Unix addresses, large TLVs) gets one allocation of its exact
+/// length, once the 16 fixed bytes have announced that length and it has
+/// passed the cap. A header whose first 16 bytes arrive in pieces also
+/// costs two small allocations for each piece it waits for there.
 ///
 /// This function does not time out: a peer that sends nothing keeps it
-/// waiting (without spinning: it sleeps until more bytes arrive). Run it
-/// under `tokio::time::timeout` (the specification suggests "at least 3
-/// seconds to cover a TCP retransmit") and close the connection when the
-/// timeout fires.
+/// waiting (asleep until more bytes arrive). Run it under
+/// `tokio::time::timeout` (the specification suggests "at least 3 seconds
+/// to cover a TCP retransmit") and close the connection when the timeout
+/// fires.
 ///
 /// # Errors
 ///
 /// [`ProxyError::UnexpectedEof`] when the peer closes first (`received`:
 /// the bytes of the header that had arrived), [`ProxyError::Io`] when the
-/// socket fails, and the errors of [`parse_header`] for a bad header.
+/// socket fails, and the errors of [`parse_header`] for a bad header. An
+/// error within the first 16 bytes, such as
+/// [`ProxyError::NotProxyProtocol`], leaves the stream untouched; after
+/// them, part of the header may have been consumed, and the connection
+/// should be closed.
 ///
 /// # Cancel safety
 ///
-/// Cancel safe: until the header is whole nothing is taken off the socket,
-/// and the whole header, already in the socket's buffer by then, is taken
-/// by one read that does not wait.
+/// Cancel safe until 16 bytes have arrived (nothing is taken before). After
+/// that, part of the header may have been consumed when the future is
+/// dropped (by a timeout), and the stream is no longer usable for the
+/// protocol: close it.
 pub async fn read_header(
     stream: &mut TcpStream,
     v2_max_len: usize,
@@ -622,9 +635,10 @@ pub async fn read_header(
     // The buffer of a v2 header too long for `head`, of exactly its
     // length; empty (unallocated) until one announces itself.
     let mut long = Vec::new();
-    // The bytes already peeked and found to be an incomplete header; all of
-    // them are still in the socket.
-    let mut seen = 0;
+    // buf[..taken] has been read off the socket, and every byte of it
+    // belongs to the header; buf[taken..seen] has been peeked and parsed
+    // (an incomplete header) but is still in the socket.
+    let (mut taken, mut seen) = (0, 0);
     loop {
         let buf: &mut [u8] = if long.is_empty() {
             &mut head
@@ -634,86 +648,98 @@ pub async fn read_header(
         // `buf` is longer than `seen`: the parser asked for more than it was
         // given (an `Incomplete` lower bound exceeds its input), and `buf`
         // holds what it asked for.
-        let peeked = peek_more(stream, buf, seen).await?;
-        if peeked == seen {
+        let peeked = peek_more(stream, &mut buf[taken..], seen - taken).await?;
+        if peeked == seen - taken {
             // An end of stream: nothing more will come.
             return Err(ProxyError::UnexpectedEof { received: seen });
         }
-        let (header, consumed) = match parse_header(&buf[..peeked], v2_max_len)? {
-            Parsed::Complete { header, consumed } => (header, consumed),
-            Parsed::Incomplete { min_len } => {
-                seen = peeked;
-                if min_len > buf.len() {
-                    // Only a v2 header outgrows `head` (a v1 line cannot end
-                    // past V1_MAX_LEN), and only once its length field is in
-                    // and within the cap: `min_len` is then its exact total.
-                    long = vec![0; min_len];
-                    long[..seen].copy_from_slice(&head[..seen]);
-                }
+        let arrived = taken + peeked;
+        let (header, end, need) = match parse_header(&buf[..arrived], v2_max_len)? {
+            Parsed::Complete { header, consumed } => (Some(header), consumed, consumed),
+            // Past both signatures: a header, surely; take what is parsed.
+            Parsed::Incomplete { min_len } if arrived >= V2_MIN_LEN => (None, arrived, min_len),
+            Parsed::Incomplete { .. } => {
+                seen = arrived;
                 continue;
             }
         };
-        // Outside the match, so that nothing of the parser's but the header
-        // is kept over the await. The parser never claims bytes it was not
-        // given: the whole header is in the socket's buffer, and one read
-        // takes it.
-        stream.read_exact(&mut buf[..consumed]).await?;
-        return Ok(header);
+        // taken <= end <= arrived: the parser never claims bytes it was not
+        // given, and those are in the socket's buffer, so this read does not
+        // wait. Outside the match, so that nothing of the parser's but the
+        // header is kept over the await.
+        stream.read_exact(&mut buf[taken..end]).await?;
+        if let Some(header) = header {
+            return Ok(header);
+        }
+        (taken, seen) = (end, end);
+        // Only a v2 header outgrows `head` (a v1 line cannot end past
+        // V1_MAX_LEN), and only once its length field is in and within the
+        // cap: `need` is then its exact total.
+        if need > buf.len() {
+            long = vec![0; need];
+            long[..taken].copy_from_slice(&head[..taken]);
+        }
     }
 }
 
 /// Peeks at the start of `stream` into `buf` once it holds more than the
 /// `seen` bytes already parsed, or once the peer has closed: returns how many
 /// bytes it holds, `seen` (or 0) meaning an end of stream.
-///
-/// A peek does not consume, so the socket stays readable while it holds the
-/// bytes already seen: waiting for more means clearing that readiness, with
-/// a peek inside [`TcpStream::try_io`], so that bytes arriving between the
-/// peek and the clearing are never missed.
 async fn peek_more(stream: &TcpStream, buf: &mut [u8], seen: usize) -> io::Result<usize> {
-    // The common case, a header that arrived whole, takes this peek alone.
-    // Through `poll_peek` rather than `peek`, whose future would add some
-    // 200 bytes to this one, in every connection's task.
-    let peeked = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(buf))).await?;
-    if peeked != seen || peeked == 0 {
-        return Ok(peeked);
-    }
-    // Nothing new since the last parse: sleep until the socket changes. Boxed:
-    // this wait only serves headers that arrive in pieces, and its future
-    // would otherwise enlarge every PROXY connection's task.
-    Box::pin(wait_and_peek(stream, buf, seen)).await
-}
-
-/// The rest of [`peek_more`]: waits for the socket to become readable, and
-/// peeks; while the peek finds just the `seen` bytes and the peer has not
-/// closed, clears the readiness and waits again.
-async fn wait_and_peek(stream: &TcpStream, buf: &mut [u8], seen: usize) -> io::Result<usize> {
     loop {
-        let ready = stream.ready(Interest::READABLE).await?;
-        let peeked = stream.try_io(Interest::READABLE, || {
-            let peeked = peek_now(stream, buf)?;
-            if peeked == seen && !ready.is_read_closed() {
-                // Clears the readiness behind which this peek found nothing
-                // new; bytes that arrived since are a new readiness event,
-                // which this does not clear.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(peeked)
-        });
-        match peeked {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return result,
+        // Through `poll_peek` rather than `peek`, whose future would add
+        // some 200 bytes to this one, in every connection's task. With
+        // nothing in the socket, it waits for bytes.
+        let peeked = poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(buf))).await?;
+        if peeked != seen || peeked == 0 {
+            return Ok(peeked);
+        }
+        // Nothing new since the last parse (only within the first 16
+        // bytes). Boxed: the wait serves only headers whose start arrives
+        // in pieces, and its future would enlarge every PROXY connection's
+        // task.
+        if !Box::pin(more_arrived(stream, seen)).await? {
+            return Ok(seen);
         }
     }
 }
 
-/// A peek that does not wait, for inside [`TcpStream::try_io`]. tokio has
-/// none, and the crate forbids `unsafe` (socket2's peek takes uninitialised
-/// memory), so it peeks through a duplicate of the descriptor: two more
-/// system calls, only for a header that arrives in pieces.
-fn peek_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let duplicate: std::net::TcpStream = socket2::SockRef::from(stream).try_clone()?.into();
-    duplicate.peek(buf)
+/// Waits until the socket holds more than the `seen` bytes already parsed
+/// (`true`) or the peer has closed without sending more (`false`).
+///
+/// A peek does not consume, so the socket stays readable while it holds the
+/// bytes already seen: waiting for more means clearing that readiness, with
+/// a probe inside [`TcpStream::try_io`], so that bytes arriving between the
+/// probe and the clearing are a new readiness event and are never missed.
+/// The probe only counts bytes (a peek into uninitialised memory, which it
+/// never reads), so that it needs neither `unsafe` nor a descriptor more.
+async fn more_arrived(stream: &TcpStream, seen: usize) -> io::Result<bool> {
+    let mut probe = vec![MaybeUninit::<u8>::uninit(); seen + 1];
+    loop {
+        let ready = stream.ready(Interest::READABLE).await?;
+        let probed = stream.try_io(Interest::READABLE, || {
+            let holds = SockRef::from(stream).peek(&mut probe)?;
+            if holds > seen {
+                Ok(true)
+            } else if ready.is_read_closed() {
+                Ok(false)
+            } else {
+                // Clears the readiness behind which the probe found
+                // nothing new.
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        });
+        match probed {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                // Windows reports readiness again at once while unread
+                // bytes remain (mio re-arms its poll after `WouldBlock`):
+                // pace the probes there instead of spinning.
+                #[cfg(not(unix))]
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Parses a v1 line (§2.1). `input[0]` is `b'P'`.
@@ -1131,6 +1157,8 @@ fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::task::Poll;
     use std::time::Duration;
 
     use proptest::prelude::*;
@@ -2276,9 +2304,27 @@ mod tests {
         drop(client);
     }
 
+    /// Sends `first` and returns once all of it is in the server's socket.
+    async fn send_and_arrive(client: &mut TcpStream, server: &TcpStream, first: &[u8]) {
+        client.write_all(first).await.expect("client write");
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let mut probe = vec![0; first.len()];
+            while server.peek(&mut probe).await.expect("peek") < first.len() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first segment did not arrive");
+    }
+
+    /// Polls `fut` once.
+    async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
+    }
+
     /// A stream whose first segment looks like the start of a header but is
     /// none, or a bad one, keeps every byte: nothing is taken off the socket
-    /// until a header is whole, so that a listener where the header is
+    /// within the first 16 bytes, so that a listener where the header is
     /// optional serves such a client its own bytes.
     #[tokio::test]
     async fn read_header_takes_nothing_from_a_stream_that_is_no_header() {
@@ -2293,33 +2339,105 @@ mod tests {
         ];
         for (first, rest) in cases {
             let (mut client, mut server) = pair().await;
-            client.write_all(first).await.expect("client write");
-            // Until the first segment is in the server's socket.
-            tokio::time::timeout(TEST_TIMEOUT, async {
-                let mut probe = vec![0; first.len()];
-                while server.peek(&mut probe).await.expect("peek") < first.len() {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("the first segment did not arrive");
+            send_and_arrive(&mut client, &server, first).await;
             {
                 let mut reading = std::pin::pin!(read_header(&mut server, DEFAULT_V2_MAX_LEN));
-                let once =
-                    std::future::poll_fn(|cx| std::task::Poll::Ready(reading.as_mut().poll(cx)))
-                        .await;
+                let once = poll_once(&mut reading).await;
                 assert!(once.is_pending(), "{first:?} alone is not yet an answer");
                 client.write_all(rest).await.expect("client write");
                 let result = tokio::time::timeout(TEST_TIMEOUT, reading)
                     .await
                     .expect("read_header did not end once the rest arrived");
-                assert!(result.is_err(), "{first:?} + {rest:?}: {result:?}");
+                if first.starts_with(b"PROXY ") {
+                    assert!(
+                        matches!(result, Err(ProxyError::V1Invalid { .. })),
+                        "{first:?} + {rest:?}: {result:?}"
+                    );
+                } else {
+                    // What lets an optional header serve the client.
+                    assert!(
+                        matches!(result, Err(ProxyError::NotProxyProtocol)),
+                        "{first:?} + {rest:?}: {result:?}"
+                    );
+                }
             }
             client.shutdown().await.expect("client shutdown");
             assert_eq!(
                 read_rest(&mut server).await,
                 [first, rest].concat(),
                 "the bytes after {first:?} was peeked alone"
+            );
+        }
+    }
+
+    /// Valid headers whose start the reader has seen, and found incomplete,
+    /// before the rest arrives: within the first 16 bytes (where it waits
+    /// for new bytes behind the ones it saw) and past them (where it has
+    /// taken what it parsed). Then the payload, to the byte.
+    #[tokio::test]
+    async fn read_header_completes_a_header_it_waited_for() {
+        let ffff = ["ffff"; 8].join(":");
+        let v1_max = format!("PROXY UNKNOWN {ffff} {ffff} 65535 65535\r\n").into_bytes();
+        let payload = b"\r\n\r\n\0\r\nQUIT\n and the application's bytes";
+        let headers = [
+            v1_max,
+            v2(0x21, 0x11, &[1; 12]),
+            v2_of_len(V1_MAX_LEN),
+            v2_of_len(V1_MAX_LEN + 1),
+            v2_of_len(DEFAULT_V2_MAX_LEN),
+        ];
+        for header in headers {
+            for split in [1, 5, 15, 16, 17, header.len() - 1] {
+                let (mut client, mut server) = pair().await;
+                send_and_arrive(&mut client, &server, &header[..split]).await;
+                let len = header.len();
+                let parsed = {
+                    let mut reading = std::pin::pin!(read_header(&mut server, DEFAULT_V2_MAX_LEN));
+                    let once = poll_once(&mut reading).await;
+                    assert!(once.is_pending(), "{split} of {len} bytes: {once:?}");
+                    client
+                        .write_all(&[&header[split..], payload.as_slice()].concat())
+                        .await
+                        .expect("client write");
+                    tokio::time::timeout(TEST_TIMEOUT, reading)
+                        .await
+                        .unwrap_or_else(|_| panic!("{split} of {len} bytes, then the rest: hung"))
+                        .unwrap_or_else(|err| panic!("{split} of {len} bytes: {err}"))
+                };
+                assert_eq!(
+                    Parsed::Complete {
+                        header: parsed,
+                        consumed: len
+                    },
+                    parse_header(&header, DEFAULT_V2_MAX_LEN).expect("a valid test header"),
+                    "{split} of {len} bytes"
+                );
+                client.shutdown().await.expect("client shutdown");
+                assert_eq!(
+                    read_rest(&mut server).await,
+                    payload,
+                    "{split} of {len} bytes"
+                );
+            }
+        }
+    }
+
+    /// A peer that closes while the reader waits for the rest of a header,
+    /// before and after the first 16 bytes: the wait ends at once.
+    #[tokio::test]
+    async fn read_header_wakes_for_a_close_while_it_waits() {
+        for sent in [&b"PROXY TCP4 1.2."[..], b"PROXY TCP4 1.2.3.4 "] {
+            let (mut client, mut server) = pair().await;
+            send_and_arrive(&mut client, &server, sent).await;
+            let mut reading = std::pin::pin!(read_header(&mut server, DEFAULT_V2_MAX_LEN));
+            assert!(poll_once(&mut reading).await.is_pending(), "{sent:?}");
+            client.shutdown().await.expect("client shutdown");
+            let result = tokio::time::timeout(TEST_TIMEOUT, reading)
+                .await
+                .expect("a close must end the wait");
+            assert!(
+                matches!(result, Err(ProxyError::UnexpectedEof { received }) if received == sent.len()),
+                "{sent:?}: {result:?}"
             );
         }
     }

@@ -9,15 +9,15 @@ mod common;
 
 use std::fs::File;
 use std::io;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Logs, assert_echoes, start, within};
+use common::{
+    Logs, assert_echoes, fill_descriptor_table, nofile_limits, open_descriptors, set_nofile, start,
+    within,
+};
 use switchboard::{Connection, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const EMFILE: i32 = 24;
 
 /// This process's CPU time (user + system) so far, read through a handle
 /// opened before the descriptor table was filled.
@@ -40,38 +40,6 @@ fn cpu_time(stat_file: &mut File) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
-
-fn nofile_limits() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("a NOFILE line");
-    let nums: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (nums[0], nums[1])
-}
-
-fn set_nofile(soft: u64, hard: u64) {
-    let status = Command::new("prlimit")
-        .args([
-            "--pid",
-            &std::process::id().to_string(),
-            &format!("--nofile={soft}:{hard}"),
-        ])
-        .status()
-        .expect("prlimit (util-linux) runs");
-    assert!(status.success(), "prlimit failed");
-    assert_eq!(nofile_limits().0, soft);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_server_backs_off_and_recovers_by_itself() {
     let logs = Logs::install(tracing::Level::INFO);
@@ -92,15 +60,7 @@ async fn out_of_descriptors_the_server_backs_off_and_recovers_by_itself() {
 
     // Fill the descriptor table, then free exactly one for the client's
     // socket: the server's accept then finds none for its side.
-    let mut filler = Vec::new();
-    loop {
-        match File::open("/dev/null") {
-            Ok(file) => filler.push(file),
-            Err(err) if err.raw_os_error() == Some(EMFILE) => break,
-            Err(err) => panic!("unexpected error filling the table: {err}"),
-        }
-        assert!(filler.len() < 1000, "the lowered limit did not take effect");
-    }
+    let mut filler = fill_descriptor_table();
     filler.pop();
     let mut client = within(
         "connect (the kernel completes it)",

@@ -470,3 +470,59 @@ pub fn accepted_in(report: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no accepted count in {report:?}"))
 }
+
+// ---- the descriptor table (tests that run out of descriptors) -------------
+
+/// How many descriptors this process has open.
+#[cfg(target_os = "linux")]
+pub fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+/// This process's RLIMIT_NOFILE: (soft, hard).
+#[cfg(target_os = "linux")]
+pub fn nofile_limits() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a NOFILE line");
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// Sets this process's RLIMIT_NOFILE, through util-linux's `prlimit`.
+#[cfg(target_os = "linux")]
+pub fn set_nofile(soft: u64, hard: u64) {
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={soft}:{hard}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success(), "prlimit failed");
+    assert_eq!(nofile_limits().0, soft);
+}
+
+/// Opens `/dev/null` until the process has no descriptor left (the limit
+/// lowered first with [`set_nofile`]), and returns the files.
+#[cfg(target_os = "linux")]
+pub fn fill_descriptor_table() -> Vec<std::fs::File> {
+    const EMFILE: i32 = 24;
+    let mut filler = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => filler.push(file),
+            Err(err) if err.raw_os_error() == Some(EMFILE) => return filler,
+            Err(err) => panic!("unexpected error filling the table: {err}"),
+        }
+        assert!(filler.len() < 1000, "the lowered limit did not take effect");
+    }
+}
