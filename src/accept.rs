@@ -116,7 +116,7 @@ impl Backoff {
     /// backlog is skipped (logged at `debug`); out of resources, it waits
     /// the next delay or until `stop` completes, whichever is first (one
     /// `warn` per episode); any other error is handed back, for the caller
-    /// to log and end its loop with. `listener` names the socket in the
+    /// to log and end its loop with. `addr` names the socket in the
     /// logs.
     ///
     /// An accepted connection ends the episode: call [`Backoff::reset`].
@@ -132,21 +132,22 @@ impl Backoff {
     pub(crate) async fn on_error(
         &mut self,
         err: io::Error,
-        listener: &(dyn fmt::Display + Sync),
+        addr: &(dyn fmt::Display + Sync),
         stop: impl Future<Output = ()>,
     ) -> io::Result<Resume> {
         match classify(&err) {
             AcceptError::Connection => {
-                tracing::debug!(%listener, error = %err, "accept: connection lost before accept, skipped");
+                tracing::debug!(%addr, error = %err, "accept: connection lost before accept, skipped");
                 Ok(Resume::Accept)
             }
             AcceptError::Resources => {
                 let delay = self.next_delay();
                 if self.begin_episode() {
                     tracing::warn!(
-                        %listener,
+                        %addr,
                         error = %err,
-                        "accept: out of resources, backing off (up to 1 s between attempts) until it works"
+                        "accept: out of resources, backing off (up to {:?} between attempts) until it works",
+                        Self::MAX,
                     );
                 }
                 tokio::select! {
