@@ -55,8 +55,8 @@ async fn start(proxy: ProxyProtocol) -> (Running, mpsc::UnboundedReceiver<Seen>)
 /// Connects to `addr`, sends `bytes` and expects the server to close the
 /// connection without an answer.
 async fn assert_refused(addr: SocketAddr, bytes: &[u8]) {
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    client.write_all(bytes).await.unwrap();
+    let mut client = within("connect", TcpStream::connect(addr)).await.unwrap();
+    within("send", client.write_all(bytes)).await.unwrap();
     assert_closed(&mut client).await;
 }
 
