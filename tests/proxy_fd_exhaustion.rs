@@ -11,20 +11,18 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{fill_descriptor_table, nofile_limits, open_descriptors, set_nofile, within};
+use common::{
+    fill_descriptor_table, nofile_limits, open_descriptors, poll_once, send_and_arrive, set_nofile,
+    tcp_pair, within,
+};
 use switchboard::proxy::{DEFAULT_V2_MAX_LEN, read_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn a_header_in_pieces_is_read_with_no_descriptor_left() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (client, accepted) = within("a loopback connection", async {
-        tokio::join!(TcpStream::connect(addr), listener.accept())
-    })
-    .await;
-    let (mut client, mut server) = (client.unwrap(), accepted.unwrap().0);
+    let (mut client, mut server) = tcp_pair(&listener).await;
 
     let (soft, hard) = nofile_limits();
     set_nofile(open_descriptors() as u64 + 20, hard);
@@ -32,19 +30,10 @@ async fn a_header_in_pieces_is_read_with_no_descriptor_left() {
 
     // Within the first 16 bytes: the reader finds the header incomplete
     // and waits for bytes behind the ones it has seen.
-    let first = b"PROXY TCP4 1.2.";
-    client.write_all(first).await.unwrap();
-    within("the first piece to arrive", async {
-        let mut probe = [0; 15];
-        while server.peek(&mut probe).await.unwrap() < first.len() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    send_and_arrive(&mut client, &server, b"PROXY TCP4 1.2.").await;
     let header = {
         let mut reading = std::pin::pin!(read_header(&mut server, DEFAULT_V2_MAX_LEN));
-        let once =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(reading.as_mut().poll(cx))).await;
+        let once = poll_once(&mut reading).await;
         assert!(once.is_pending(), "{once:?}");
         client
             .write_all(b"3.4 5.6.7.8 1000 443\r\npayload")

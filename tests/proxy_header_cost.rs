@@ -4,13 +4,16 @@
 //! small future. The heap is counted by an instrumented global allocator,
 //! so this file holds one test: nothing else may allocate meanwhile.
 
+mod common;
+
 use std::alloc::System;
 use std::time::Duration;
 
+use common::tcp_pair;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use switchboard::proxy::{DEFAULT_V2_MAX_LEN, V1_MAX_LEN, read_header};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -34,17 +37,6 @@ fn v2_tcp4_of_len(total: usize) -> Vec<u8> {
     body.extend(u16::try_from(value_len).expect("test tlv").to_be_bytes());
     body.resize(body.len() + value_len, b'x');
     v2(0x11, &body)
-}
-
-/// A connected pair over loopback: (the client, the server's side).
-async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
-    let addr = listener.local_addr().expect("local_addr");
-    let (client, accepted) = tokio::time::timeout(LIMIT, async {
-        tokio::join!(TcpStream::connect(addr), listener.accept())
-    })
-    .await
-    .expect("connecting over loopback timed out");
-    (client.expect("connect"), accepted.expect("accept").0)
 }
 
 #[tokio::test]
@@ -86,7 +78,7 @@ async fn reading_a_header_allocates_only_what_the_header_keeps() {
         ("v2 Unix addresses", unix, 3, 232 + 2 * 108),
     ];
     for (what, header, allocations, bytes) in cases {
-        let (mut client, mut server) = pair(&listener).await;
+        let (mut client, mut server) = tcp_pair(&listener).await;
         client
             .write_all(&[header.as_slice(), b"payload"].concat())
             .await
@@ -115,7 +107,7 @@ async fn reading_a_header_allocates_only_what_the_header_keeps() {
     // The future lives in every PROXY connection's task: it holds a v1
     // line's worth of buffer and the header it returns, nothing the size
     // of the v2 cap (it took 528 bytes with a heap buffer; 352 now).
-    let (_client, mut server) = pair(&listener).await;
+    let (_client, mut server) = tcp_pair(&listener).await;
     let size = std::mem::size_of_val(&read_header(&mut server, DEFAULT_V2_MAX_LEN));
     assert!(size <= 512, "the future takes {size} bytes");
 }

@@ -451,12 +451,23 @@ struct Counted {
     metric: &'static str,
     workload: Workload,
     servers: &'static [Mode],
-    clients: usize,
-    /// One client in lock step, with a pause after each operation, so that
+    /// One client means lock step: a pause after each operation, so that
     /// every operation takes the same path through the server.
-    paced: bool,
+    clients: usize,
     small: u64,
     large: u64,
+}
+
+impl Counted {
+    /// `ops` operations within `limit`, in lock step for one client.
+    fn budget(&self, ops: u64, limit: Duration) -> Budget {
+        let budget = Budget::counted(ops, limit);
+        if self.clients == 1 {
+            budget.paced(PACE)
+        } else {
+            budget
+        }
+    }
 }
 
 const ALLOC_LOADS: [Counted; 4] = [
@@ -466,7 +477,6 @@ const ALLOC_LOADS: [Counted; 4] = [
         workload: Workload::Churn,
         servers: &[Mode::SbHello, Mode::TokioHello],
         clients: CLIENTS,
-        paced: false,
         small: 1_000,
         large: 3_000,
     },
@@ -480,7 +490,6 @@ const ALLOC_LOADS: [Counted; 4] = [
         workload: Workload::Churn,
         servers: &[Mode::SbHello, Mode::TokioHello],
         clients: 1,
-        paced: true,
         small: 200,
         large: 600,
     },
@@ -490,7 +499,6 @@ const ALLOC_LOADS: [Counted; 4] = [
         workload: Workload::Echo,
         servers: &[Mode::SbEcho, Mode::LeanEcho, Mode::TokioEcho],
         clients: CLIENTS,
-        paced: false,
         small: 5_000,
         large: 15_000,
     },
@@ -500,7 +508,6 @@ const ALLOC_LOADS: [Counted; 4] = [
         workload: Workload::Http,
         servers: &[Mode::SbHello, Mode::TokioHello, Mode::HyperHello],
         clients: CLIENTS,
-        paced: false,
         small: 5_000,
         large: 15_000,
     },
@@ -519,7 +526,6 @@ const INSTR_LOADS: [Counted; 4] = [
         workload: Workload::Churn,
         servers: &[Mode::SbHello, Mode::TokioHello],
         clients: 1,
-        paced: true,
         small: 80,
         large: 240,
     },
@@ -529,7 +535,6 @@ const INSTR_LOADS: [Counted; 4] = [
         workload: Workload::Echo,
         servers: &[Mode::SbEcho, Mode::LeanEcho, Mode::TokioEcho],
         clients: 1,
-        paced: true,
         small: 150,
         large: 450,
     },
@@ -541,7 +546,6 @@ const INSTR_LOADS: [Counted; 4] = [
         workload: Workload::Echo,
         servers: &[Mode::SbNaiveEcho, Mode::TokioEcho],
         clients: 1,
-        paced: true,
         small: 150,
         large: 450,
     },
@@ -551,7 +555,6 @@ const INSTR_LOADS: [Counted; 4] = [
         workload: Workload::Http,
         servers: &[Mode::SbHello, Mode::TokioHello, Mode::HyperHello],
         clients: 1,
-        paced: true,
         small: 150,
         large: 450,
     },
@@ -570,10 +573,7 @@ fn allocations(cfg: &Config, rt: &Runtime, res: &mut Results) {
             );
             let run = |ops| -> Result<AllocCount, String> {
                 let mut proc = ServerProc::start(&Launch::native(mode))?;
-                let mut budget = Budget::counted(ops, Duration::from_secs(60));
-                if load.paced {
-                    budget = budget.paced(PACE);
-                }
+                let budget = load.budget(ops, Duration::from_secs(60));
                 let done = rt.block_on(load.workload.run(proc.addr, load.clients, budget));
                 exact(&done, ops)?;
                 std::thread::sleep(SETTLE);
@@ -633,10 +633,7 @@ fn instructions(cfg: &Config, rt: &Runtime, res: &mut Results) {
                     callgrind_out: Some(out.clone()),
                 };
                 let proc = ServerProc::start(&launch)?;
-                let mut budget = Budget::counted(ops, Duration::from_secs(120));
-                if load.paced {
-                    budget = budget.paced(PACE);
-                }
+                let budget = load.budget(ops, Duration::from_secs(120));
                 let done = rt.block_on(load.workload.run(proc.addr, load.clients, budget));
                 exact(&done, ops)?;
                 proc.exit()?;

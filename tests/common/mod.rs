@@ -526,3 +526,35 @@ pub fn fill_descriptor_table() -> Vec<std::fs::File> {
         assert!(filler.len() < 1000, "the lowered limit did not take effect");
     }
 }
+
+// ---- raw loopback sockets ---------------------------------------------------
+
+/// A connected pair over `listener`: (the client, the server's side).
+pub async fn tcp_pair(listener: &tokio::net::TcpListener) -> (TcpStream, TcpStream) {
+    let addr = listener.local_addr().expect("listener address");
+    let (client, accepted) = within("a loopback connection", async {
+        tokio::join!(TcpStream::connect(addr), listener.accept())
+    })
+    .await;
+    (client.expect("connect"), accepted.expect("accept").0)
+}
+
+/// Sends `bytes` from `client` and returns once all of them are in
+/// `server`'s socket (unread).
+pub async fn send_and_arrive(client: &mut TcpStream, server: &TcpStream, bytes: &[u8]) {
+    within("client write", client.write_all(bytes))
+        .await
+        .expect("client write");
+    within("the bytes to arrive", async {
+        let mut probe = vec![0; bytes.len()];
+        while server.peek(&mut probe).await.expect("peek") < bytes.len() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// Polls `fut` once.
+pub async fn poll_once<F: Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
+}
