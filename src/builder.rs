@@ -63,6 +63,7 @@ pub(crate) struct Config {
     pub(crate) drain_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_ip: Option<usize>,
+    pub(crate) reclaim_when_full: bool,
     pub(crate) timeouts: Timeouts,
     pub(crate) tcp_nodelay: bool,
     pub(crate) tcp_keepalive: Option<Duration>,
@@ -98,6 +99,7 @@ impl Builder {
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 max_connections_per_ip: None,
+                reclaim_when_full: true,
                 timeouts: Timeouts {
                     idle: Some(DEFAULT_IDLE_TIMEOUT),
                     first_read: None,
@@ -257,7 +259,9 @@ impl Builder {
     /// The most connections served at once. When that many are live the
     /// server stops calling `accept` until one ends: further clients wait in
     /// the kernel's [backlog](Builder::backlog), and no descriptor or task is
-    /// spent on them. Must be at least 1.
+    /// spent on them (but one client per listener, held while it waits, so
+    /// that the server knows someone waits: see
+    /// [`reclaim_when_full`](Builder::reclaim_when_full)). Must be at least 1.
     ///
     /// Default: 10,000 (see [`DEFAULT_MAX_CONNECTIONS`]), half the 20,000
     /// descriptors a process commonly may open, leaving room for what the
@@ -279,12 +283,48 @@ impl Builder {
         self
     }
 
-    /// Closes a connection on which no byte was read or written for this
-    /// long. This is what frees the resources of clients that connect and go
-    /// silent (Slowloris), whatever the protocol. `None` to disable.
+    /// Reclaims places from the connections least likely to be real clients
+    /// when the server is full and clients wait: the idlest connections of
+    /// the peer address that holds the most, while it holds more than its
+    /// fair share.
+    ///
+    /// This is what keeps a full server reachable when one address holds
+    /// every place with connections that trickle a byte now and then
+    /// (Slowloris), which no idle timeout catches. When every place is taken
+    /// and a client waits, the server counts the live connections of each
+    /// address (the PROXY header's client where there is one; Unix peers are
+    /// never reclaimed). If the address with the most holds more than
+    /// `max_connections / (addresses + 1)`, up to 16 of its connections whose
+    /// handler is waiting for the peer, idlest first, are closed: dropped
+    /// like an idle timeout, counted in
+    /// [`StatsSnapshot::timed_out_overload`](crate::StatsSnapshot::timed_out_overload)
+    /// and logged at `info`, one line per round with the address and count.
+    /// A handler busy elsewhere (not reading or writing) is never reclaimed.
+    /// It costs nothing until the server is full, then one scan of the live
+    /// connections per place it frees (and at most one a second that finds
+    /// nothing to reclaim).
+    ///
+    /// Default: on. Behind a load balancer that sends no PROXY header every
+    /// connection shares its address: then a full server closes its idlest
+    /// keep-alive connections for new ones, as nginx and Envoy do under
+    /// overload.
+    pub fn reclaim_when_full(mut self, reclaim: bool) -> Self {
+        self.config.reclaim_when_full = reclaim;
+        self
+    }
+
+    /// Closes a connection whose handler has waited this long for the peer
+    /// with no byte read or written. This is what frees the resources of
+    /// clients that connect and go silent, whatever the protocol (a client
+    /// that trickles a byte now and then is [reclaimed when the server is
+    /// full](Builder::reclaim_when_full) instead). `None` to disable.
+    ///
+    /// Idleness counts only while the handler waits on the connection (its
+    /// last read or write returned `Pending`): a handler awaiting a slow
+    /// backend or computing is never cut off, however long it takes.
     ///
     /// Expiry drops the handler's future (closing the socket), is logged at
-    /// `debug` in the connection's span and counted in
+    /// `info` with the timeout's kind and counted in
     /// [`StatsSnapshot::timed_out_idle`](crate::StatsSnapshot::timed_out_idle).
     /// Timeouts are checked by one sweeper thread per server every tick (a
     /// tenth of the shortest timeout, 5 ms to 1 s), which is also the

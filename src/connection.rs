@@ -295,6 +295,7 @@ impl AsyncRead for Connection {
         if buf.filled().len() > before {
             this.state.read();
         }
+        this.state.waiting(poll.is_pending());
         poll
     }
 }
@@ -327,11 +328,17 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        with_stream!(&mut self.get_mut().stream, s => Pin::new(s).poll_flush(cx))
+        let this = self.get_mut();
+        let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_flush(cx));
+        this.state.waiting(poll.is_pending());
+        poll
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        with_stream!(&mut self.get_mut().stream, s => Pin::new(s).poll_shutdown(cx))
+        let this = self.get_mut();
+        let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_shutdown(cx));
+        this.state.waiting(poll.is_pending());
+        poll
     }
 }
 
@@ -395,9 +402,11 @@ impl fmt::Debug for ReadChunk<'_> {
     }
 }
 
-/// Records a write that moved bytes.
+/// Records a write that moved bytes, and whether the write waits for the
+/// peer.
 fn wrote(state: &ConnState, poll: &Poll<io::Result<usize>>) {
     if matches!(poll, Poll::Ready(Ok(n)) if *n > 0) {
         state.wrote();
     }
+    state.waiting(poll.is_pending());
 }

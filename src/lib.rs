@@ -186,6 +186,7 @@ mod handover;
 mod limit;
 mod listen;
 mod listener;
+mod overload;
 mod preamble;
 pub mod proxy;
 mod record;

@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 #[cfg(unix)]
 use std::path::{Path, PathBuf};
+use std::task::{Context, Poll};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
@@ -54,17 +55,29 @@ impl Listener {
     ///
     /// Cancel safe, like tokio's `accept`.
     pub(crate) async fn accept(&self) -> io::Result<(Stream, Addr)> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Accepts a connection if one is waiting in the listen queue, without
+    /// waiting for one: `None` when the queue is empty.
+    pub(crate) async fn try_accept(&self) -> Option<io::Result<(Stream, Addr)>> {
+        std::future::poll_fn(|cx| match self.poll_accept(cx) {
+            Poll::Ready(accepted) => Poll::Ready(Some(accepted)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
+    }
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, Addr)>> {
         match self {
-            Listener::Tcp(listener) => {
-                let (stream, peer) = listener.accept().await?;
-                Ok((Stream::Tcp(stream), Addr::Tcp(peer)))
-            }
+            Listener::Tcp(listener) => listener
+                .poll_accept(cx)
+                .map_ok(|(stream, peer)| (Stream::Tcp(stream), Addr::Tcp(peer))),
             #[cfg(unix)]
-            Listener::Unix { listener, .. } => {
-                let (stream, peer) = listener.accept().await?;
+            Listener::Unix { listener, .. } => listener.poll_accept(cx).map_ok(|(stream, peer)| {
                 let path = peer.as_pathname().map(Path::to_path_buf);
-                Ok((Stream::Unix(Box::new(stream)), Addr::Unix(path)))
-            }
+                (Stream::Unix(Box::new(stream)), Addr::Unix(path))
+            }),
         }
     }
 

@@ -65,6 +65,11 @@ pub(crate) struct ConnState {
     /// moves `last_active` to its time: so a read or write costs one store
     /// and no clock.
     touched: AtomicBool,
+    /// Whether the handler's last read or write of the connection is
+    /// waiting for the peer (it returned `Pending`): only then does the
+    /// connection count as idle, so that a handler busy elsewhere (a slow
+    /// backend, a long computation) is never cut off by the idle timeout.
+    waiting: AtomicBool,
     has_read: AtomicBool,
     /// 0 while live; a `TimeoutKind` once the sweeper expired it.
     expired: AtomicU8,
@@ -116,6 +121,7 @@ impl ConnState {
             ended: AtomicBool::new(false),
             per_ip,
             touched: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
             has_read: AtomicBool::new(false),
             expired: AtomicU8::new(0),
             last_active: AtomicU64::new(accepted_at),
@@ -164,12 +170,38 @@ impl ConnState {
         self.touched.store(true, Ordering::Relaxed);
     }
 
+    /// Records whether the handler now waits for the peer: a read or write
+    /// returned `Pending` (`true`) or completed (`false`). A store only when
+    /// it changes, so that a busy connection's cache line stays unshared.
+    pub(crate) fn waiting(&self, waiting: bool) {
+        if self.waiting.load(Ordering::Relaxed) != waiting {
+            self.waiting.store(waiting, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the handler waits for the peer (see [`ConnState::waiting`]).
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// The sweeper's view at `now`: the time of the last activity, moved to
-    /// `now` if there was activity since the last look.
+    /// `now` if there was activity since the last look, or if the handler
+    /// is not waiting for the peer (it is busy, so not idle).
     pub(crate) fn last_active(&self, now: u64) -> u64 {
-        if self.touched.load(Ordering::Relaxed) {
+        if self.touched.load(Ordering::Relaxed) || !self.is_waiting() {
             self.touched.store(false, Ordering::Relaxed);
             self.last_active.store(now, Ordering::Relaxed);
+            now
+        } else {
+            self.last_active.load(Ordering::Relaxed)
+        }
+    }
+
+    /// The last activity seen, without taking note of it (that is the
+    /// sweeper's job): `now` if there was activity since the sweeper's last
+    /// look or the handler is busy.
+    pub(crate) fn last_active_seen(&self, now: u64) -> u64 {
+        if self.touched.load(Ordering::Relaxed) || !self.is_waiting() {
             now
         } else {
             self.last_active.load(Ordering::Relaxed)
@@ -192,6 +224,7 @@ impl ConnState {
             1 => Some(TimeoutKind::Idle),
             2 => Some(TimeoutKind::FirstRead),
             3 => Some(TimeoutKind::MaxAge),
+            4 => Some(TimeoutKind::Overload),
             _ => None,
         }
     }

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::accept::{Backoff, Resume};
 use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
@@ -32,6 +34,7 @@ use crate::connection::Stream;
 use crate::handover::{Handover, Offering};
 use crate::limit::{Limits, Permit};
 use crate::listener::Listener;
+use crate::overload::Reclaimer;
 use crate::preamble::Preamble;
 use crate::record::{ConnState, Home};
 use crate::shutdown::Fired;
@@ -68,18 +71,22 @@ pub struct Server {
 
 /// What happened during a server's life, returned by [`Server::run`].
 ///
-/// The counts are exact: every accepted connection ended in exactly one of
+/// The counts are exact. Every accepted connection ended in exactly one of
 /// `completed`, `failed`, `panicked`, `timed_out`, `aborted`,
-/// `proxy_rejected` or `tls_failed`, and every
-/// connection live when the listener closed either ended before the drain
-/// deadline (`drained`, whether its handler returned or a timeout closed it)
-/// or was `aborted` at it:
+/// `proxy_rejected` or `tls_failed`. Every connection the drain had to wait
+/// for (open when shutdown began, or waiting in a listen queue then and
+/// accepted since) either ended before the drain deadline (`drained`,
+/// whether its handler returned or a timeout closed it) or was `aborted` at
+/// it:
 ///
 /// ```text
-/// accepted           == completed + failed + panicked + timed_out + aborted
-///                       + proxy_rejected + tls_failed
-/// active_at_shutdown == drained + aborted
+/// accepted                              == completed + failed + panicked + timed_out
+///                                          + aborted + proxy_rejected + tls_failed
+/// active_at_shutdown + backlog_accepted == drained + aborted
 /// ```
+///
+/// Clients still waiting in a listen queue at the deadline were never
+/// accepted: `backlog_closed` counts them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
@@ -99,13 +106,21 @@ pub struct ShutdownReport {
     /// Connections closed before the handler ran because their TLS
     /// handshake failed.
     pub tls_failed: u64,
-    /// Connections still open when the listener closed.
+    /// Connections open when shutdown began.
     pub active_at_shutdown: u64,
-    /// Of those, the ones whose handler ended by itself within the drain timeout.
+    /// Clients that were waiting in a listen queue when shutdown began,
+    /// accepted during the drain with their shutdown signal already fired.
+    pub backlog_accepted: u64,
+    /// Clients still waiting in a listen queue at the drain deadline,
+    /// closed without being served (never `accepted`).
+    pub backlog_closed: u64,
+    /// Of the connections open at shutdown or accepted from the queues
+    /// since, the ones that ended by themselves within the drain timeout
+    /// (their handler returned, or a timeout closed them).
     pub drained: u64,
     /// Of those, the ones aborted at the drain timeout.
     pub aborted: u64,
-    /// From the listener's close to the last task's end.
+    /// From the shutdown's trigger to the last task's end.
     pub drain_duration: Duration,
     /// The final counters of each listener, in the order they were
     /// configured (their sum is the rest of this report).
@@ -224,6 +239,9 @@ impl Server {
         } = self;
         let connections = Arc::new(Fired::default());
         let tasks = Arc::new(Tasks::new());
+        // Dropping this future aborts every connection task: nothing the
+        // server spawned outlives `run`, finished or dropped.
+        let _abort_on_drop = AbortOnDrop(Arc::clone(&tasks));
         let clock = Arc::new(Clock::new());
         // Timeouts stay enforced during the drain, so the sweeper outlives the
         // accept loops; it is stopped (and it ends) before `run` returns, or
@@ -249,11 +267,12 @@ impl Server {
             config: config.clone(),
         });
 
-        // Phase 1: every accept loop ends and drops its listener; new
-        // connects are refused.
         #[cfg(unix)]
         let offering =
             handover.and_then(|handover| offer_listeners(handover, &listeners, &trigger));
+        let (closing_tx, closing) = watch::channel(Closing::Open);
+        // Each loop drops its sender once it has swept its listen queue.
+        let (swept_tx, mut swept) = mpsc::channel::<()>(1);
         let mut loops = JoinSet::new();
         for (index, listening) in listeners.into_iter().enumerate() {
             tracing::info!(
@@ -267,9 +286,16 @@ impl Server {
                 listening,
                 counters,
                 Arc::clone(&trigger),
+                Closer {
+                    closing: closing.clone(),
+                    swept: swept_tx.clone(),
+                },
             ));
         }
-        let fatal = supervise(&mut loops, &trigger, shutdown_signal).await;
+        drop(swept_tx);
+        let mut fatal = supervise(&mut loops, &trigger, shutdown_signal).await;
+        let triggered_at = Instant::now();
+        let deadline = triggered_at + config.drain_timeout;
         #[cfg(unix)]
         let handed_over = match offering {
             Some(offering) => offering.finish().await,
@@ -279,6 +305,19 @@ impl Server {
         let handed_over = false;
         let at_shutdown = stats.snapshot();
         let active_at_shutdown = at_shutdown.active;
+
+        // Phase 1: every listener stops taking new clients. The clients
+        // already waiting in its queue are the server's: each loop serves
+        // them (unless a successor took the listeners over and serves the
+        // queue itself), then closes the listener, so new connects are
+        // refused. The connections' signal fires once every loop has swept
+        // its queue, or waits for places that only ending connections free.
+        closing_tx.send_replace(if handed_over {
+            Closing::HandedOver
+        } else {
+            Closing::ServeBacklog
+        });
+        let _ = tokio::time::timeout_at(deadline, swept.recv()).await;
         if handed_over {
             tracing::info!(
                 active = active_at_shutdown,
@@ -287,17 +326,26 @@ impl Server {
         } else {
             tracing::info!(
                 active = active_at_shutdown,
-                "shutdown begun: listeners closed"
+                "shutdown begun: listeners closing"
             );
         }
         connections.fire();
 
-        // Phase 2: drain, then abort what is left.
-        let drain = tasks.drain(config.drain_timeout).await;
+        // Phase 2: drain until the deadline, then close what still waits in
+        // the queues and abort what still runs.
+        if tokio::time::timeout_at(deadline, join_loops(&mut loops, &mut fatal))
+            .await
+            .is_err()
+        {
+            closing_tx.send_replace(Closing::Deadline);
+            join_loops(&mut loops, &mut fatal).await;
+        }
+        tasks.drain(deadline).await;
         if let Some(sweeper) = sweeper {
             sweeper.stop().await;
         }
         let end = stats.snapshot();
+        let backlog_accepted = end.accepted - at_shutdown.accepted;
         let report = ShutdownReport {
             accepted: end.accepted,
             completed: end.completed,
@@ -307,11 +355,14 @@ impl Server {
             proxy_rejected: end.proxy_rejected,
             tls_failed: end.tls_failed,
             active_at_shutdown,
+            backlog_accepted,
+            backlog_closed: end.backlog_closed,
             // Aborts happen at the drain deadline only (a panic anywhere in a
             // task counts as panicked); the difference keeps this exact anyway.
-            drained: active_at_shutdown.saturating_sub(end.aborted - at_shutdown.aborted),
+            drained: (active_at_shutdown + backlog_accepted)
+                .saturating_sub(end.aborted - at_shutdown.aborted),
             aborted: end.aborted,
-            drain_duration: drain.duration,
+            drain_duration: triggered_at.elapsed(),
             by_listener: stats.by_listener(),
             handed_over,
         };
@@ -320,6 +371,15 @@ impl Server {
             None => Ok(report),
             Some((addr, source)) => Err(Error::Accept { addr, source }),
         }
+    }
+}
+
+/// Aborts every connection task when dropped (see [`Tasks::abort_all`]).
+struct AbortOnDrop(Arc<Tasks>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort_all();
     }
 }
 
@@ -348,39 +408,60 @@ fn offer_listeners(
     }
 }
 
-/// Waits for every accept loop to end. Triggers the shutdown when the
-/// builder's signal fires or a loop fails; returns the first failure.
+/// Waits for the shutdown's trigger, firing it when the builder's signal
+/// fires or a loop fails; returns the first failure.
 async fn supervise(
-    loops: &mut JoinSet<Result<(), (Addr, io::Error)>>,
+    loops: &mut JoinSet<LoopResult>,
     trigger: &Arc<Fired>,
     shutdown_signal: Option<ExternalSignal>,
 ) -> Option<(Addr, io::Error)> {
     let mut external = shutdown_signal.map(ExternalSignal::into_future);
+    let mut triggered = Fired::wait(trigger);
     let mut fatal = None;
     loop {
         tokio::select! {
+            () = &mut triggered => return fatal,
             () = poll_optional(&mut external) => {
                 tracing::info!("shutdown signal received");
                 trigger.fire();
                 external = None;
             }
-            joined = loops.join_next() => match joined {
-                None => return fatal,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(failure))) => {
-                    // One broken listener stops them all: the server is not
-                    // what it was configured to be.
-                    trigger.fire();
-                    fatal.get_or_insert(failure);
-                }
-                Some(Err(join_err)) => {
-                    tracing::error!(error = %join_err, "an accept loop ended abnormally");
-                    trigger.fire();
-                }
-            },
+            Some(joined) = loops.join_next() => {
+                joined_loop(joined, &mut fatal);
+                // One broken listener stops them all: the server is not
+                // what it was configured to be.
+                trigger.fire();
+            }
         }
     }
 }
+
+/// Waits for every accept loop to end, keeping the first failure.
+async fn join_loops(loops: &mut JoinSet<LoopResult>, fatal: &mut Option<(Addr, io::Error)>) {
+    while let Some(joined) = loops.join_next().await {
+        joined_loop(joined, fatal);
+    }
+}
+
+/// Takes note of how an accept loop ended.
+fn joined_loop(
+    joined: Result<LoopResult, tokio::task::JoinError>,
+    fatal: &mut Option<(Addr, io::Error)>,
+) {
+    match joined {
+        Ok(Ok(())) => {}
+        Ok(Err(failure)) => {
+            fatal.get_or_insert(failure);
+        }
+        Err(join_err) => {
+            tracing::error!(error = %join_err, "an accept loop ended abnormally");
+        }
+    }
+}
+
+/// How an accept loop ends: by itself at shutdown, or with its listener's
+/// fatal error.
+type LoopResult = Result<(), (Addr, io::Error)>;
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -406,11 +487,19 @@ impl fmt::Display for ShutdownReport {
         if self.tls_failed > 0 {
             write!(f, ", TLS failed {}", self.tls_failed)?;
         }
+        write!(f, "; at shutdown {} active", self.active_at_shutdown)?;
+        if self.backlog_accepted > 0 {
+            write!(f, " and {} waiting", self.backlog_accepted)?;
+        }
         write!(
             f,
-            "; at shutdown {} active: {} drained, {} aborted in {:.1?}",
-            self.active_at_shutdown, self.drained, self.aborted, self.drain_duration,
-        )
+            ": {} drained, {} aborted in {:.1?}",
+            self.drained, self.aborted, self.drain_duration,
+        )?;
+        if self.backlog_closed > 0 {
+            write!(f, "; {} still waiting closed unserved", self.backlog_closed)?;
+        }
+        Ok(())
     }
 }
 
@@ -439,14 +528,39 @@ struct Shared {
 /// with every connection that ends.
 const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Where the shutdown is, as the accept loops see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Serving; or shutdown was triggered and `run` has not yet decided how
+    /// the listeners close.
+    Open,
+    /// Serve the clients waiting in the listen queue, then close.
+    ServeBacklog,
+    /// A successor took the listeners over and serves their queues: close.
+    HandedOver,
+    /// The drain deadline passed: close what still waits, unserved.
+    Deadline,
+}
+
+/// What an accept loop needs to close its listener at shutdown.
+struct Closer {
+    closing: watch::Receiver<Closing>,
+    /// Dropped once the listener's queue is swept (see [`close_listener`]).
+    swept: mpsc::Sender<()>,
+}
+
+/// A client accepted and not yet admitted.
+type InHand = (Stream, Addr);
+
 /// Accepts on one listener until shutdown is triggered or the listener
-/// fails; the listener is dropped (closed) on return.
+/// fails, then closes it (see [`close_listener`]).
 async fn accept_loop(
     shared: Arc<Shared>,
     listening: Listening,
     counters: Arc<Counters>,
     trigger: Arc<Fired>,
-) -> Result<(), (Addr, io::Error)> {
+    closer: Closer,
+) -> LoopResult {
     let Listening {
         listener,
         addr,
@@ -466,12 +580,20 @@ async fn accept_loop(
     let mut stop = Fired::wait(&trigger);
     let mut backoff = Backoff::new();
     let mut last_full_warning = None;
-    loop {
+    let mut reclaimer = Reclaimer::default();
+    let reclaim = shared.config.reclaim_when_full;
+    let in_hand = loop {
         // Room first: a full server does not accept, so clients queue in
         // the kernel's backlog instead of costing a descriptor. The place is
         // taken only once a connection is in hand, so that a listener waiting
         // for clients holds none while another listener's clients queue.
-        if !shared.limits.has_room() {
+        let accepted = if shared.limits.has_room() {
+            tokio::select! {
+                biased;
+                () = &mut stop => break None,
+                accepted = listener.accept() => accepted,
+            }
+        } else {
             let now = tokio::time::Instant::now();
             if last_full_warning.is_none_or(|at| now.duration_since(at) >= FULL_LOG_INTERVAL) {
                 last_full_warning = Some(now);
@@ -483,49 +605,144 @@ async fn accept_loop(
             } else {
                 tracing::debug!(%addr, "connection limit reached, accepting paused");
             }
+            // Full: one client taken in hand tells that clients wait, which
+            // is when places are reclaimed (below).
             tokio::select! {
                 biased;
-                () = &mut stop => return Ok(()),
-                () = shared.limits.room() => tracing::debug!(%addr, "accepting resumed"),
-            }
-        }
-        let accepted = tokio::select! {
-            biased;
-            () = &mut stop => return Ok(()),
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                if backoff.in_episode() {
-                    tracing::info!(%addr, "accepting again after resource exhaustion");
+                () = &mut stop => break None,
+                () = shared.limits.room() => {
+                    tracing::debug!(%addr, "accepting resumed");
+                    continue;
                 }
-                backoff.reset();
-                let permit = match shared.limits.try_permit() {
-                    Some(permit) => permit,
-                    // Another listener took the last place meanwhile: this
-                    // connection waits for the next (an overshoot of at most
-                    // one connection in hand per listener).
-                    None => tokio::select! {
-                        biased;
-                        () = &mut stop => return Ok(()),
-                        permit = shared.limits.permit() => permit,
-                    },
-                };
-                serve(&shared, stream, peer, &home, permit);
+                accepted = listener.accept(), if reclaim => accepted,
             }
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 home.counters.accept_error();
                 match backoff.on_error(err, &addr, &mut stop).await {
-                    Ok(Resume::Accept) => {}
-                    Ok(Resume::Stop) => return Ok(()),
+                    Ok(Resume::Accept) => continue,
+                    Ok(Resume::Stop) => break None,
                     Err(err) => {
                         tracing::error!(%addr, error = %err, "accept failed, shutting down");
                         return Err((addr, err));
                     }
                 }
             }
+        };
+        if backoff.in_episode() {
+            tracing::info!(%addr, "accepting again after resource exhaustion");
+        }
+        backoff.reset();
+        let permit = match shared.limits.try_permit() {
+            Some(permit) => permit,
+            // Full with a client in hand (or another listener took the last
+            // place meanwhile): it waits for the next place, at most one per
+            // listener.
+            None => {
+                if reclaim {
+                    reclaimer.reclaim(&shared.tasks, &shared.clock, shared.config.max_connections);
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut stop => break Some((stream, peer)),
+                    permit = shared.limits.permit() => permit,
+                }
+            }
+        };
+        serve(&shared, stream, peer, &home, permit);
+    };
+    close_listener(&shared, &home, listener, in_hand, closer).await;
+    Ok(())
+}
+
+/// Closes a listener at shutdown, once `run` has said how.
+///
+/// The clients the kernel had queued when shutdown began are the server's
+/// clients: they are accepted as places free, with their connection's
+/// shutdown signal already fired (a keep-alive handler answers one request
+/// and closes), until the queue is empty; only then is the listener closed
+/// and new connects refused. At most a backlog's worth are taken this way
+/// (the queue held no more when shutdown began), and whatever still waits
+/// at the drain deadline is closed unserved and counted
+/// ([`ShutdownReport::backlog_closed`]). After a handover the successor
+/// serves the queue, and only a client already in hand is served here.
+async fn close_listener(
+    shared: &Shared,
+    home: &Arc<Home>,
+    listener: Listener,
+    mut in_hand: Option<InHand>,
+    closer: Closer,
+) {
+    let Closer { mut closing, swept } = closer;
+    let mut swept = Some(swept);
+    let plan = closing
+        .wait_for(|closing| *closing != Closing::Open)
+        .await
+        .map_or(Closing::Deadline, |closing| *closing);
+    let sweep_queue = plan == Closing::ServeBacklog;
+    let mut budget = usize::try_from(shared.config.backlog).unwrap_or(usize::MAX);
+    let mut deadline = plan == Closing::Deadline;
+    while !deadline {
+        let (stream, peer) = match in_hand.take() {
+            Some(client) => client,
+            None if sweep_queue && budget > 0 => {
+                budget -= 1;
+                match listener.try_accept().await {
+                    None => break,
+                    Some(Ok(client)) => client,
+                    Some(Err(err)) => {
+                        home.counters.accept_error();
+                        tracing::debug!(addr = %home.addr, error = %err, "accept failed while closing");
+                        continue;
+                    }
+                }
+            }
+            None => break,
+        };
+        let permit = match shared.limits.try_permit() {
+            Some(permit) => permit,
+            None => {
+                // Places free only as connections end, which their
+                // signal hastens: let it fire.
+                swept.take();
+                tokio::select! {
+                    biased;
+                    _ = closing.wait_for(|closing| *closing == Closing::Deadline) => {
+                        in_hand = Some((stream, peer));
+                        deadline = true;
+                        break;
+                    }
+                    permit = shared.limits.permit() => permit,
+                }
+            }
+        };
+        serve(shared, stream, peer, home, permit);
+    }
+    if deadline || budget == 0 {
+        let mut closed = u64::from(in_hand.is_some());
+        if sweep_queue {
+            for _ in 0..shared.config.backlog {
+                match listener.try_accept().await {
+                    None => break,
+                    Some(Ok(_)) => closed += 1,
+                    Some(Err(_)) => home.counters.accept_error(),
+                }
+            }
+        }
+        if closed > 0 {
+            home.counters.backlog_closed(closed);
+            tracing::warn!(
+                addr = %home.addr,
+                closed,
+                "clients still waiting in the listen queue at the drain deadline were closed unserved"
+            );
         }
     }
+    drop(in_hand);
+    drop(listener);
+    drop(swept);
 }
 
 /// Admits an accepted stream and spawns its task, which runs the

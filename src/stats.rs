@@ -64,6 +64,9 @@ pub struct StatsSnapshot {
     pub timed_out_first_read: u64,
     /// Connections closed at the [maximum age](crate::Builder::max_connection_age).
     pub timed_out_max_age: u64,
+    /// Idle connections closed early to make room for waiting clients on a
+    /// full server (see [`Builder::reclaim_when_full`](crate::Builder::reclaim_when_full)).
+    pub timed_out_overload: u64,
     /// Handlers aborted at the end of the drain timeout.
     pub aborted: u64,
     /// Connections closed before the handler ran because their PROXY
@@ -80,12 +83,19 @@ pub struct StatsSnapshot {
     /// Failed `accept` calls, whatever the cause (see
     /// [`Server::run`](crate::Server::run) for how each kind is handled).
     pub accept_errors: u64,
+    /// Clients still waiting in the listen queue at the drain deadline,
+    /// closed without being served (never `accepted`); see
+    /// [`ShutdownReport::backlog_closed`](crate::ShutdownReport::backlog_closed).
+    pub backlog_closed: u64,
 }
 
 impl StatsSnapshot {
     /// Connections closed by any of the timeouts.
     pub fn timed_out(&self) -> u64 {
-        self.timed_out_idle + self.timed_out_first_read + self.timed_out_max_age
+        self.timed_out_idle
+            + self.timed_out_first_read
+            + self.timed_out_max_age
+            + self.timed_out_overload
     }
 
     /// Connections closed before the handler ran: `proxy_rejected` plus
@@ -147,11 +157,13 @@ impl Add for StatsSnapshot {
             timed_out_idle: self.timed_out_idle + other.timed_out_idle,
             timed_out_first_read: self.timed_out_first_read + other.timed_out_first_read,
             timed_out_max_age: self.timed_out_max_age + other.timed_out_max_age,
+            timed_out_overload: self.timed_out_overload + other.timed_out_overload,
             aborted: self.aborted + other.aborted,
             proxy_rejected: self.proxy_rejected + other.proxy_rejected,
             tls_failed: self.tls_failed + other.tls_failed,
             rejected: self.rejected + other.rejected,
             accept_errors: self.accept_errors + other.accept_errors,
+            backlog_closed: self.backlog_closed + other.backlog_closed,
         }
     }
 }
@@ -179,11 +191,13 @@ pub(crate) struct Counters {
     timed_out_idle: AtomicU64,
     timed_out_first_read: AtomicU64,
     timed_out_max_age: AtomicU64,
+    timed_out_overload: AtomicU64,
     aborted: AtomicU64,
     proxy_rejected: AtomicU64,
     tls_failed: AtomicU64,
     rejected: AtomicU64,
     accept_errors: AtomicU64,
+    backlog_closed: AtomicU64,
 }
 
 impl Counters {
@@ -208,6 +222,10 @@ impl Counters {
         self.accept_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn backlog_closed(&self, closed: u64) {
+        self.backlog_closed.fetch_add(closed, Ordering::Relaxed);
+    }
+
     pub(crate) fn ended(&self, outcome: Outcome) {
         let counter = match outcome {
             Outcome::Completed => &self.completed,
@@ -216,6 +234,7 @@ impl Counters {
             Outcome::TimedOut(TimeoutKind::Idle) => &self.timed_out_idle,
             Outcome::TimedOut(TimeoutKind::FirstRead) => &self.timed_out_first_read,
             Outcome::TimedOut(TimeoutKind::MaxAge) => &self.timed_out_max_age,
+            Outcome::TimedOut(TimeoutKind::Overload) => &self.timed_out_overload,
             Outcome::Aborted => &self.aborted,
             // Counted where the refusal was decided, with its reason.
             Outcome::Refused => return,
@@ -235,11 +254,13 @@ impl Counters {
             timed_out_idle: self.timed_out_idle.load(Ordering::Acquire),
             timed_out_first_read: self.timed_out_first_read.load(Ordering::Acquire),
             timed_out_max_age: self.timed_out_max_age.load(Ordering::Acquire),
+            timed_out_overload: self.timed_out_overload.load(Ordering::Acquire),
             aborted: self.aborted.load(Ordering::Acquire),
             proxy_rejected: self.proxy_rejected.load(Ordering::Acquire),
             tls_failed: self.tls_failed.load(Ordering::Acquire),
             rejected: self.rejected.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            backlog_closed: self.backlog_closed.load(Ordering::Relaxed),
             ..StatsSnapshot::default()
         };
         s.accepted = self.accepted.load(Ordering::Relaxed);
@@ -260,7 +281,7 @@ mod tests {
         let stats = Stats::new(addrs.clone());
         stats.counters(1).accepted();
         let c = stats.counters(0);
-        for _ in 0..8 {
+        for _ in 0..9 {
             c.accepted();
         }
         c.ended(Outcome::Completed);
@@ -270,17 +291,18 @@ mod tests {
         c.ended(Outcome::TimedOut(TimeoutKind::Idle));
         c.ended(Outcome::TimedOut(TimeoutKind::FirstRead));
         c.ended(Outcome::TimedOut(TimeoutKind::MaxAge));
+        c.ended(Outcome::TimedOut(TimeoutKind::Overload));
         c.rejected();
         let s = stats.snapshot();
-        assert_eq!(s.accepted, 9);
+        assert_eq!(s.accepted, 10);
         assert_eq!(s.active, 2);
         let by_listener = stats.by_listener();
         assert_eq!(by_listener[0].0, addrs[0]);
         assert_eq!(
             (by_listener[0].1.accepted, by_listener[1].1.accepted),
-            (8, 1)
+            (9, 1)
         );
-        assert_eq!(s.timed_out(), 3);
+        assert_eq!(s.timed_out(), 4);
         assert_eq!(s.rejected, 1);
         assert_eq!(
             (s.completed, s.failed, s.panicked, s.aborted),

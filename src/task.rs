@@ -25,7 +25,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use slab::Slab;
 use tokio::sync::Notify;
@@ -57,13 +56,10 @@ pub(crate) struct Tasks {
     live: AtomicUsize,
     /// Set when the drain begins: from then on the last task to end wakes it.
     draining: AtomicBool,
+    /// Set (under the registry's lock) by [`Tasks::abort_all`]: a task
+    /// spawned after it is aborted at once instead of registered.
+    closed: AtomicBool,
     ended: Notify,
-}
-
-/// How the drain went.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Drain {
-    pub(crate) duration: Duration,
 }
 
 /// How a connection's task ended, before it is counted and logged.
@@ -93,6 +89,7 @@ impl Tasks {
             registry: Registry::default(),
             live: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             ended: Notify::new(),
         }
     }
@@ -134,7 +131,9 @@ impl Tasks {
         // unless the task has ended already (its guard marked it before it
         // looked for the entry, under the same lock).
         let mut registry = lock(&self.registry);
-        if !registered.ended.load(Ordering::Relaxed) {
+        if self.closed.load(Ordering::Relaxed) {
+            handle.abort();
+        } else if !registered.ended.load(Ordering::Relaxed) {
             let entry = registry.vacant_entry();
             registered.key.store(entry.key(), Ordering::Relaxed);
             entry.insert(Entry {
@@ -145,33 +144,57 @@ impl Tasks {
     }
 
     /// Aborts every connection for which `expired` names a timeout.
+    pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState) -> Option<TimeoutKind>) {
+        self.scan(|state, abort| {
+            if let Some(kind) = expired(state) {
+                Self::close(state, abort, kind);
+            }
+        });
+    }
+
+    /// Closes a connection for a timeout of `kind`: marked before the abort
+    /// so that the guard, which runs when the aborted task is dropped,
+    /// counts a timeout, not an abort; once only.
+    pub(crate) fn close(state: &ConnState, abort: &AbortHandle, kind: TimeoutKind) {
+        if state.expire(kind) {
+            abort.abort();
+        }
+    }
+
+    /// Calls `visit` with every live connection's record and abort handle.
     ///
     /// A chunk of entries at a time, so that the lock, which the accept
     /// loops and ending tasks take too, is never held for long by the
     /// sweeper's thread (which the system may preempt while it holds it).
-    pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState) -> Option<TimeoutKind>) {
+    pub(crate) fn scan(&self, mut visit: impl FnMut(&Arc<ConnState>, &AbortHandle)) {
         const CHUNK: usize = 512;
         let mut start: usize = 0;
         loop {
             let registry = lock(&self.registry);
             let end = start.saturating_add(CHUNK).min(registry.capacity());
             for key in start..end {
-                let Some(entry) = registry.get(key) else {
-                    continue;
-                };
-                if let Some(kind) = expired(&entry.state) {
-                    // Marked before the abort so that the guard, which runs
-                    // when the aborted task is dropped, counts a timeout,
-                    // not an abort.
-                    if entry.state.expire(kind) {
-                        entry.abort.abort();
-                    }
+                if let Some(entry) = registry.get(key) {
+                    visit(&entry.state, &entry.abort);
                 }
             }
             if end >= registry.capacity() {
                 return;
             }
             start = end;
+        }
+    }
+
+    /// Aborts every task, now and any spawned from now on: what is left
+    /// when `run` is dropped before its drain ended, so that nothing the
+    /// server spawned outlives it.
+    pub(crate) fn abort_all(&self) {
+        let entries = {
+            let mut registry = lock(&self.registry);
+            self.closed.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *registry)
+        };
+        for (_, entry) in entries {
+            entry.abort.abort();
         }
     }
 
@@ -210,15 +233,14 @@ impl Tasks {
         }
     }
 
-    /// Waits up to `timeout` for every task to end, then aborts the rest and
-    /// waits for them to unwind.
+    /// Waits until `deadline` for every task to end, then aborts the rest
+    /// and waits for them to unwind.
     ///
     /// A handler that blocks its thread without ever yielding cannot be
     /// aborted; the drain then waits for it.
-    pub(crate) async fn drain(&self, timeout: Duration) -> Drain {
+    pub(crate) async fn drain(&self, deadline: Instant) {
         self.draining.store(true, Ordering::SeqCst);
-        let start = Instant::now();
-        if tokio::time::timeout(timeout, self.all_ended())
+        if tokio::time::timeout_at(deadline, self.all_ended())
             .await
             .is_err()
         {
@@ -227,16 +249,12 @@ impl Tasks {
             let stragglers = std::mem::take(&mut *lock(&self.registry));
             tracing::warn!(
                 remaining = stragglers.len(),
-                ?timeout,
                 "drain timeout reached, aborting remaining connections"
             );
             for (_, entry) in stragglers {
                 entry.abort.abort();
             }
             self.all_ended().await;
-        }
-        Drain {
-            duration: start.elapsed(),
         }
     }
 }
@@ -348,7 +366,12 @@ impl Drop for EndGuard {
         // Logging last: a subscriber that panics cannot leave the place
         // taken or the drain waiting.
         if let Outcome::TimedOut(kind) = self.outcome {
-            tracing::debug!(timeout = ?kind, "connection timed out");
+            tracing::info!(
+                conn.id = state.id,
+                peer = %state.client_addr(),
+                timeout = kind.name(),
+                "connection timed out"
+            );
         }
         tracing::debug!(outcome = ?self.outcome, "connection closed");
     }
@@ -373,6 +396,8 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::limit::Limits;
     use crate::record::Home;
@@ -404,7 +429,7 @@ mod tests {
             let serve = async { Handled::Completed };
             tasks.spawn(serve, tracing::Span::none(), Arc::new(state));
         }
-        let drain = tasks.drain(Duration::from_secs(10));
+        let drain = tasks.drain(Instant::now() + Duration::from_secs(10));
         tokio::time::timeout(Duration::from_secs(20), drain)
             .await
             .unwrap();

@@ -11,6 +11,11 @@
 //! and its activity with the tick that saw it, so it never expires before
 //! its deadline, and within about two ticks after it.
 //!
+//! Idleness counts only while the handler waits for the peer: its last read
+//! or write of the connection returned `Pending`. A handler busy elsewhere
+//! (awaiting a slow backend, computing) is never idle, whatever the peer
+//! does; a handler reading from a silent peer is.
+//!
 //! The sweeper is a thread of its own, not a task with a tokio timer: while
 //! any timer is pending, every time the runtime parks it reads the clock and
 //! walks the timer wheel, a few hundred instructions on every wake-up of the
@@ -37,6 +42,21 @@ pub(crate) enum TimeoutKind {
     Idle = 1,
     FirstRead = 2,
     MaxAge = 3,
+    /// Closed early, while idle, to make room for waiting clients on a full
+    /// server (see `overload.rs`): an idle timeout shrunk under pressure.
+    Overload = 4,
+}
+
+impl TimeoutKind {
+    /// The kind's name in logs (and metrics labels).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::FirstRead => "first_read",
+            TimeoutKind::MaxAge => "max_age",
+            TimeoutKind::Overload => "overload",
+        }
+    }
 }
 
 /// The configured timeouts.
@@ -237,12 +257,19 @@ mod tests {
             Addr::Unix(None),
             ShutdownSignal::new(Arc::default()),
         );
+        // The handler waits for the peer throughout, but where it says.
+        state.waiting(true);
         assert_eq!(t.expired(&state, 49), None);
         assert_eq!(t.expired(&state, 50), Some(TimeoutKind::FirstRead));
         state.read();
         assert_eq!(t.expired(&state, 60), None, "read, seen at 60");
         assert_eq!(t.expired(&state, 159), None, "idle until 160");
         assert_eq!(t.expired(&state, 160), Some(TimeoutKind::Idle));
+        state.waiting(false);
+        assert_eq!(t.expired(&state, 200), None, "busy elsewhere, seen at 200");
+        state.waiting(true);
+        assert_eq!(t.expired(&state, 299), None, "idle until 300");
+        assert_eq!(t.expired(&state, 300), Some(TimeoutKind::Idle));
         state.wrote();
         assert_eq!(t.expired(&state, 990), None, "wrote, seen at 990");
         assert_eq!(t.expired(&state, 1000), Some(TimeoutKind::MaxAge));

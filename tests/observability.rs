@@ -136,7 +136,7 @@ async fn errors_panics_and_timeouts_are_logged_with_the_connection() {
     let timed_out = logs.lines_with("connection timed out");
     assert_eq!(timed_out.len(), 1, "{timed_out:?}");
     assert!(
-        timed_out[0].contains(" DEBUG ") && timed_out[0].contains("Idle"),
+        timed_out[0].contains(" INFO ") && timed_out[0].contains("timeout=\"idle\""),
         "{timed_out:?}"
     );
     // Per-connection lines run inside the `conn{id, peer}` span.

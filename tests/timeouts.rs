@@ -220,3 +220,55 @@ async fn a_busy_connection_is_closed_at_the_maximum_age() {
     assert_eq!(running.stats.snapshot().timed_out_max_age, 1);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timeout_spares_a_handler_busy_elsewhere_and_cuts_a_silent_peer() {
+    const IDLE: Duration = Duration::from_millis(300);
+    const BUSY: Duration = Duration::from_millis(1500);
+    let running = start(
+        handler_fn(|mut conn: Connection| async move {
+            let mut request = [0u8; 1];
+            conn.read_exact(&mut request).await?;
+            if request[0] == b'b' {
+                // A slow backend: five idle timeouts without touching the
+                // connection.
+                tokio::time::sleep(BUSY).await;
+                conn.write_all(b"done").await?;
+                return Ok::<_, io::Error>(());
+            }
+            // Then reads from a peer that stays silent.
+            conn.read_exact(&mut request).await?;
+            Ok(())
+        }),
+        |b| b.idle_timeout(IDLE),
+    )
+    .await;
+    let mut busy = running.connect().await;
+    busy.write_all(b"b").await.unwrap();
+    let mut silent = running.connect().await;
+    silent.write_all(b"s").await.unwrap();
+
+    let mut answer = Vec::new();
+    within("the busy handler's answer", busy.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(answer, b"done", "the busy handler was not cut off");
+    within(
+        "the silent peer to be closed",
+        closed_after(silent, Instant::now()),
+    )
+    .await;
+    let report = running.stop().await;
+    assert_eq!((report.completed, report.timed_out), (1, 1), "{report:?}");
+    assert_eq!(running_idle(&report), 1);
+    assert_adds_up(&report);
+}
+
+/// The idle timeouts of a report, from its listeners' counters.
+fn running_idle(report: &switchboard::ShutdownReport) -> u64 {
+    report
+        .by_listener
+        .iter()
+        .map(|(_, s)| s.timed_out_idle)
+        .sum()
+}

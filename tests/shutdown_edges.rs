@@ -1,0 +1,186 @@
+//! Shutdown at its edges: clients waiting in the listen queue when it
+//! begins, and a `run` future dropped before it ends.
+
+mod common;
+
+use std::future::pending;
+use std::io;
+use std::time::Duration;
+
+use common::{assert_adds_up, start, within};
+use switchboard::{Connection, handler_fn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// A keep-alive handler of one-byte requests: answers `ok` to each, and
+/// closes when shutdown begins, at once if idle, or after answering the
+/// request that is already there. Says on `answered` when it answered.
+fn keep_alive(answered: mpsc::UnboundedSender<()>) -> impl switchboard::Handler {
+    handler_fn(move |mut conn: Connection| {
+        let answered = answered.clone();
+        async move {
+            let mut shutdown = conn.shutdown_requested();
+            let mut request = [0u8; 1];
+            loop {
+                // A request already there is answered, signal or not.
+                let n = tokio::select! {
+                    biased;
+                    n = conn.read(&mut request) => n?,
+                    () = &mut shutdown => return Ok(()),
+                };
+                if n == 0 {
+                    return Ok::<_, io::Error>(());
+                }
+                conn.write_all(b"ok").await?;
+                let _ = answered.send(());
+                if conn.is_shutting_down() {
+                    return Ok(());
+                }
+            }
+        }
+    })
+}
+
+/// Reads what the server sends until it closes; a reset ends it too.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 16];
+    loop {
+        match within("the server to answer and close", stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return received,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_waiting_in_the_queue_at_shutdown_are_served_not_reset() {
+    const MAX: usize = 50;
+    const CLIENTS: usize = 150;
+    let (answered_tx, mut answered) = mpsc::unbounded_channel();
+    let running = start(keep_alive(answered_tx), |b| {
+        b.max_connections(MAX)
+            // The places are not reclaimed for the waiting clients: this
+            // test is about the queue at shutdown.
+            .reclaim_when_full(false)
+            .drain_timeout(Duration::from_secs(60))
+    })
+    .await;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        // `connect` returns once the kernel completed the connection: the
+        // client is in the server's queue (or served) from then on.
+        let mut client = running.connect().await;
+        client.write_all(b"r").await.unwrap();
+        clients.push(client);
+    }
+    for _ in 0..MAX {
+        within("the first clients' answers", answered.recv())
+            .await
+            .unwrap();
+    }
+    assert_eq!(running.stats.snapshot().active, MAX as u64, "full");
+
+    running.shutdown.shutdown();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let received = read_until_closed(client).await;
+        assert_eq!(received, b"ok", "client {i} was answered before the close");
+    }
+    let report = running.finish().await;
+    assert_adds_up(&report);
+    assert_eq!(report.accepted, CLIENTS as u64, "{report:?}");
+    assert_eq!(
+        (
+            report.active_at_shutdown,
+            report.backlog_accepted,
+            report.backlog_closed
+        ),
+        (MAX as u64, (CLIENTS - MAX) as u64, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.completed, CLIENTS as u64);
+    assert!(report.to_string().contains("and 100 waiting"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_still_waiting_at_the_drain_deadline_are_closed_and_counted() {
+    const QUEUED: usize = 3;
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let running = start(
+        handler_fn(move |_conn: Connection| {
+            let _ = entered_tx.send(());
+            // Ignores the signal: holds the only place until aborted.
+            pending::<Result<(), io::Error>>()
+        }),
+        |b| {
+            b.max_connections(1)
+                .reclaim_when_full(false)
+                .drain_timeout(Duration::from_millis(300))
+        },
+    )
+    .await;
+    let mut held = running.connect().await;
+    within("the first client's handler", entered.recv())
+        .await
+        .unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..QUEUED {
+        queued.push(running.connect().await);
+    }
+
+    running.shutdown.shutdown();
+    let report = running.finish().await;
+    assert_adds_up(&report);
+    assert_eq!(
+        (report.accepted, report.aborted, report.backlog_closed),
+        (1, 1, QUEUED as u64),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("3 still waiting closed unserved"),
+        "{report}"
+    );
+    assert!(read_until_closed(&mut held).await.is_empty());
+    for client in &mut queued {
+        assert!(read_until_closed(client).await.is_empty(), "never served");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_run_ends_every_connection_task() {
+    /// Says on its channel when the handler's future is dropped.
+    struct Dropped(mpsc::UnboundedSender<()>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let running = start(
+        handler_fn(move |_conn: Connection| {
+            let guard = Dropped(dropped_tx.clone());
+            let _ = entered_tx.send(());
+            async move {
+                let _guard = guard;
+                pending::<Result<(), io::Error>>().await
+            }
+        }),
+        |b| b,
+    )
+    .await;
+    let _client = running.connect().await;
+    within("the handler to run", entered.recv()).await.unwrap();
+
+    // Dropping the `run` future (aborting the task that polls it).
+    running.task.abort();
+    within(
+        "the connection's task to end with the run future",
+        dropped.recv(),
+    )
+    .await
+    .unwrap();
+}
