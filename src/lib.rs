@@ -60,10 +60,14 @@
 //! # Shutdown in two phases
 //!
 //! ```text
-//! trigger ──> 1. listener closed (connects refused)
+//! trigger ──> 1. listeners stop taking new clients; the clients already
+//!                waiting in their queues are accepted as places free
 //!             2. every Connection's shutdown signal fires
+//!             3. each listener closes once its queue is empty
+//!                (new connects are refused)
 //!        ──> drain: wait up to drain_timeout for handlers to return
-//!        ──> abort the rest ──> run() returns ShutdownReport
+//!        ──> close what still waits in the queues, abort the rest
+//!        ──> run() returns ShutdownReport
 //! ```
 //!
 //! The trigger is [`ShutdownHandle::shutdown`] (from
@@ -72,25 +76,41 @@
 //! Handlers cooperate by watching [`Connection::shutdown_requested`] (a
 //! cancel-safe future for `tokio::select!`) or asking
 //! [`Connection::is_shutting_down`] between requests: a keep-alive handler
-//! answers the request in flight, closes, and returns. A handler that ignores
-//! the signal is aborted at the drain timeout, and the report says so.
+//! answers the request in flight, closes, and returns. A client whose
+//! connection the kernel completed before the trigger is the server's client:
+//! it is served with its signal already fired, so it gets one answer and a
+//! close rather than a reset. A handler that ignores the signal is aborted at
+//! the drain timeout, and the report says so.
 //!
 //! [`Server::run`] returns a [`ShutdownReport`] whose counts are exact:
-//! `accepted == completed + failed + panicked + aborted` and
-//! `active_at_shutdown == drained + aborted`. While the server runs,
-//! [`Stats::snapshot`] gives the same counters live.
+//!
+//! ```text
+//! accepted                              == completed + failed + panicked + timed_out
+//!                                          + aborted + proxy_rejected + tls_failed
+//! active_at_shutdown + backlog_accepted == drained + aborted
+//! ```
+//!
+//! While the server runs, [`Stats::snapshot`] gives the same counters live.
 //!
 //! # Limits and timeouts
 //!
 //! Every connection holds a place under [`Builder::max_connections`], taken
 //! *before* `accept`: a full server leaves clients queued in the kernel's
 //! backlog instead of accepting until the machine runs out of descriptors.
+//! A full server with clients waiting takes places back from the address
+//! that holds more than its fair share, idlest connections first
+//! ([`Builder::reclaim_when_full`], on by default), so that connections
+//! trickling a byte now and then from one address (Slowloris) cannot keep
+//! everyone else out.
 //! Accept errors never stop or spin the loop: per-connection errors are
 //! skipped, running out of descriptors or memory backs off and recovers by
 //! itself, anything else ends [`Server::run`] with [`Error::Accept`] after a
 //! drain. Below the protocol, [`Builder::idle_timeout`],
 //! [`Builder::first_read_timeout`] and [`Builder::max_connection_age`] close
 //! connections that would otherwise pin resources, whatever the protocol.
+//! Idleness counts only while the handler waits on the connection: a
+//! handler awaiting a slow backend is never cut off. Each timeout is logged
+//! at `info` with its kind.
 //!
 //! Every option, its default and why:
 //!

@@ -208,11 +208,16 @@ impl Server {
     /// Shutdown is triggered by [`ShutdownHandle::shutdown`] or by the
     /// future given to [`Builder::shutdown_signal`]. Then:
     ///
-    /// 1. the listener is closed, so new connects are refused;
-    /// 2. every connection's [shutdown signal](Connection::shutdown_requested) fires;
-    /// 3. `run` waits up to the [drain timeout](Builder::drain_timeout) for
-    ///    the handlers to return, and aborts the rest;
-    /// 4. `run` returns the [`ShutdownReport`].
+    /// 1. the listeners stop taking new clients, but the clients already
+    ///    waiting in their queues are accepted as places free;
+    /// 2. every connection's [shutdown signal](Connection::shutdown_requested)
+    ///    fires (also for those accepted from the queues);
+    /// 3. each listener closes once its queue is empty, so new connects are
+    ///    refused;
+    /// 4. `run` waits up to the [drain timeout](Builder::drain_timeout) for
+    ///    the handlers to return, then closes the clients still waiting in
+    ///    the queues and aborts the rest;
+    /// 5. `run` returns the [`ShutdownReport`].
     ///
     /// Nothing the server spawned outlives `run`.
     ///
@@ -224,8 +229,10 @@ impl Server {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: dropping the future closes the listener but leaves
-    /// the connection tasks running on the runtime without a drain.
+    /// Dropping the future before it completes ends the server at once, as
+    /// dropping a `JoinSet` does: the listeners close and every connection
+    /// task is aborted (its handler's future dropped, its socket closed),
+    /// without a drain or a report.
     pub async fn run(self) -> Result<ShutdownReport, Error> {
         let Server {
             listeners,

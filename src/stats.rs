@@ -5,7 +5,7 @@
 //! nothing on the hot path takes a lock. The number of live connections is not a counter of its
 //! own: it is `accepted` minus the connections that ended, which saves two
 //! atomic operations per connection and makes the identity
-//! `accepted = active + completed + failed + panicked + timed_out + aborted`
+//! `accepted = active + completed + failed + panicked + timed_out + aborted + refused`
 //! exact by construction.
 
 use std::ops::Add;
