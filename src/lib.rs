@@ -167,6 +167,7 @@
 //   shutdown, signal    the cancellation channel; Ctrl-C/SIGTERM
 //   limit, timeout      admission control; idle/first-read/age timeouts
 //   accept, stats       accept-error classification; counters
+//   log_limit           at most one line per interval for what peers cause
 //   proxy, tls          PROXY protocol parser; TLS acceptor (feature `tls`)
 //   handover            zero-downtime restart (listeners passed by SCM_RIGHTS)
 //   testing             in-memory connections for handler tests
@@ -186,6 +187,7 @@ mod handover;
 mod limit;
 mod listen;
 mod listener;
+mod log_limit;
 mod preamble;
 pub mod proxy;
 mod record;
