@@ -186,7 +186,9 @@
 //   handler             the Handler trait and its erased form
 //   shutdown, signal    the cancellation channel; Ctrl-C/SIGTERM
 //   limit, timeout      admission control; idle/first-read/age timeouts
+//   overload            reclaiming places on a full server (Slowloris)
 //   accept, stats       accept-error classification; counters
+//   log_limit           at most one line per interval for what peers cause
 //   proxy, tls          PROXY protocol parser; TLS acceptor (feature `tls`)
 //   handover            zero-downtime restart (listeners passed by SCM_RIGHTS)
 //   testing             in-memory connections for handler tests
@@ -206,6 +208,7 @@ mod handover;
 mod limit;
 mod listen;
 mod listener;
+mod log_limit;
 mod overload;
 mod preamble;
 pub mod proxy;

@@ -12,7 +12,6 @@ use tokio::net::TcpStream;
 
 use crate::builder::{BindTarget, ToBindAddr};
 use crate::proxy::{self, ProxyError, ProxyHeader};
-use crate::stats::Counters;
 
 /// One thing to listen on, with its own settings; given to
 /// [`Builder::listen`](crate::Builder::listen).
@@ -147,9 +146,12 @@ pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// any peer when none is given (only safe when nothing but the balancer can
 /// reach the listener). A header that is malformed, truncated, longer than
 /// allowed, late, or sent by an untrusted peer closes the connection before
-/// the handler sees it; that is logged at `warn` (a peer that closes before
-/// sending anything, as health checks do, at `debug`) and counted in
-/// [`StatsSnapshot::proxy_rejected`](crate::StatsSnapshot::proxy_rejected).
+/// the handler sees it; that is counted in
+/// [`StatsSnapshot::proxy_rejected`](crate::StatsSnapshot::proxy_rejected)
+/// and logged at `warn`, at most once every 5 seconds per listener, since a
+/// peer can cause refusals at will: that line says how many more were
+/// refused since the previous one, and those go to `debug`, as does a peer
+/// that closes before sending anything (health checks do).
 #[derive(Clone, PartialEq, Eq)]
 #[must_use]
 pub struct ProxyProtocol {
@@ -248,18 +250,15 @@ impl ProxyProtocol {
 
     /// Reads the header of a new connection from `peer`, applying the
     /// policy above. `Ok(None)`: no header, serve the connection as it is.
-    /// `Err(())`: refused, logged and counted; close the connection.
+    /// `Err(refusal)`: close the connection; the caller logs and counts it.
     pub(crate) async fn read(
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
-        counters: &Counters,
-    ) -> Result<Option<ProxyHeader>, ()> {
+    ) -> Result<Option<ProxyHeader>, Refusal> {
         let trusted = self.is_trusted(peer.ip());
         if !trusted && self.required {
-            tracing::warn!(%peer, "PROXY protocol: connection from an untrusted address refused");
-            counters.proxy_rejected();
-            return Err(());
+            return Err(Refusal::UntrustedPeer);
         }
         let read = tokio::time::timeout(
             self.timeout,
@@ -268,20 +267,14 @@ impl ProxyProtocol {
         .await;
         // In this order: what the peer did not send comes before whether it
         // may send a header at all.
-        let refusal = match read {
-            Err(_elapsed) => Refusal::Timeout(self.timeout),
-            Ok(Err(ProxyError::UnexpectedEof { received: 0 })) => Refusal::ClosedEarly,
-            Ok(Err(ProxyError::NotProxyProtocol)) if !self.required => return Ok(None),
-            _ if !trusted => Refusal::Untrusted,
-            Ok(Ok(header)) => return Ok(Some(header)),
-            Ok(Err(err)) => Refusal::Invalid(err),
-        };
-        match &refusal {
-            Refusal::ClosedEarly => tracing::debug!(%peer, "PROXY protocol: {refusal}"),
-            _ => tracing::warn!(%peer, "PROXY protocol: {refusal}"),
+        match read {
+            Err(_elapsed) => Err(Refusal::Timeout(self.timeout)),
+            Ok(Err(ProxyError::UnexpectedEof { received: 0 })) => Err(Refusal::ClosedEarly),
+            Ok(Err(ProxyError::NotProxyProtocol)) if !self.required => Ok(None),
+            _ if !trusted => Err(Refusal::Untrusted),
+            Ok(Ok(header)) => Ok(Some(header)),
+            Ok(Err(err)) => Err(Refusal::Invalid(err)),
         }
-        counters.proxy_rejected();
-        Err(())
     }
 }
 
@@ -302,16 +295,25 @@ impl fmt::Debug for ProxyProtocol {
 }
 
 /// Why a connection was refused before its handler ran.
-enum Refusal {
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// A required header, from a peer that may not send one: refused
+    /// before reading anything.
+    UntrustedPeer,
+    /// A header from a peer that may not send one.
     Untrusted,
+    /// The peer closed before sending anything (health checks do).
     ClosedEarly,
+    /// No whole header within the header timeout.
     Timeout(Duration),
+    /// A malformed, over-long or unsupported header.
     Invalid(ProxyError),
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Refusal::UntrustedPeer => f.write_str("connection from an untrusted address refused"),
             Refusal::Untrusted => f.write_str("header from an untrusted address refused"),
             Refusal::ClosedEarly => f.write_str("peer closed before sending a header"),
             Refusal::Timeout(limit) => write!(f, "no complete header within {limit:?}"),

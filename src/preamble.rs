@@ -4,17 +4,26 @@
 //! holds up nobody else.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::connection::{ProxyInfo, Stream};
-use crate::listen::ProxyProtocol;
+use crate::listen::{ProxyProtocol, Refusal};
+use crate::log_limit::LogLimit;
 use crate::record::Extra;
 use crate::stats::Counters;
 use crate::{Addr, Connection};
+
+/// How often a listener may log a refused PROXY header at `warn`: refusals
+/// are something a peer causes at will, so one line per interval stands for
+/// all of them, with their count (the others go to `debug`).
+pub(crate) const PROXY_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A listener's per-connection work before the handler.
 #[derive(Debug)]
 pub(crate) struct Preamble {
     proxy: Option<ProxyProtocol>,
+    /// Shared by the listener's connections: the bound on its refusal lines.
+    proxy_refusals: LogLimit,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsAcceptor>,
 }
@@ -33,6 +42,7 @@ impl Preamble {
         (!nothing).then(|| {
             Arc::new(Preamble {
                 proxy,
+                proxy_refusals: LogLimit::new(PROXY_REFUSAL_LOG_INTERVAL),
                 #[cfg(feature = "tls")]
                 tls,
             })
@@ -62,7 +72,12 @@ impl Preamble {
             let Stream::Tcp(tcp) = &mut conn.stream else {
                 unreachable!("a preamble runs on TCP connections only");
             };
-            if let Some(header) = protocol.read(tcp, socket_peer, counters).await? {
+            let read = protocol.read(tcp, socket_peer).await;
+            let header = read.map_err(|refusal| {
+                self.log_refusal(socket_peer, &refusal);
+                counters.proxy_rejected();
+            })?;
+            if let Some(header) = header {
                 let client = header.source_addr();
                 if let Some(client) = client {
                     tracing::Span::current().record("client", tracing::field::display(client));
@@ -110,5 +125,25 @@ impl Preamble {
             let _ = conn.state.extra.set(Box::new(extra));
         }
         Ok(conn)
+    }
+
+    /// Logs a refused PROXY header: at `warn` at most once per
+    /// [`PROXY_REFUSAL_LOG_INTERVAL`], that line saying how many more were
+    /// refused since the last one; the others, and peers that closed before
+    /// sending anything (health checks), at `debug`.
+    fn log_refusal(&self, peer: std::net::SocketAddr, refusal: &Refusal) {
+        if matches!(refusal, Refusal::ClosedEarly) {
+            tracing::debug!(%peer, "PROXY protocol: {refusal}");
+            return;
+        }
+        match self.proxy_refusals.admit() {
+            Some(0) => tracing::warn!(%peer, "PROXY protocol: {refusal}"),
+            Some(suppressed) => tracing::warn!(
+                %peer,
+                suppressed,
+                "PROXY protocol: {refusal}; {suppressed} more refused since the last such line (logged at debug)"
+            ),
+            None => tracing::debug!(%peer, "PROXY protocol: {refusal}"),
+        }
     }
 }

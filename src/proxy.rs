@@ -179,8 +179,16 @@ impl ProxyHeader {
         }
     }
 
-    /// The v2 TLVs in the order received (none for v1, nor for headers whose
-    /// address block is ignored: `LOCAL` and unspecified families).
+    /// The v2 TLVs in the order received; none for v1.
+    ///
+    /// A `LOCAL` header, or one of the unspecified family `AF_UNSPEC`, has
+    /// its TLVs read too (a health check may carry a checksum or a unique
+    /// ID): they start right after the 16 fixed bytes, or, for a `LOCAL`
+    /// header that fills in an address block for its family, after that
+    /// block. Where that part of the header is not a whole number of TLVs,
+    /// or where they cannot be located (a known family with an unspecified
+    /// protocol), it is discarded, as §2.2 tells receivers to do with the
+    /// addresses of such headers, and there are no TLVs.
     pub fn tlvs(&self) -> Tlvs<'_> {
         Tlvs { rest: &self.tlvs }
     }
@@ -330,7 +338,8 @@ impl<'a> Tlv<'a> {
     pub const ALPN: u8 = 0x01;
     /// `PP2_TYPE_AUTHORITY` (§2.2.2).
     pub const AUTHORITY: u8 = 0x02;
-    /// `PP2_TYPE_CRC32C` (§2.2.3); the parser verifies it.
+    /// `PP2_TYPE_CRC32C` (§2.2.3); the parser verifies it, in every header
+    /// whose TLVs it reads (see [`ProxyHeader::tlvs`]).
     pub const CRC32C: u8 = 0x03;
     /// `PP2_TYPE_NOOP` (§2.2.4): padding, to be ignored.
     pub const NOOP: u8 = 0x04;
@@ -996,18 +1005,33 @@ fn parse_v2(input: &[u8], max_len: usize) -> Result<Parsed, ProxyError> {
     };
     let block = &header[V2_MIN_LEN..];
 
-    let (transport, addresses, tlv_start) = match command {
+    let (transport, addresses, tlv_area) = match command {
         Some(ProxyCommand::Proxy) => parse_v2_addresses(family, block)?,
         // LOCAL: "discard the protocol block including the family" (§2.2);
-        // the length was still honoured above.
+        // the length was still honoured above. Only its TLVs, if any, are
+        // looked for: after the address block the family byte announces
+        // (none for AF_UNSPEC, what senders use here).
         _ => (
             ProxyTransport::Unspecified,
             ProxyAddresses::Unspecified,
-            total,
+            TlvArea::Ignorable(v2_address_len(input[13]).filter(|&len| len <= block.len())),
         ),
     };
-    let tlvs = &header[tlv_start..];
-    validate_tlvs(header, tlv_start)?;
+    let tlv_start = match tlv_area {
+        TlvArea::At(len) => Some(V2_MIN_LEN + len),
+        TlvArea::Ignorable(len) => len
+            .map(|len| V2_MIN_LEN + len)
+            .filter(|&start| is_tlv_area(header, start)),
+    };
+    let tlvs = match tlv_start {
+        // Checked alike whatever the command: §2.2.3 makes a header whose
+        // CRC32C does not match invalid, and a LOCAL one is no exception.
+        Some(start) => {
+            validate_tlvs(header, start)?;
+            &header[start..]
+        }
+        None => &[],
+    };
     Ok(Parsed::Complete {
         header: ProxyHeader {
             version: ProxyVersion::V2,
@@ -1020,29 +1044,66 @@ fn parse_v2(input: &[u8], max_len: usize) -> Result<Parsed, ProxyError> {
     })
 }
 
+/// Where a v2 header's TLVs are, as an offset into its address block.
+enum TlvArea {
+    /// After this many bytes of addresses, which the header must have: a
+    /// PROXY header of a known family.
+    At(usize),
+    /// A block whose addresses §2.2 tells the receiver to ignore (LOCAL, an
+    /// unspecified family): its TLVs start after this many bytes when they
+    /// can be located (`None`: they cannot), and only if what is there is
+    /// a whole number of TLVs; otherwise the block is discarded unread.
+    ///
+    /// Why read them at all: HAProxy, as a sender, writes its health
+    /// checks as LOCAL with AF_UNSPEC and puts its TLVs (a CRC32C with
+    /// `proxy-v2-options crc32c`) right after the 16 fixed bytes, and
+    /// go-proxyproto reads an AF_UNSPEC block as TLVs; a checksum that is
+    /// there must be checked (§2.2.3). Why leniently: §2.2 says a LOCAL
+    /// block is to be discarded and the connection accepted, so a block
+    /// that holds something else than TLVs must not get it refused.
+    Ignorable(Option<usize>),
+}
+
+/// The length of the address block a v2 family and protocol byte announces
+/// (§2.2): none for `AF_UNSPEC`; `None` for a known family with an
+/// unspecified protocol (whether ports follow is not said) or an unassigned
+/// value.
+fn v2_address_len(family: u8) -> Option<usize> {
+    match family {
+        0x00..=0x02 => Some(0),
+        0x11 | 0x12 => Some(12),
+        0x21 | 0x22 => Some(36),
+        0x31 | 0x32 => Some(2 * UNIX_ADDR_LEN),
+        _ => None,
+    }
+}
+
 /// Reads the address block of a v2 PROXY header; returns where the TLVs
-/// start, counted from the header's first byte.
+/// are.
 fn parse_v2_addresses(
     family: u8,
     block: &[u8],
-) -> Result<(ProxyTransport, ProxyAddresses, usize), ProxyError> {
-    let unspecified = (
-        ProxyTransport::Unspecified,
-        ProxyAddresses::Unspecified,
-        V2_MIN_LEN + block.len(),
-    );
-    let (transport, needed) = match family {
-        0x11 => (ProxyTransport::Tcp4, 12),
-        0x12 => (ProxyTransport::Udp4, 12),
-        0x21 => (ProxyTransport::Tcp6, 36),
-        0x22 => (ProxyTransport::Udp6, 36),
-        0x31 => (ProxyTransport::UnixStream, 2 * UNIX_ADDR_LEN),
-        0x32 => (ProxyTransport::UnixDgram, 2 * UNIX_ADDR_LEN),
+) -> Result<(ProxyTransport, ProxyAddresses, TlvArea), ProxyError> {
+    let transport = match family {
+        0x11 => ProxyTransport::Tcp4,
+        0x12 => ProxyTransport::Udp4,
+        0x21 => ProxyTransport::Tcp6,
+        0x22 => ProxyTransport::Udp6,
+        0x31 => ProxyTransport::UnixStream,
+        0x32 => ProxyTransport::UnixDgram,
         // An unspecified family or protocol: "the receiver should ignore
-        // address information" (§2.2), and with it whatever follows, since
-        // where the TLVs would start is unknown.
-        _ => return Ok(unspecified),
+        // address information" (§2.2). AF_UNSPEC has no addresses, so its
+        // TLVs start the block; for a known family with an unspecified
+        // protocol, where they start is unknown.
+        _ => {
+            return Ok((
+                ProxyTransport::Unspecified,
+                ProxyAddresses::Unspecified,
+                TlvArea::Ignorable(v2_address_len(family)),
+            ));
+        }
     };
+    let needed = v2_address_len(family).expect("a family with a transport has an address length");
     let Some(addr) = block.get(..needed) else {
         return Err(ProxyError::V2AddressTruncated {
             len: block.len(),
@@ -1061,7 +1122,7 @@ fn parse_v2_addresses(
             },
         },
     };
-    Ok((transport, addresses, V2_MIN_LEN + needed))
+    Ok((transport, addresses, TlvArea::At(needed)))
 }
 
 /// The IP endpoints of a v2 address block (§2.2): the source and the
@@ -1121,6 +1182,11 @@ fn validate_tlvs(header: &[u8], start: usize) -> Result<(), ProxyError> {
             _ => Ok(()),
         }
     })
+}
+
+/// Whether `header[start..]` is a whole number of TLVs.
+fn is_tlv_area(header: &[u8], start: usize) -> bool {
+    walk_tlvs(header, start, header.len(), &mut |_, _, _| Ok(())).is_ok()
 }
 
 /// What [`walk_tlvs`] calls for each TLV: type, offset, value.
@@ -1669,10 +1735,11 @@ mod tests {
         let (parsed, consumed) = complete(&header);
         assert_eq!(consumed, header.len());
         assert_eq!(parsed.tlv(Tlv::CRC32C).map(<[u8]>::len), Some(4));
-        // Addresses, the TLV's value. (A flipped command or family bit can
-        // turn the header into LOCAL or AF_UNSPEC, whose block, checksum
-        // included, §2.2 says to discard.)
-        for at in [16, 20, 27, header.len() - 1] {
+        // Addresses, the TLV's value, and the command: as LOCAL, the header
+        // still has its checksum checked. (A flipped family bit can make
+        // the block one whose TLVs cannot be found, or are no TLVs; §2.2
+        // says to discard it, checksum included.)
+        for at in [12, 16, 20, 27, header.len() - 1] {
             let mut corrupt = header.clone();
             corrupt[at] ^= 0x01;
             assert!(
@@ -1693,6 +1760,53 @@ mod tests {
             error(&bad_len),
             ProxyError::V2ChecksumLength { len: 3 }
         ));
+    }
+
+    #[test]
+    fn v2_local_and_unspecified_headers_have_their_tlvs_read_and_checked() {
+        let ipv4 = [1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2];
+        let authority = tlv(Tlv::AUTHORITY, b"check.example");
+        let cases = [
+            // What HAProxy sends for a health check with `proxy-v2-options
+            // crc32c`: LOCAL, AF_UNSPEC, the TLVs right after the fixed part.
+            ("LOCAL, AF_UNSPEC", v2(0x20, 0x00, &authority)),
+            ("PROXY, AF_UNSPEC", v2(0x21, 0x00, &authority)),
+            ("PROXY, AF_UNSPEC/STREAM", v2(0x21, 0x01, &authority)),
+            // A LOCAL header that still fills in its family's address
+            // block: the TLVs follow the block.
+            (
+                "LOCAL, TCP4",
+                v2(0x20, 0x11, &[&ipv4[..], &authority].concat()),
+            ),
+        ];
+        for (what, unchecked) in cases {
+            let good = with_crc(unchecked);
+            let (header, consumed) = complete(&good);
+            assert_eq!(consumed, good.len(), "{what}");
+            assert_eq!(header.addresses(), &ProxyAddresses::Unspecified, "{what}");
+            assert_eq!(header.authority(), Some("check.example"), "{what}");
+            assert_eq!(header.tlv(Tlv::CRC32C).map(<[u8]>::len), Some(4), "{what}");
+            // A flipped bit in the TLVs, or in the checksum itself.
+            for at in [good.len() - 9, good.len() - 1] {
+                let mut bad = good.clone();
+                bad[at] ^= 0x01;
+                assert!(
+                    matches!(error(&bad), ProxyError::V2ChecksumMismatch),
+                    "{what}: flipped bit at {at}"
+                );
+            }
+        }
+        let short_crc = v2(0x20, 0x00, &tlv(Tlv::CRC32C, &[0; 3]));
+        assert!(matches!(
+            error(&short_crc),
+            ProxyError::V2ChecksumLength { len: 3 }
+        ));
+        // Where the block is no TLV area, it is discarded as §2.2 says,
+        // with no TLVs to show.
+        for (ver_cmd, fam) in [(0x20, 0x00), (0x21, 0x00), (0x20, 0x11), (0x20, 0xff)] {
+            let (header, _) = complete(&v2(ver_cmd, fam, &[9; 12]));
+            assert_eq!(header.tlvs().count(), 0, "{ver_cmd:#x} {fam:#x}");
+        }
     }
 
     #[test]
@@ -1976,19 +2090,12 @@ mod tests {
                 ProxyAddresses::Unspecified,
                 vec![]
             )),
-            Just(header(
+            (any::<bool>(), arb_tlvs()).prop_map(|(local, tlvs)| header(
                 V2,
-                Local,
+                if local { Local } else { Proxy },
                 ProxyTransport::Unspecified,
                 ProxyAddresses::Unspecified,
-                vec![]
-            )),
-            Just(header(
-                V2,
-                Proxy,
-                ProxyTransport::Unspecified,
-                ProxyAddresses::Unspecified,
-                vec![]
+                tlvs
             )),
             (arb_inet::<4>(), arb_inet::<4>(), any::<bool>(), arb_tlvs()).prop_map(
                 move |(s, d, udp, tlvs)| {
@@ -2121,19 +2228,25 @@ mod tests {
                 }
             }
             // A v2 header with a CRC32c still parses, and any corruption of
-            // its checksummed bytes is caught.
-            if header.version == ProxyVersion::V2 && header.addresses != ProxyAddresses::Unspecified {
+            // its checksummed bytes is caught: in the addresses, or in the
+            // checksum (LOCAL and AF_UNSPEC headers included).
+            if header.version == ProxyVersion::V2 {
                 let crc = with_crc(encoded);
                 let (parsed, consumed) = complete(&crc);
                 prop_assert_eq!(consumed, crc.len());
                 prop_assert_eq!(parsed.addresses(), header.addresses());
-                let mut corrupt = crc.clone();
-                let at = V2_MIN_LEN + 1;
-                corrupt[at] = corrupt[at].wrapping_add(1);
-                prop_assert!(matches!(
-                    parse_header(&corrupt, DEFAULT_V2_MAX_LEN),
-                    Err(ProxyError::V2ChecksumMismatch)
-                ));
+                let mut corrupted = vec![crc.len() - 1];
+                if header.addresses != ProxyAddresses::Unspecified {
+                    corrupted.push(V2_MIN_LEN + 1);
+                }
+                for at in corrupted {
+                    let mut corrupt = crc.clone();
+                    corrupt[at] = corrupt[at].wrapping_add(1);
+                    prop_assert!(matches!(
+                        parse_header(&corrupt, DEFAULT_V2_MAX_LEN),
+                        Err(ProxyError::V2ChecksumMismatch)
+                    ));
+                }
             }
         }
     }

@@ -7,13 +7,28 @@ mod http;
 
 use std::time::Duration;
 
-use common::{Running, assert_adds_up, assert_closed, read_response, request, start};
-use http::{BODY, Hello, MAX_HEAD, Method, Status, parse_head};
-use tokio::io::AsyncWriteExt;
+use std::time::Instant;
+
+use common::{Running, assert_adds_up, assert_closed, read_response, request, start, within};
+use http::{BODY, Hello, MAX_BODY, MAX_HEAD, Method, Status, parse_head};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn hello() -> Running {
-    start(Hello, |b| b.drain_timeout(Duration::from_secs(10))).await
+    hello_with(Hello::default()).await
 }
+
+async fn hello_with(hello: Hello) -> Running {
+    start(hello, |b| b.drain_timeout(Duration::from_secs(10))).await
+}
+
+/// The hello handler with a request head deadline of `timeout`.
+fn with_head_timeout(timeout: Duration) -> Hello {
+    Hello {
+        head_timeout: timeout,
+    }
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
 
@@ -202,6 +217,141 @@ async fn the_request_in_flight_at_shutdown_is_answered_with_connection_close() {
     assert_eq!((report.drained, report.aborted), (2, 0));
 }
 
+#[tokio::test]
+async fn expect_100_continue_gets_100_before_the_body_or_the_refusal_at_once() {
+    let running = hello().await;
+    // Accepted: 100 Continue comes before the client sends its body.
+    let mut client = running.connect().await;
+    client
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut interim = [0; CONTINUE.len()];
+    within("100 Continue", client.read_exact(&mut interim))
+        .await
+        .unwrap();
+    assert_eq!(interim, CONTINUE, "{}", interim.escape_ascii());
+    let response = request(&mut client, b"hello").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(request(&mut client, GET).await.status, 200, "still alive");
+
+    // Refused whatever the body: the final response comes at once, and
+    // the connection closes (the client may or may not send the body).
+    let too_large = format!(
+        "POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        MAX_BODY + 1
+    );
+    let refusals = [
+        (
+            &b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n\r\n"[..],
+            405,
+        ),
+        (too_large.as_bytes(), 413),
+    ];
+    for (head, status) in refusals {
+        let mut client = running.connect().await;
+        let response = request(&mut client, head).await;
+        assert_eq!(response.status, status, "{}", head.escape_ascii());
+        assert_eq!(response.header("connection"), Some("close"));
+        if status == 405 {
+            assert_eq!(response.header("allow"), Some("GET, HEAD"));
+        }
+        client.shutdown().await.unwrap();
+        assert_closed(&mut client).await;
+    }
+
+    // HTTP/1.0 knows no 100 Continue: the expectation is ignored (RFC 9110
+    // §10.1.1), and the response is the final one.
+    let mut client = running.connect().await;
+    let response = request(
+        &mut client,
+        b"GET / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn empty_lines_before_the_request_line_are_ignored() {
+    let running = hello().await;
+    let mut client = running.connect().await;
+    let response = request(&mut client, &[&b"\r\n\r\n"[..], GET].concat()).await;
+    assert_eq!(response.status, 200);
+    // As some clients send after a request body, on a kept-alive connection.
+    let response = request(
+        &mut client,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 405);
+    assert_eq!(request(&mut client, GET).await.status, 200);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_higher_http_1_minor_version_is_served_as_http_1_1() {
+    let running = hello().await;
+    let mut client = running.connect().await;
+    within(
+        "the request to be sent",
+        client.write_all(b"GET / HTTP/1.2\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    within("the response", client.read_to_end(&mut response))
+        .await
+        .unwrap();
+    assert!(
+        response.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        response.escape_ascii()
+    );
+    assert!(response.ends_with(BODY.as_bytes()));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_head_that_trickles_in_is_cut_off_at_its_deadline() {
+    let deadline = Duration::from_millis(400);
+    let running = hello_with(with_head_timeout(deadline)).await;
+    let (mut reader, mut writer) = running.connect().await.into_split();
+    // A byte every 20 ms: never idle, never done.
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        writer.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await?;
+        for _ in 0..1_000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            writer.write_all(b"a").await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let response = read_response(&mut reader, false).await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status, 408);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(elapsed >= deadline, "cut off after {elapsed:?}");
+    trickle.abort();
+    assert_closed(&mut reader).await;
+    let report = running.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+#[tokio::test]
+async fn the_head_deadline_leaves_out_the_wait_between_requests() {
+    let deadline = Duration::from_millis(200);
+    let running = hello_with(with_head_timeout(deadline)).await;
+    let mut client = running.connect().await;
+    assert_eq!(request(&mut client, GET).await.status, 200);
+    // Idle for longer than the deadline: a keep-alive wait, not a slow head.
+    tokio::time::sleep(deadline * 2).await;
+    assert_eq!(request(&mut client, GET).await.status, 200);
+    running.stop().await;
+}
+
 #[test]
 fn parses_request_heads() {
     let request =
@@ -220,6 +370,25 @@ fn parses_request_heads() {
     assert_eq!(
         parse_head(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
         Err(Status::VersionNotSupported)
+    );
+    // RFC 9110 §2.5: a higher minor version is processed as HTTP/1.1.
+    let request = parse_head(b"GET / HTTP/1.9\r\nHost: a\r\n\r\n").unwrap();
+    assert!(request.http11 && request.keep_alive);
+    assert_eq!(
+        parse_head(b"GET / HTTP/1.9\r\n\r\n"),
+        Err(Status::BadRequest),
+        "as HTTP/1.1, it needs a Host"
+    );
+    assert!(
+        parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .expect_continue
+    );
+    assert!(
+        !parse_head(b"GET / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .expect_continue,
+        "HTTP/1.0 ignores it"
     );
     assert_eq!(
         parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"),

@@ -32,7 +32,7 @@ async fn ended(what: &str, task: JoinHandle<Result<(), switchboard::BoxError>>) 
 
 #[tokio::test(start_paused = true)]
 async fn hello_keeps_alive_then_leaves_at_shutdown() {
-    let mut served = TestConnection::new().serve(http::Hello);
+    let mut served = TestConnection::new().serve(http::Hello::default());
     for _ in 0..2 {
         let response = request(&mut served.client, GET).await;
         assert_eq!(response.status, 200);
@@ -50,7 +50,7 @@ async fn hello_keeps_alive_then_leaves_at_shutdown() {
 
 #[tokio::test(start_paused = true)]
 async fn hello_answers_the_request_in_flight_with_connection_close() {
-    let mut served = TestConnection::new().serve(http::Hello);
+    let mut served = TestConnection::new().serve(http::Hello::default());
     served
         .client
         .write_all(b"GET / HTTP/1.1\r\nHo")
@@ -67,7 +67,7 @@ async fn hello_answers_the_request_in_flight_with_connection_close() {
 
 #[tokio::test(start_paused = true)]
 async fn hello_rejects_a_malformed_request() {
-    let mut served = TestConnection::new().serve(http::Hello);
+    let mut served = TestConnection::new().serve(http::Hello::default());
     let response = request(&mut served.client, b"NOT HTTP\r\n\r\n").await;
     assert_eq!(response.status, 400);
     served.client.shutdown().await.unwrap();

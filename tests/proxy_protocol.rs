@@ -81,6 +81,41 @@ fn v2_header(src: SocketAddr, dst: SocketAddr, authority: &str) -> Vec<u8> {
     header
 }
 
+/// CRC-32C (Castagnoli), bitwise, as a sender fills in `PP2_TYPE_CRC32C`.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A v2 LOCAL header (a balancer's health check), family AF_UNSPEC, with an
+/// AUTHORITY TLV and a CRC32C TLV; `corrupt` flips a bit of the checksum.
+fn v2_local_with_crc(authority: &str, corrupt: bool) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.push(0x20); // version 2, LOCAL
+    header.push(0x00); // AF_UNSPEC, UNSPEC
+    let len = 3 + authority.len() + 3 + 4;
+    header.extend_from_slice(&(len as u16).to_be_bytes());
+    header.push(0x02); // PP2_TYPE_AUTHORITY
+    header.extend_from_slice(&(authority.len() as u16).to_be_bytes());
+    header.extend_from_slice(authority.as_bytes());
+    header.extend_from_slice(&[0x03, 0, 4]); // PP2_TYPE_CRC32C
+    let crc_at = header.len();
+    header.extend_from_slice(&[0; 4]);
+    let crc = crc32c(&header) ^ u32::from(corrupt);
+    header[crc_at..].copy_from_slice(&crc.to_be_bytes());
+    header
+}
+
 #[tokio::test]
 async fn a_v1_header_names_the_real_client() {
     let (server, mut reports) = start(ProxyProtocol::required()).await;
@@ -236,4 +271,25 @@ async fn the_proxy_protocol_is_refused_on_unix_listeners_at_build() {
         ),
         "{result:?}"
     );
+}
+
+#[tokio::test]
+async fn a_local_header_has_its_checksum_checked_and_its_tlvs_shown() {
+    let (server, mut reports) = start(ProxyProtocol::required()).await;
+    let mut check = server.connect().await;
+    let bytes = [v2_local_with_crc("health.example", false), b"ping".to_vec()].concat();
+    check.write_all(&bytes).await.unwrap();
+    let seen = within("the handler's report", reports.recv())
+        .await
+        .unwrap();
+    // LOCAL: the connection's own endpoints, and the header's TLVs.
+    assert_eq!(seen.peer, Addr::Tcp(check.local_addr().unwrap()));
+    assert_eq!(seen.version, Some(ProxyVersion::V2));
+    assert_eq!(seen.authority.as_deref(), Some("health.example"));
+    assert_eq!(seen.first_bytes, b"ping");
+
+    assert_refused(server.addr, &v2_local_with_crc("health.example", true)).await;
+    assert!(reports.try_recv().is_err(), "the handler never ran");
+    assert_eq!(server.stats.snapshot().proxy_rejected, 1);
+    server.stop().await;
 }

@@ -115,11 +115,12 @@ pub(crate) fn main(name: &str) {
     let runtime = builder.enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         match mode {
-            Mode::SbHello => run_switchboard(http::Hello).await,
+            Mode::SbHello => run_switchboard(http::Hello::default()).await,
             Mode::SbEcho => run_switchboard(echo::Echo).await,
             Mode::TokioHello => {
                 run_loop(|stream| async move {
-                    let _ = http::serve_http(stream, std::future::pending()).await;
+                    let _ =
+                        http::serve_http(stream, std::future::pending(), http::HEAD_TIMEOUT).await;
                 })
                 .await
             }

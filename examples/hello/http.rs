@@ -1,9 +1,13 @@
 //! A small, correct HTTP/1.1 "hello" server as a switchboard `Handler`.
 //!
-//! It reads each request head under an 8 KiB cap, answers `GET` and `HEAD`
-//! with `Hello from async Rust!`, keeps connections alive as HTTP/1.1 says
-//! (`Connection: close` and HTTP/1.0 are honoured), and once the server
-//! begins shutting down it answers the request in flight with
+//! It reads each request head under an 8 KiB cap and a deadline (10 s from
+//! its first byte, as Go's `ReadHeaderTimeout` or nginx's
+//! `client_header_timeout`: a client that trickles its head in gets `408`),
+//! answers `GET` and `HEAD` with `Hello from async Rust!`, keeps connections
+//! alive as HTTP/1.1 says (`Connection: close` and HTTP/1.0 are honoured),
+//! answers `Expect: 100-continue` (a `100 Continue` before reading a body
+//! it accepts, the final response at once for one it refuses), and once
+//! the server begins shutting down it answers the request in flight with
 //! `Connection: close` and returns, so idle keep-alive clients never hold a
 //! shutdown up.
 //!
@@ -23,6 +27,7 @@ use bytes::{Buf, BytesMut};
 use switchboard::{Connection, Handler};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The body of every successful response.
 pub(crate) const BODY: &str = "Hello from async Rust!";
@@ -31,6 +36,12 @@ pub(crate) const BODY: &str = "Hello from async Rust!";
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// The largest request body read (and discarded); a larger one gets `413`.
 pub(crate) const MAX_BODY: u64 = 64 * 1024;
+/// How long a request head may take from its first byte to its blank line
+/// before the client gets `408 Request Timeout`. It bounds a client that
+/// keeps a connection busy by sending its head a byte at a time, which the
+/// server's idle timeout cannot see (the connection is never idle). The
+/// wait for the next request on a kept-alive connection is not part of it.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once shutdown has begun, how long a new connection may take to send its
 /// first request before it is closed.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
@@ -40,15 +51,26 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: u64 = 64 * 1024;
 
 /// The HTTP hello handler.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Hello;
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hello {
+    /// The request head deadline; see [`HEAD_TIMEOUT`].
+    pub(crate) head_timeout: Duration,
+}
+
+impl Default for Hello {
+    fn default() -> Self {
+        Hello {
+            head_timeout: HEAD_TIMEOUT,
+        }
+    }
+}
 
 impl Handler for Hello {
     type Error = io::Error;
 
     async fn handle(&self, conn: Connection) -> io::Result<()> {
         let shutdown = conn.shutdown_requested();
-        serve_http(conn, shutdown).await
+        serve_http(conn, shutdown, self.head_timeout).await
     }
 }
 
@@ -75,12 +97,15 @@ impl Stream for TcpStream {
 
 /// Serves HTTP requests on `conn` until the client closes, or until
 /// `shutdown` completes (then an idle connection ends at once, and a request
-/// in flight is answered with `Connection: close`).
+/// in flight is answered with `Connection: close`). Each request head must
+/// be complete within `head_timeout` of its first byte ([`HEAD_TIMEOUT`]
+/// suits most uses).
 pub(crate) async fn serve_http<S: Stream>(
     conn: S,
     shutdown: impl Future<Output = ()>,
+    head_timeout: Duration,
 ) -> io::Result<()> {
-    match serve(conn, shutdown).await {
+    match serve(conn, shutdown, head_timeout).await {
         // A client that resets or vanishes is not a server failure.
         Err(err) if client_gone(&err) => Ok(()),
         result => result,
@@ -96,26 +121,47 @@ fn client_gone(err: &io::Error) -> bool {
 }
 
 /// Serves requests on one connection until it closes or shutdown begins.
-async fn serve<S: Stream>(mut conn: S, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+async fn serve<S: Stream>(
+    mut conn: S,
+    shutdown: impl Future<Output = ()>,
+    head_timeout: Duration,
+) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut out = Vec::with_capacity(256);
     tokio::pin!(shutdown);
     let mut first = true;
     loop {
-        let head = read_head(&mut conn, &mut buf, shutdown.as_mut(), first).await?;
+        let head = read_head(&mut conn, &mut buf, shutdown.as_mut(), first, head_timeout).await?;
         first = false;
-        let head_len = match head {
-            Head::Complete(len) => len,
+        let (start, end) = match head {
+            Head::Complete { start, end } => (start, end),
             Head::Idle => return Ok(()),
             Head::TooLarge => return reject(conn, Status::HeaderFieldsTooLarge).await,
+            Head::TimedOut => return reject(conn, Status::RequestTimeout).await,
         };
-        let request = match parse_head(&buf[..head_len]) {
+        let request = match parse_head(&buf[start..end]) {
             Ok(request) => request,
             Err(status) => return reject(conn, status).await,
         };
-        buf.advance(head_len);
+        buf.advance(end);
+        // Refusals that do not depend on the body come before it, so that a
+        // client waiting for `100 Continue` gets its answer at once (RFC
+        // 9110 §10.1.1). Having answered without reading the body, the
+        // server cannot tell whether the client sends it anyway: it closes.
         if request.content_length > MAX_BODY {
             return reject(conn, Status::PayloadTooLarge).await;
+        }
+        if request.expect_continue && request.content_length > 0 {
+            if request.method == Method::Other {
+                out.clear();
+                write_response(&mut out, &request, false);
+                return send_and_close(conn, &out).await;
+            }
+            // A client that did not wait (part of the body is here) needs
+            // no interim response.
+            if buf.is_empty() {
+                conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            }
         }
         if !discard_body(&mut conn, &mut buf, request.content_length).await? {
             return Ok(()); // the client left mid-body: nobody to answer
@@ -136,6 +182,7 @@ pub(crate) enum Status {
     Ok,
     BadRequest,
     MethodNotAllowed,
+    RequestTimeout,
     PayloadTooLarge,
     HeaderFieldsTooLarge,
     NotImplemented,
@@ -148,6 +195,7 @@ impl Status {
             Status::Ok => "200 OK",
             Status::BadRequest => "400 Bad Request",
             Status::MethodNotAllowed => "405 Method Not Allowed",
+            Status::RequestTimeout => "408 Request Timeout",
             Status::PayloadTooLarge => "413 Content Too Large",
             Status::HeaderFieldsTooLarge => "431 Request Header Fields Too Large",
             Status::NotImplemented => "501 Not Implemented",
@@ -164,6 +212,9 @@ pub(crate) struct Request {
     pub(crate) http11: bool,
     pub(crate) keep_alive: bool,
     pub(crate) content_length: u64,
+    /// `Expect: 100-continue` in an HTTP/1.1 request: the client may wait
+    /// for `100 Continue` before it sends the body.
+    pub(crate) expect_continue: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,47 +225,64 @@ pub(crate) enum Method {
 }
 
 enum Head {
-    /// A complete head of this many bytes (terminator included) is buffered.
-    Complete(usize),
+    /// A complete head is buffered at `start..end` (terminator included);
+    /// empty lines before it end at `start`.
+    Complete {
+        start: usize,
+        end: usize,
+    },
     /// The client closed, or shutdown began, between requests.
     Idle,
     TooLarge,
+    /// Not complete within the head deadline.
+    TimedOut,
 }
 
 /// Reads until the buffer holds a complete request head. `first`: this is
 /// the connection's first request, which a client that just connected is
-/// about to send.
+/// about to send. The head must be complete within `timeout` of the read
+/// that brought its first byte (for bytes already buffered, of the call).
 async fn read_head<S: Stream>(
     conn: &mut S,
     buf: &mut BytesMut,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
     first: bool,
+    timeout: Duration,
 ) -> io::Result<Head> {
     let mut searched = 0;
+    // Set only once a read has left the head incomplete: a head that comes
+    // whole in one read, as nearly all do, never touches the clock.
+    let mut deadline = None;
     loop {
-        if let Some(end) = find_head_end(buf, searched) {
+        // RFC 9112 §2.2: empty lines before the request line are ignored
+        // (they still count towards the cap and the deadline).
+        let start = leading_empty_lines(buf);
+        if let Some(end) = find_head_end(buf, searched.max(start)) {
             return Ok(if end > MAX_HEAD {
                 Head::TooLarge
             } else {
-                Head::Complete(end)
+                Head::Complete { start, end }
             });
         }
         if buf.len() >= MAX_HEAD {
             return Ok(Head::TooLarge);
+        }
+        if !buf.is_empty() && deadline.is_none() {
+            deadline = Some(Instant::now() + timeout);
         }
         // The terminator may straddle two reads: search its last 3 bytes again.
         searched = buf.len().saturating_sub(3);
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(1024);
         }
-        let n = if buf.is_empty() {
+        let read = if start == buf.len() {
             // Between requests: this is where an idle keep-alive connection
             // waits, so this is where it leaves when shutdown begins. The read
             // comes first so that a request that has already arrived is
             // answered (with `Connection: close`) rather than dropped.
             tokio::select! {
                 biased;
-                n = conn.read_buf(buf) => n?,
+                n = read_before(conn, buf, deadline) => n?,
                 () = &mut shutdown => {
                     if !first {
                         return Ok(Head::Idle);
@@ -223,19 +291,45 @@ async fn read_head<S: Stream>(
                     // its first request on the way: closing it now would
                     // fail a client that did nothing wrong. Wait briefly.
                     match tokio::time::timeout(FIRST_REQUEST_GRACE, conn.read_buf(buf)).await {
-                        Ok(n) => n?,
+                        Ok(n) => Some(n?),
                         Err(_elapsed) => return Ok(Head::Idle),
                     }
                 }
             }
         } else {
-            conn.read_buf(buf).await?
+            read_before(conn, buf, deadline).await?
         };
-        if n == 0 {
+        match read {
+            None => return Ok(Head::TimedOut),
             // EOF: between requests a normal close; mid-head nothing to answer.
-            return Ok(Head::Idle);
+            Some(0) => return Ok(Head::Idle),
+            Some(_) => {}
         }
     }
+}
+
+/// Reads into `buf`, by `deadline` if there is one: `None` when it passed.
+async fn read_before<S: Stream>(
+    conn: &mut S,
+    buf: &mut BytesMut,
+    deadline: Option<Instant>,
+) -> io::Result<Option<usize>> {
+    match deadline {
+        None => conn.read_buf(buf).await.map(Some),
+        Some(deadline) => match tokio::time::timeout_at(deadline, conn.read_buf(buf)).await {
+            Ok(n) => n.map(Some),
+            Err(_elapsed) => Ok(None),
+        },
+    }
+}
+
+/// How many bytes of empty lines (`\r\n`) `buf` starts with.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut start = 0;
+    while buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    start
 }
 
 /// The length of the head (through the blank line) if `buf` holds one.
@@ -269,6 +363,10 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Request, Status> {
     let http11 = match version {
         b"HTTP/1.1" => true,
         b"HTTP/1.0" => false,
+        // RFC 9110 §2.5: a later minor version of a major version the
+        // server implements is processed as the highest minor version it
+        // implements, and answered in it (every response says HTTP/1.1).
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => true,
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
@@ -285,6 +383,7 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Request, Status> {
     let mut close = false;
     let mut keep_alive_token = false;
     let mut content_length: Option<u64> = None;
+    let mut expect_continue = false;
     let mut hosts = 0;
     for line in lines {
         // A line that starts with white space continues the previous one
@@ -319,6 +418,8 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Request, Status> {
             return Err(Status::NotImplemented);
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is a 400.
@@ -334,6 +435,8 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Request, Status> {
             keep_alive_token && !close
         },
         content_length: content_length.unwrap_or(0),
+        // RFC 9110 §10.1.1: an HTTP/1.0 request's expectation is ignored.
+        expect_continue: expect_continue && http11,
     })
 }
 
@@ -416,12 +519,18 @@ fn write_head(out: &mut Vec<u8>, status: Status, body_len: usize, keep_alive: bo
 
 /// Sends an error response, then closes the connection without losing it
 /// to a reset: see [`LINGER`].
-async fn reject<S: Stream>(mut conn: S, status: Status) -> io::Result<()> {
+async fn reject<S: Stream>(conn: S, status: Status) -> io::Result<()> {
     let body = format!("{}\n", status.line());
     let mut out = Vec::with_capacity(256);
     write_head(&mut out, status, body.len(), false, true);
     out.extend_from_slice(body.as_bytes());
-    conn.write_all(&out).await?;
+    send_and_close(conn, &out).await
+}
+
+/// Sends `out`, a response that says `Connection: close`, then closes the
+/// connection without losing the response to a reset: see [`LINGER`].
+async fn send_and_close<S: Stream>(mut conn: S, out: &[u8]) -> io::Result<()> {
+    conn.write_all(out).await?;
     conn.shutdown().await?;
     // Closing with unread bytes in the receive queue makes the kernel send a
     // reset, which can destroy the response before the client reads it.

@@ -13,5 +13,9 @@ mod http;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    common::serve(http::Hello).await
+    let hello = http::Hello {
+        // How long a request head may take from its first byte.
+        head_timeout: http::HEAD_TIMEOUT,
+    };
+    common::serve(hello).await
 }
