@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{TempDir, noop, run, within};
 use switchboard::{Connection, Handler, Server, handler_fn};
@@ -54,7 +54,8 @@ fn swap_symlinks(
 /// while another thread swaps a symlink to a `0o600` file onto its path; the
 /// file's mode must never change. At least `attempts` builds, and on until
 /// `successes` of them succeeded (most meet the attacker's symlink, or lose
-/// their file to it), or `10 * attempts` builds.
+/// their file to it), or `10 * attempts` builds, or a minute (on a machine
+/// so slow that fewer builds are tried, the mode is checked as often).
 async fn permissions_under_symlink_attack(attempts: u64, successes: u64) {
     let dir = TempDir::new("unix-symlink-race");
     let (victim, socket) = (dir.path("victim"), dir.path("app.sock"));
@@ -66,7 +67,12 @@ async fn permissions_under_symlink_attack(attempts: u64, successes: u64) {
     let started = Instant::now();
     let (mut tried, mut built) = (0, 0);
     let mut changed_after = None;
-    while (tried < attempts || built < successes) && tried < 10 * attempts {
+    let enough = |tried, built| {
+        (tried >= attempts && built >= successes)
+            || tried >= 10 * attempts
+            || started.elapsed() >= Duration::from_secs(60)
+    };
+    while !enough(tried, built) {
         tried += 1;
         let server = Server::builder()
             .bind_unix(&socket)
