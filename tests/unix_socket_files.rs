@@ -111,7 +111,8 @@ async fn permissions_under_symlink_attack(attempts: u64, successes: u64) {
 
 /// The review's reproduction: on the code before the fix the victim's mode
 /// changed within a few hundred successful builds. Here it takes about a
-/// second (`--nocapture` prints the figures).
+/// second on an idle 2-core machine, 10 to 20 with both cores busy
+/// (`--nocapture` prints the figures).
 #[tokio::test]
 async fn permissions_never_follow_a_symlink_swapped_onto_the_path() {
     permissions_under_symlink_attack(20_000, 500).await;
