@@ -139,8 +139,15 @@ impl Builder {
     /// listens on makes [`build`](Builder::build) fail with [`Error::Bind`]
     /// (address in use); anything that is not a socket is never touched and
     /// is an error too. The socket file is removed when the server stops (or
-    /// is dropped unrun). Its permissions: see
-    /// [`unix_permissions`](Builder::unix_permissions).
+    /// is dropped unrun), if it is still the file this server created. Its
+    /// permissions: see [`unix_permissions`](Builder::unix_permissions).
+    ///
+    /// The socket is created in a private directory made next to `path`,
+    /// its permissions are set there, and it is linked at `path` once it
+    /// listens: so no other user who may write to the directory can redirect
+    /// the permission change through a symlink. Its address as the kernel
+    /// reports it (`ss -x`, `lsof`) is that staging name, 13 bytes longer
+    /// than `path`, and must fit a socket address as well.
     #[cfg(unix)]
     pub fn bind_unix(mut self, path: impl AsRef<Path>) -> Self {
         self.listen.push(Listen::unix(path));
@@ -499,11 +506,20 @@ impl Builder {
                     });
                 }
                 for (listen, socket) in self.listen.into_iter().zip(inherited) {
+                    // The socket file this server would create is the one
+                    // it takes over, to remove when it stops.
+                    #[cfg(unix)]
+                    let configured = match &listen.on {
+                        ListenOn::UnixPath(path) => Some(path.as_path()),
+                        _ => None,
+                    };
                     #[cfg(unix)]
                     let socket =
-                        Listener::from_inherited(socket).map_err(|source| Error::Listener {
-                            what: "handed-over sockets",
-                            source,
+                        Listener::from_inherited(socket, configured).map_err(|source| {
+                            Error::Listener {
+                                what: "handed-over sockets",
+                                source,
+                            }
                         })?;
                     bound.push(listen.attach(socket)?);
                 }

@@ -55,8 +55,10 @@
 //! are received, so every error path closes them; each one is checked (a
 //! stream socket, listening, of the family its kind says) before it is
 //! trusted. Only a process of the same user (or root) may take over: the
-//! control file is created owner-only (`0o600`) before it listens, and on
-//! each connection the peer's credentials are checked as well.
+//! control file is made owner-only (`0o600`) before it listens and before
+//! it appears at its path (in a private directory, so that no symlink can
+//! redirect the `chmod`; see `socket_file`), and on each connection the
+//! peer's credentials are checked as well.
 //!
 //! On the predecessor's side a failed handover (the successor vanished,
 //! timed out, sent garbage, speaks another version) changes nothing: it is
@@ -69,7 +71,6 @@ use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,13 +81,14 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
 };
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::Backoff;
 use crate::shutdown::Fired;
+use crate::socket_file::{self, FileId};
 
 /// The most listening sockets one handover carries.
 pub(crate) const MAX_LISTENERS: usize = 64;
@@ -170,8 +172,10 @@ impl Control {
     pub(crate) async fn bind(path: &Path, timeout: Duration) -> io::Result<Control> {
         match connect(path, timeout).await? {
             Found::Nothing => {}
-            Found::Stale => {
-                std::fs::remove_file(path)?;
+            Found::Stale(stale) => {
+                // Only the file probed: one another server has put there
+                // since is left to `create` to report.
+                stale.remove_if_at(path)?;
                 tracing::info!(path = %path.display(), "removed a stale handover control socket file");
             }
             Found::Live(..) => {
@@ -183,23 +187,14 @@ impl Control {
             }
         }
         let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        socket.bind(&SockAddr::unix(path)?)?;
-        // Owner-only before `listen`: until then every connect is refused,
-        // so no other user can slip in between the bind and the chmod.
-        let listening = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| socket.listen(CONTROL_BACKLOG))
-            .and_then(|()| FileId::of(path));
-        match listening {
-            Ok(file) => Ok(Control {
-                listener: socket.into(),
-                path: path.to_path_buf(),
-                file,
-            }),
-            Err(err) => {
-                let _ = std::fs::remove_file(path);
-                Err(err)
-            }
-        }
+        // Owner-only, set where no other user can reach the file, and
+        // published at `path` only once it listens: see `socket_file`.
+        let file = socket_file::create(&socket, path, Some(0o600), CONTROL_BACKLOG)?;
+        Ok(Control {
+            listener: socket.into(),
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// The path of the control socket.
@@ -296,7 +291,7 @@ pub(crate) enum Offered {
 pub(crate) async fn take_over(control: &Path, timeout: Duration) -> io::Result<Option<TakeOver>> {
     let (stream, file) = match connect(control, timeout).await? {
         Found::Live(stream, file) => (stream, file),
-        Found::Nothing | Found::Stale => return Ok(None),
+        Found::Nothing | Found::Stale(_) => return Ok(None),
     };
     check_peer(&stream)?;
     within(
@@ -376,7 +371,7 @@ pub(crate) async fn offer(
     let listener = match registered {
         Ok(listener) => listener,
         Err(err) => {
-            file.remove_if_at(&path);
+            file.clean_up(&path);
             return Err(err);
         }
     };
@@ -870,25 +865,20 @@ fn check_peer(stream: &UnixStream) -> io::Result<()> {
 enum Found {
     Nothing,
     /// A socket file nobody listens on.
-    Stale,
+    Stale(FileId),
     Live(UnixStream, FileId),
 }
 
 async fn connect(path: &Path, timeout: Duration) -> io::Result<Found> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Found::Nothing),
-        Err(err) => return Err(err),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "the handover control path exists and is not a socket; refusing to use it",
-        ));
-    }
-    let file = FileId {
-        dev: meta.dev(),
-        ino: meta.ino(),
+    let file = match socket_file::look(path)? {
+        socket_file::Found::Nothing => return Ok(Found::Nothing),
+        socket_file::Found::Socket(file) => file,
+        socket_file::Found::Other => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the handover control path exists and is not a socket; refusing to use it",
+            ));
+        }
     };
     let connected = within(
         timeout,
@@ -898,7 +888,7 @@ async fn connect(path: &Path, timeout: Duration) -> io::Result<Found> {
     .await;
     match connected {
         Ok(stream) => Ok(Found::Live(stream, file)),
-        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => Ok(Found::Stale),
+        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => Ok(Found::Stale(file)),
         // Removed between the look and the connect.
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Found::Nothing),
         Err(err) => Err(err),
@@ -918,36 +908,7 @@ struct ControlFile<'a> {
 impl Drop for ControlFile<'_> {
     fn drop(&mut self) {
         if !self.sent.load(Ordering::Relaxed) {
-            self.file.remove_if_at(self.path);
-        }
-    }
-}
-
-/// A file's identity, to tell whether a path still names the same file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    fn of(path: &Path) -> io::Result<FileId> {
-        let meta = std::fs::symlink_metadata(path)?;
-        Ok(FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-
-    /// Removes the file at `path` if it is still this one.
-    fn remove_if_at(self, path: &Path) {
-        if FileId::of(path).ok() != Some(self) {
-            return;
-        }
-        if let Err(err) = std::fs::remove_file(path) {
-            if err.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %err, "cannot remove the handover control socket file");
-            }
+            self.file.clean_up(self.path);
         }
     }
 }
@@ -1111,6 +1072,9 @@ mod tests {
 
     use std::io::ErrorKind;
 
+    use std::os::unix::fs::PermissionsExt;
+
+    use socket2::SockAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
 
@@ -1876,6 +1840,68 @@ mod tests {
         assert!(!bounded("finish", offering.finish()).await);
         let reports = logs.lines_with(failed);
         assert_eq!(reports.len(), 1, "reported again at shutdown: {reports:#?}");
+    }
+
+    /// The control file's owner-only mode is set without a step a symlink
+    /// swapped onto the path could redirect: another thread swaps one to a
+    /// `0o644` file onto the control path while control sockets are bound
+    /// and removed in a loop; the file's mode never changes.
+    #[tokio::test]
+    async fn the_control_files_mode_never_follows_a_symlink() {
+        let dir = TempDir::new("symlink-race");
+        let (victim, path) = (dir.join("victim"), dir.join("control.sock"));
+        std::fs::write(&victim, b"secret").expect("write the victim");
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod the victim");
+        let mode = || {
+            std::fs::symlink_metadata(&victim)
+                .expect("stat the victim")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacker = {
+            let (victim, path, stop) = (victim.clone(), path.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let staged = path.with_extension("attack");
+                let mut swaps = 0_u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::os::unix::fs::symlink(&victim, &staged);
+                    swaps += u32::from(std::fs::rename(&staged, &path).is_ok());
+                    let _ = std::fs::remove_file(&path);
+                }
+                swaps
+            })
+        };
+        // At least 20,000 binds, and on until 200 succeeded (most meet the
+        // attacker's symlink), or 200,000. On the code before the fix the
+        // mode changed within a few hundred successful binds. A minute at
+        // most, on a machine too slow for that many.
+        let started = std::time::Instant::now();
+        let (mut tried, mut bound, mut changed) = (0_u32, 0_u32, false);
+        while ((tried < 20_000 || bound < 200) && tried < 200_000)
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            tried += 1;
+            if let Ok(control) = bounded("bind", Control::bind(&path, STEP)).await {
+                bound += 1;
+                control.file.clean_up(&control.path);
+            }
+            if mode() != 0o644 {
+                changed = true;
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swaps = attacker.join().expect("the attacker thread panicked");
+        assert!(
+            !changed,
+            "after {bound} binds the victim's mode became {:o}: a chmod followed the symlink",
+            mode()
+        );
+        assert!(swaps > 0, "the attacker never got its symlink in place");
+        assert!(bound >= 200, "only {bound} of {tried} binds succeeded");
     }
 
     #[tokio::test]

@@ -216,6 +216,8 @@ mod record;
 mod server;
 mod shutdown;
 mod signal;
+#[cfg(unix)]
+mod socket_file;
 mod stats;
 mod task;
 pub mod testing;

@@ -22,6 +22,8 @@ use crate::builder::Config;
 use crate::connection::Stream;
 #[cfg(unix)]
 use crate::handover::Inherited;
+#[cfg(unix)]
+use crate::socket_file::{self, FileId};
 
 /// One listening socket of a server.
 #[derive(Debug)]
@@ -29,10 +31,17 @@ pub(crate) enum Listener {
     Tcp(TcpListener),
     #[cfg(unix)]
     Unix {
+        /// The socket file this server created (or took over with the
+        /// socket), removed when the listener is dropped; `None` for a
+        /// listener given ready-made. Declared before `listener`, so removed
+        /// before the socket closes: until then another server finds it
+        /// live, not stale, and does not replace it while this removes it.
+        file: Option<SocketFile>,
         listener: UnixListener,
-        /// The socket file this server created, removed when the listener
-        /// is dropped; `None` for a listener handed over ready-made.
-        _file: Option<SocketFile>,
+        /// The path clients connect to. Not the socket's own address: a
+        /// socket file [`bind_unix`] creates is bound at a staging name and
+        /// moved into place (see `socket_file`).
+        path: Option<PathBuf>,
     },
 }
 
@@ -42,10 +51,7 @@ impl Listener {
         match self {
             Listener::Tcp(listener) => listener.local_addr().map(Addr::Tcp),
             #[cfg(unix)]
-            Listener::Unix { listener, .. } => {
-                let addr = listener.local_addr()?;
-                Ok(Addr::Unix(addr.as_pathname().map(Path::to_path_buf)))
-            }
+            Listener::Unix { path, .. } => Ok(Addr::Unix(path.clone())),
         }
     }
 
@@ -96,27 +102,62 @@ impl Listener {
     pub(crate) fn file_keeper(&self) -> Option<Arc<AtomicBool>> {
         match self {
             Listener::Unix {
-                _file: Some(file), ..
+                file: Some(file), ..
             } => Some(Arc::clone(&file.keep)),
             _ => None,
         }
     }
 
-    /// Takes over a listener handed over by a predecessor. A Unix socket's
-    /// file becomes this server's to remove when it stops.
+    /// Takes over a listener handed over by a predecessor.
+    ///
+    /// A Unix socket's file at `configured` (the path this server is
+    /// configured to create, if it is) becomes this server's to remove when
+    /// it stops: the file there now, if it is a socket and the listener was
+    /// bound for that path (there, or at the staging name `bind_unix` uses
+    /// for it). Its identity is taken now, so a stop removes it only if it
+    /// is still that file. Nothing tells, short of asking the kernel's
+    /// socket diagnostics or connecting (a connection the handler would
+    /// see), that the file at the path is this very socket's rather than
+    /// one put there since the predecessor bound it; so a file replaced
+    /// *before* the takeover is adopted. Otherwise the file is left alone.
     #[cfg(unix)]
-    pub(crate) fn from_inherited(inherited: Inherited) -> io::Result<Self> {
-        match inherited {
-            Inherited::Tcp(listener) => Listener::from_std_tcp(listener),
-            Inherited::Unix(listener) => {
-                let path = listener.local_addr()?.as_pathname().map(Path::to_path_buf);
-                let mut listener = Listener::from_std_unix(listener)?;
-                if let (Listener::Unix { _file, .. }, Some(path)) = (&mut listener, path) {
-                    *_file = Some(SocketFile::new(path));
-                }
-                Ok(listener)
-            }
+    pub(crate) fn from_inherited(
+        inherited: Inherited,
+        configured: Option<&Path>,
+    ) -> io::Result<Self> {
+        let listener = match inherited {
+            Inherited::Tcp(listener) => return Listener::from_std_tcp(listener),
+            Inherited::Unix(listener) => listener,
+        };
+        let bound = listener.local_addr()?.as_pathname().map(Path::to_path_buf);
+        let mut listener = Listener::from_std_unix(listener)?;
+        let (Some(configured), Listener::Unix { path, file, .. }) = (configured, &mut listener)
+        else {
+            return Ok(listener);
+        };
+        if !bound
+            .as_deref()
+            .is_some_and(|bound| socket_file::bound_for(bound, configured))
+        {
+            tracing::warn!(
+                bound = ?bound,
+                configured = %configured.display(),
+                "the handed-over Unix socket was not bound for the configured path; \
+                 its file is left alone"
+            );
+            return Ok(listener);
         }
+        *path = Some(configured.to_path_buf());
+        match socket_file::look(configured)? {
+            socket_file::Found::Socket(id) => {
+                *file = Some(SocketFile::new(configured.to_path_buf(), id));
+            }
+            _ => tracing::warn!(
+                path = %configured.display(),
+                "the handed-over Unix socket's file is gone or replaced; it is left alone"
+            ),
+        }
+        Ok(listener)
     }
 
     /// Takes over an already-bound std TCP listener.
@@ -129,9 +170,11 @@ impl Listener {
     #[cfg(unix)]
     pub(crate) fn from_std_unix(listener: std::os::unix::net::UnixListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
+        let path = listener.local_addr()?.as_pathname().map(Path::to_path_buf);
         Ok(Listener::Unix {
             listener: UnixListener::from_std(listener)?,
-            _file: None,
+            path,
+            file: None,
         })
     }
 }
@@ -197,18 +240,20 @@ fn set_reuse_port(_socket: &Socket) -> io::Result<()> {
 /// listens on (left by a server that died) is removed and replaced; a socket
 /// a live server listens on is an "address in use" error; anything that is
 /// not a socket is an error and is never removed.
+///
+/// The socket file is created with its permissions set, listening, without
+/// a step a symlink swapped onto `path` could redirect, and never replaces
+/// a file that appears at `path` meanwhile: see `socket_file::create`.
 #[cfg(unix)]
 pub(crate) fn bind_unix(path: &Path, config: &Config) -> io::Result<Listener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-
     let in_use = || {
         io::Error::new(
             io::ErrorKind::AddrInUse,
             "another server is listening on this socket",
         )
     };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
+    match socket_file::look(path)? {
+        socket_file::Found::Socket(stale) => {
             // Non-blocking: a live server whose backlog is full would hold a
             // blocking connect (and `build`) for as long as it stays full.
             let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
@@ -219,34 +264,32 @@ pub(crate) fn bind_unix(path: &Path, config: &Config) -> io::Result<Listener> {
                 Ok(()) => return Err(in_use()),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Err(in_use()),
                 Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path)?;
+                    // Only the file probed: one another server has put there
+                    // since is left to `create` to report.
+                    stale.remove_if_at(path)?;
                     tracing::info!(path = %path.display(), "removed a stale socket file");
                 }
                 Err(err) => return Err(err),
             }
         }
-        Ok(_) => {
+        socket_file::Found::Other => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 "the path exists and is not a socket; refusing to replace it",
             ));
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err),
+        socket_file::Found::Nothing => {}
     }
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&socket2::SockAddr::unix(path)?)?;
+    let id = socket_file::create(&socket, path, config.unix_mode, backlog(config))?;
     // From here on the file is ours: removed if anything below fails.
-    let file = SocketFile::new(path.to_path_buf());
-    if let Some(mode) = config.unix_mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    socket.listen(backlog(config))?;
+    let file = SocketFile::new(path.to_path_buf(), id);
     let listener = UnixListener::from_std(socket.into())?;
     Ok(Listener::Unix {
         listener,
-        _file: Some(file),
+        path: Some(path.to_path_buf()),
+        file: Some(file),
     })
 }
 
@@ -281,21 +324,25 @@ pub(crate) fn systemd() -> io::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
-/// A socket file created by this server: removed when dropped, so a cleanly
-/// stopped server leaves no stale file behind; unless the socket was handed
-/// over to a successor, which serves on it now (`keep`).
+/// A socket file created by this server (or taken over with its
+/// listener): removed when dropped, so a cleanly stopped server leaves no
+/// stale file behind; but only if the path still names that file, never one
+/// another server has put there since; and not at all once the socket was
+/// handed over to a successor, which serves on it now (`keep`).
 #[cfg(unix)]
 #[derive(Debug)]
 pub(crate) struct SocketFile {
     path: PathBuf,
+    id: FileId,
     keep: Arc<AtomicBool>,
 }
 
 #[cfg(unix)]
 impl SocketFile {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, id: FileId) -> Self {
         SocketFile {
             path,
+            id,
             keep: Arc::default(),
         }
     }
@@ -304,13 +351,8 @@ impl SocketFile {
 #[cfg(unix)]
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        if self.keep.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Err(err) = std::fs::remove_file(&self.path) {
-            if err.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.path.display(), error = %err, "cannot remove the socket file");
-            }
+        if !self.keep.load(Ordering::Relaxed) {
+            self.id.clean_up(&self.path);
         }
     }
 }
