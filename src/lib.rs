@@ -239,8 +239,8 @@ pub use stats::{Stats, StatsSnapshot};
 pub use timeout::DEFAULT_IDLE_TIMEOUT;
 #[cfg(feature = "tls")]
 pub use tls::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES, TlsConfig, TlsConfigError,
-    TlsInfo,
+    DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+    TlsConfig, TlsConfigError, TlsInfo,
 };
 /// The `rustls` version this crate's TLS is built on, for
 /// [`TlsConfig::new`] and [`TlsInfo`].

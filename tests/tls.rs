@@ -220,3 +220,116 @@ async fn curl_and_openssl_talk_to_the_hello_example_over_tls() {
 
     hello.example.terminate().await;
 }
+
+/// The bytes of a real client's `ClientHello`, for hostile clients that
+/// send part of it and stall.
+fn client_hello(cert: &Cert) -> Vec<u8> {
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let provider = Arc::new(switchboard::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = switchboard::rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// A measurement, not a check (the figures depend on the machine): real
+/// clients' handshake + GET while 1,500 connections that send nothing and
+/// 1,500 that sent half a `ClientHello` and stalled are open, with the
+/// default handshake settings. Prints the median and the slowest.
+///
+/// `cargo test --release --all-features --test tls -- --ignored flood --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement with 3,000 hostile connections; run it by name"]
+async fn flood() {
+    const SILENT: usize = 1500;
+    const STALLED: usize = 1500;
+    const REAL: usize = 40;
+    // The bound on one real client: past the default handshake timeout, so
+    // that a client held up by the hostile ones is measured, not lost.
+    const REAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+    let cert = cert();
+    let tls = TlsConfig::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())
+        .unwrap()
+        .alpn_protocols(["http/1.1"]);
+    let handler = handler_fn(|mut conn: Connection| async move {
+        let _request = conn.read_chunk(1024).await?;
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await?;
+        conn.shutdown().await?;
+        Ok::<_, io::Error>(())
+    });
+    let running = start_on(Listen::tcp("127.0.0.1:0").tls(tls), handler).await;
+    let hello = client_hello(&cert);
+
+    let mut hostile = Vec::with_capacity(SILENT + STALLED);
+    for _ in 0..SILENT {
+        hostile.push(running.connect().await);
+    }
+    for _ in 0..STALLED {
+        let mut stalled = running.connect().await;
+        within(
+            "half a ClientHello",
+            stalled.write_all(&hello[..hello.len() / 2]),
+        )
+        .await
+        .unwrap();
+        hostile.push(stalled);
+    }
+
+    // Real clients arrive every 25 ms, each on its own.
+    let connector = connector(&cert, &["http/1.1"]);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..REAL {
+        let connector = connector.clone();
+        let addr = running.addr;
+        clients.spawn(async move {
+            let started = std::time::Instant::now();
+            let exchange = async {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("localhost").unwrap();
+                let mut tls = connector.connect(name, tcp).await?;
+                tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    .await?;
+                let mut response = Vec::new();
+                tls.read_to_end(&mut response).await?;
+                Ok::<_, io::Error>(response)
+            };
+            let outcome = tokio::time::timeout(REAL_LIMIT, exchange).await;
+            let took = started.elapsed();
+            match outcome {
+                Ok(Ok(response)) if response.ends_with(b"ok") => Ok(took),
+                Ok(Ok(response)) => Err(format!("{response:?} after {took:?}")),
+                Ok(Err(err)) => Err(format!("{err} after {took:?}")),
+                Err(_) => Err(format!("no answer within {REAL_LIMIT:?}")),
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut took = Vec::new();
+    let mut failed = Vec::new();
+    while let Some(outcome) = clients.join_next().await {
+        match outcome.expect("a client task ran") {
+            Ok(time) => took.push(time),
+            Err(why) => failed.push(why),
+        }
+    }
+    took.sort();
+    println!(
+        "flood: {SILENT} silent + {STALLED} stalled: {} of {REAL} real handshake + GET done; \
+         median {:?}, slowest {:?}; failed: {failed:?}",
+        took.len(),
+        took.get(took.len() / 2),
+        took.last(),
+    );
+    assert!(failed.is_empty(), "{} real clients failed", failed.len());
+    drop(hostile);
+    running.stop().await;
+}
