@@ -68,6 +68,7 @@
 use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -80,12 +81,14 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
 };
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::Addr;
 use crate::accept::Backoff;
+use crate::builder::Config;
 use crate::shutdown::Fired;
 
 /// The most listening sockets one handover carries.
@@ -132,6 +135,143 @@ impl Inherited {
             Inherited::Unix(listener) => listener.as_fd(),
         }
     }
+}
+
+impl Inherited {
+    /// The address the socket is bound to: what a configured listener is
+    /// paired with (see [`pair`]).
+    pub(crate) fn addr(&self) -> io::Result<Addr> {
+        match self {
+            Inherited::Tcp(listener) => listener.local_addr().map(Addr::Tcp),
+            Inherited::Unix(listener) => Ok(Addr::Unix(
+                listener.local_addr()?.as_pathname().map(Path::to_path_buf),
+            )),
+        }
+    }
+
+    /// Gives a socket taken over the settings of this server's `config`
+    /// where they can still be given (the backlog: `listen` again), and
+    /// refuses, with an `InvalidInput` error naming the option, those that
+    /// were fixed when the predecessor bound it and differ.
+    ///
+    /// The permissions of a Unix socket's file are checked, not changed:
+    /// changing them by path, after the file has been there for the
+    /// predecessor's whole life, would follow whatever name has been put
+    /// there meanwhile.
+    pub(crate) fn reconfigure(&self, config: &Config) -> io::Result<()> {
+        let refuse = |what: &str| {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{what} differs from the running server's socket, which keeps it; \
+                     change it with a restart without handover"
+                ),
+            ))
+        };
+        let socket = SockRef::from(self);
+        if let Inherited::Tcp(listener) = self {
+            if socket.reuse_port()? != config.reuse_port {
+                return refuse("reuse_port");
+            }
+            if let (Some(only), SocketAddr::V6(_)) = (config.ipv6_only, listener.local_addr()?) {
+                if socket.only_v6()? != only {
+                    return refuse("ipv6_only");
+                }
+            }
+        }
+        if let (Inherited::Unix(_), Some(mode)) = (self, config.unix_mode) {
+            if let Addr::Unix(Some(path)) = self.addr()? {
+                let found = std::fs::symlink_metadata(&path)?.permissions().mode() & 0o7777;
+                if found != mode & 0o7777 {
+                    return refuse("unix_permissions");
+                }
+            }
+        }
+        // The kernel caps it anyway; saturate rather than wrap.
+        socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))
+    }
+}
+
+impl AsFd for Inherited {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}
+
+/// What a configured listener asks a handed-over socket to be, for [`pair`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wanted<'a> {
+    /// A TCP listener on the first of these addresses that can be had.
+    Tcp(&'a [SocketAddr]),
+    /// A Unix listener at this path.
+    Unix(&'a Path),
+    /// A listener given ready-made: it takes no handed-over socket.
+    Nothing,
+}
+
+/// Pairs the configured listeners (`wanted`, in the successor's order) with
+/// the sockets a predecessor handed over (`held`, by their addresses): the
+/// index into `held` each configured listener takes, or `None` where it
+/// binds a socket of its own.
+///
+/// - A TCP address with a port, or a Unix path, takes the socket bound to
+///   exactly that address (IP and port; the path as written).
+/// - A TCP address with port 0 ("any free port") takes the one socket
+///   left on the same IP, if exactly one is left there and no other port-0
+///   listener asks for that IP; otherwise it binds a new port.
+///
+/// Each socket goes to one listener at most; the ones nobody takes are left
+/// to the predecessor, which closes them when it stops.
+pub(crate) fn pair(wanted: &[Wanted<'_>], held: &[Addr]) -> Vec<Option<usize>> {
+    let mut taken = vec![false; held.len()];
+    let mut paired = vec![None; wanted.len()];
+    for (slot, want) in paired.iter_mut().zip(wanted) {
+        let found = match *want {
+            Wanted::Tcp(addrs) => addrs.iter().filter(|a| a.port() != 0).find_map(|want| {
+                (0..held.len()).find(|&i| {
+                    !taken[i]
+                        && held[i]
+                            .as_tcp()
+                            .is_some_and(|h| h.ip() == want.ip() && h.port() == want.port())
+                })
+            }),
+            Wanted::Unix(path) => (0..held.len())
+                .find(|&i| !taken[i] && matches!(&held[i], Addr::Unix(Some(p)) if p == path)),
+            Wanted::Nothing => None,
+        };
+        if let Some(i) = found {
+            taken[i] = true;
+            *slot = Some(i);
+        }
+    }
+    // Port 0: decided for all at once, so that the order does not matter.
+    let candidates: Vec<Vec<usize>> = wanted
+        .iter()
+        .zip(&paired)
+        .map(|(want, slot)| match (want, slot) {
+            (Wanted::Tcp(addrs), None) => (0..held.len())
+                .filter(|&i| {
+                    !taken[i]
+                        && held[i].as_tcp().is_some_and(|h| {
+                            addrs.iter().any(|a| a.port() == 0 && a.ip() == h.ip())
+                        })
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    for (index, mine) in candidates.iter().enumerate() {
+        if let [only] = mine[..] {
+            let contested = candidates
+                .iter()
+                .enumerate()
+                .any(|(other, theirs)| other != index && theirs.contains(&only));
+            if !contested {
+                paired[index] = Some(only);
+            }
+        }
+    }
+    paired
 }
 
 /// The listening control socket at which a server offers its sockets to a
@@ -1898,5 +2038,63 @@ mod tests {
         .await
         .expect_err("more than MAX_LISTENERS");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+    }
+
+    fn tcp(addr: &str) -> SocketAddr {
+        addr.parse().expect("a literal socket address")
+    }
+
+    fn held_tcp(addrs: &[&str]) -> Vec<Addr> {
+        addrs.iter().map(|a| Addr::Tcp(tcp(a))).collect()
+    }
+
+    #[test]
+    fn listeners_are_paired_by_address_whatever_their_order() {
+        let held = vec![
+            Addr::Tcp(tcp("127.0.0.1:8080")),
+            Addr::Unix(Some(PathBuf::from("/run/a.sock"))),
+            Addr::Tcp(tcp("127.0.0.1:8443")),
+        ];
+        let (tls, web) = ([tcp("127.0.0.1:8443")], [tcp("127.0.0.1:8080")]);
+        let moved = [tcp("127.0.0.2:8080")];
+        let wanted = [
+            Wanted::Tcp(&tls),
+            Wanted::Unix(Path::new("/run/b.sock")),
+            Wanted::Tcp(&moved),
+            Wanted::Nothing,
+            Wanted::Tcp(&web),
+        ];
+        assert_eq!(
+            pair(&wanted, &held),
+            vec![Some(2), None, None, None, Some(0)],
+            "same address: taken; another IP or path: bound anew; /run/a.sock: left"
+        );
+        assert_eq!(
+            pair(&[Wanted::Unix(Path::new("/run/a.sock"))], &held),
+            vec![Some(1)]
+        );
+    }
+
+    #[test]
+    fn port_zero_takes_the_one_socket_on_its_ip_and_binds_anew_when_in_doubt() {
+        let any_local = [tcp("127.0.0.1:0")];
+        let other_ip = [tcp("127.0.0.2:0")];
+        let one = held_tcp(&["127.0.0.1:4000"]);
+        assert_eq!(pair(&[Wanted::Tcp(&any_local)], &one), vec![Some(0)]);
+        assert_eq!(pair(&[Wanted::Tcp(&other_ip)], &one), vec![None]);
+        // Two sockets on the IP: which one is meant cannot be told.
+        let two = held_tcp(&["127.0.0.1:4000", "127.0.0.1:4001"]);
+        assert_eq!(pair(&[Wanted::Tcp(&any_local)], &two), vec![None]);
+        // Unless a listener with a port takes the other one first.
+        let fixed = [tcp("127.0.0.1:4001")];
+        assert_eq!(
+            pair(&[Wanted::Tcp(&any_local), Wanted::Tcp(&fixed)], &two),
+            vec![Some(0), Some(1)]
+        );
+        // Two port-0 listeners on one socket's IP: neither takes it.
+        assert_eq!(
+            pair(&[Wanted::Tcp(&any_local), Wanted::Tcp(&any_local)], &one),
+            vec![None, None]
+        );
     }
 }
