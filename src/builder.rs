@@ -220,6 +220,26 @@ impl Builder {
     /// [`unix_permissions`](Builder::unix_permissions) makes `build` fail with
     /// [`Error::Bind`] for that address, and the old server serves on.
     ///
+    /// If the new server goes away (its process dies, its `run` future or
+    /// server is dropped) before the old one has finished draining, the old
+    /// one takes its listeners back: it accepts on them again (clients
+    /// queued meanwhile are served), offers them to the next successor, and
+    /// serves until it is shut down; [`ShutdownReport::handed_over`] then
+    /// says `false`. The connections it had already told to shut down stay
+    /// told (their signal cannot be taken back) and are served on; the ones
+    /// it accepts from then on get a signal of their own. A new server that
+    /// shuts down deliberately (or hands over in turn) releases the old one
+    /// first, which then finishes its drain and stops. An old server that
+    /// was asked to shut down meanwhile ([`ShutdownHandle::shutdown`], the
+    /// [shutdown signal](Builder::shutdown_signal)) does not come back, and
+    /// one that already stopped cannot. Until it comes back or stops, the
+    /// old server's [`ShutdownHandle::is_shutting_down`] says `false`: its
+    /// shutdown was not triggered.
+    ///
+    /// [`ShutdownReport::handed_over`]: crate::ShutdownReport::handed_over
+    /// [`ShutdownHandle::shutdown`]: crate::ShutdownHandle::shutdown
+    /// [`ShutdownHandle::is_shutting_down`]: crate::ShutdownHandle::is_shutting_down
+    ///
     /// Not with [`systemd_listeners`](Builder::systemd_listeners).
     ///
     /// Default: off.

@@ -19,10 +19,22 @@
 //!   read REQUEST                 <────────── REQUEST
 //!   send OFFER + descriptors     ──────────> check every descriptor, own them
 //!                                            start accepting on them
-//!   read READY                   <────────── Predecessor::ready: READY
+//!   read READY, WATCH            <────────── Predecessor::ready: READY, WATCH
 //!   handed_over(): stop accepting, drain
 //!   send DONE                    ──────────> ready() returns
+//!   stand by: keep the sockets
+//!   read RELEASE                 <────────── Offering::finish (shutdown began)
+//!   (or EOF: the successor is gone;
+//!    serve on the sockets again)
 //! ```
+//!
+//! Standing by: a successor may die right after it took over (a new
+//! binary that crashes at start). So the predecessor keeps its copies of
+//! the sockets and the control connection while it drains; the successor
+//! keeps the connection open and says RELEASE when the predecessor is no
+//! longer needed (its own shutdown began, or it handed over in turn). If
+//! the connection closes without RELEASE before the predecessor's drain
+//! ends, the predecessor serves on the sockets again.
 //!
 //! The control socket itself travels with the listeners, so the successor
 //! offers them to *its* successor on the very same socket, without a rebind
@@ -37,14 +49,17 @@
 //! | --- | --- |
 //! | 0..4 | magic `SBHO` |
 //! | 4 | protocol version, `1` |
-//! | 5 | message type: 1 REQUEST, 2 OFFER, 3 READY, 4 DONE, 5 REJECT |
+//! | 5 | message type: 1 REQUEST, 2 OFFER, 3 READY, 4 DONE, 5 REJECT, 6 WATCH, 7 RELEASE |
 //! | 6..8 | body length, big-endian `u16` |
 //!
 //! Only OFFER has a body: one byte per descriptor sent with it as
 //! `SCM_RIGHTS` ancillary data, in the same order (1 a TCP listener, 2 a
 //! Unix listener, 3 the control listener, which comes last and only there).
 //! REJECT answers a REQUEST of another version; its version field names the
-//! version the running server speaks. The header layout is frozen across
+//! version the running server speaks. WATCH (right after READY) and RELEASE
+//! were added within version 1 so that either side may be older: an older
+//! predecessor never reads them, and one that reads no WATCH after READY
+//! (an older successor, which closes after DONE) does not stand by. The header layout is frozen across
 //! versions so that such a mismatch can always be reported.
 //!
 //! # Failure policy
@@ -366,7 +381,10 @@ pub(crate) struct TakeOver {
 /// predecessor keeps serving.
 #[derive(Debug)]
 pub(crate) struct Predecessor {
-    stream: UnixStream,
+    /// Shared with the [`Offering`], which says "release" on it when this
+    /// server's shutdown begins; while it stays open without that, the
+    /// predecessor stands by to take its sockets back.
+    stream: Arc<UnixStream>,
     timeout: Duration,
 }
 
@@ -394,7 +412,12 @@ impl Predecessor {
         within(
             timeout,
             "telling the running server that we are ready",
-            send_frame(&self.stream, Message::Ready, &[], &[]),
+            async {
+                send_frame(&self.stream, Message::Ready, &[], &[]).await?;
+                // Sent at once, before the confirmation is awaited: a
+                // predecessor reads it right after "ready".
+                send_frame(&self.stream, Message::Watch, &[], &[]).await
+            },
         )
         .await?;
         let done = within(
@@ -408,12 +431,66 @@ impl Predecessor {
 }
 
 /// Why [`offer`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Offered {
     /// A successor took the sockets over and is ready; `handed_over` ran.
-    HandedOver,
+    /// With a [`Standby`] if the successor asked this server to stand by
+    /// (an older successor does not).
+    HandedOver(Option<Standby>),
     /// `stop` was cancelled first.
     Stopped,
+}
+
+/// A predecessor's sockets, kept after a handover while its successor
+/// might still fail: the successor keeps the control connection open and
+/// says "release" once this server is no longer needed (its own shutdown
+/// began, or it handed over in turn). If the connection closes without
+/// that, the successor is gone and the sockets can serve again.
+#[derive(Debug)]
+pub(crate) struct Standby {
+    successor: UnixStream,
+    /// The duplicates that were offered, in their order.
+    sockets: Vec<Inherited>,
+    control: Control,
+}
+
+impl Standby {
+    /// Completes when the successor goes away without releasing this
+    /// server; never, once it released it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a message half read is lost. Keep the future.
+    pub(crate) async fn successor_lost(&self) {
+        match read_frame(&self.successor).await {
+            Ok(frame) if frame.code == Message::Release.code() => {
+                tracing::debug!("the successor released this server");
+            }
+            Ok(frame) => {
+                // Not a successor that fails: one that speaks of something
+                // else. Taking the sockets back would serve beside it.
+                tracing::warn!(
+                    code = frame.code,
+                    "unexpected message from the successor; no longer standing by"
+                );
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "the control connection to the successor closed");
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// The sockets, in the order they were offered, and the control socket
+    /// to offer them on again.
+    pub(crate) fn take_back(self) -> (Vec<Inherited>, Handover) {
+        let handover = Handover {
+            control: self.control,
+            predecessor: None,
+        };
+        (self.sockets, handover)
+    }
 }
 
 /// Successor side: if a server offers its sockets at `control`, takes them.
@@ -459,7 +536,10 @@ pub(crate) async fn take_over(control: &Path, timeout: Duration) -> io::Result<O
             path: control.to_path_buf(),
             file,
         },
-        predecessor: Predecessor { stream, timeout },
+        predecessor: Predecessor {
+            stream: Arc::new(stream),
+            timeout,
+        },
     }))
 }
 
@@ -595,11 +675,60 @@ pub(crate) async fn offer(
                     sockets = sockets.len(),
                     "listening sockets handed over to the successor"
                 );
-                return Ok(Offered::HandedOver);
+                let standby = stand_by(stream, sockets, listener, &path, file, timeout).await;
+                return Ok(Offered::HandedOver(standby));
             }
             Err(err) => {
                 tracing::warn!(error = %err, "handover to a successor failed; still serving");
             }
+        }
+    }
+}
+
+/// After a handover: a [`Standby`] if the successor asks this server to
+/// stand by ("watch", sent right after "ready").
+async fn stand_by(
+    stream: UnixStream,
+    sockets: Vec<Inherited>,
+    listener: UnixListener,
+    path: &Path,
+    file: FileId,
+    timeout: Duration,
+) -> Option<Standby> {
+    let asked = within(
+        timeout,
+        "reading whether the successor asks us to stand by",
+        read_frame(&stream),
+    )
+    .await;
+    match asked {
+        Ok(frame) if frame.code == Message::Watch.code() => {}
+        Ok(frame) => {
+            tracing::debug!(
+                code = frame.code,
+                "the successor does not ask us to stand by"
+            );
+            return None;
+        }
+        Err(err) => {
+            // An older successor closes the connection after "done".
+            tracing::debug!(error = %err, "the successor does not ask us to stand by");
+            return None;
+        }
+    }
+    match listener.into_std() {
+        Ok(listener) => Some(Standby {
+            successor: stream,
+            sockets,
+            control: Control {
+                listener,
+                path: path.to_path_buf(),
+                file,
+            },
+        }),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot keep the control socket; not standing by");
+            None
         }
     }
 }
@@ -651,28 +780,55 @@ impl Handover {
 
     /// Once the server accepts on its listeners: tells the predecessor (if
     /// any) to drain, and offers `sockets` (duplicates of the listeners) to
-    /// a successor until `trigger` fires. A successor that takes them fires
-    /// `trigger` itself, after setting every `keepers` flag so that this
-    /// server leaves the socket files in place for the successor.
+    /// a successor until `stop` fires. A successor that takes them fires
+    /// `stop` itself, after setting the keep flag of every socket file in
+    /// `files` (its path and flag) so that this server leaves them in place
+    /// for the successor.
+    ///
+    /// While a predecessor stands by, the flags are set too: if this server
+    /// goes away without [`Offering::finish`], the predecessor serves on
+    /// these sockets again and needs their files; `finish` removes them
+    /// then instead, if they are still the files they were.
     ///
     /// If the control socket fails, the offer ends and the server serves on
     /// without seamless restarts; that is logged at `error` when it happens.
     pub(crate) fn start(
         self,
         sockets: Vec<Inherited>,
-        keepers: Vec<Arc<AtomicBool>>,
-        trigger: &Arc<Fired>,
+        files: Vec<(PathBuf, Arc<AtomicBool>)>,
+        stop: &Arc<Fired>,
     ) -> Offering {
         let control = self.control.path().to_path_buf();
         tracing::debug!(control = %control.display(), "offering the listeners to a successor");
-        let stop = CancellationToken::new();
-        let triggered = Fired::wait(trigger);
-        let fire = Arc::clone(trigger);
+        let cancel = CancellationToken::new();
+        let triggered = Fired::wait(stop);
+        let fire = Arc::clone(stop);
+        let sent = Arc::new(AtomicBool::new(false));
+        let keep = |keepers: &[Arc<AtomicBool>], keep: bool| {
+            for keeper in keepers {
+                keeper.store(keep, Ordering::Relaxed);
+            }
+        };
+        let keepers: Vec<Arc<AtomicBool>> = files.iter().map(|(_, k)| Arc::clone(k)).collect();
+        // The files as they are now, to be removed at `finish` only if they
+        // still are.
+        let standing_files = match &self.predecessor {
+            Some(_) => {
+                keep(&keepers, true);
+                files
+                    .iter()
+                    .filter_map(|(path, _)| Some((path.clone(), FileId::of(path).ok()?)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         // Once the sockets are sent, the successor may serve on them: keep
         // the Unix socket files even if this server stops first.
-        let offered = move || {
-            for keeper in &keepers {
-                keeper.store(true, Ordering::Relaxed);
+        let offered = {
+            let (keepers, sent) = (keepers.clone(), Arc::clone(&sent));
+            move || {
+                sent.store(true, Ordering::Relaxed);
+                keep(&keepers, true);
             }
         };
         let handed_over = move || {
@@ -683,7 +839,7 @@ impl Handover {
             self.control,
             sockets,
             HANDOVER_TIMEOUT,
-            stop.clone(),
+            cancel.clone(),
             offered,
             handed_over,
         );
@@ -694,7 +850,7 @@ impl Handover {
             let offered = tokio::select! {
                 offered = &mut offering => offered,
                 () = triggered => {
-                    stop.cancel();
+                    cancel.cancel();
                     offering.await
                 }
             };
@@ -709,6 +865,10 @@ impl Handover {
             }
             offered
         });
+        let link = self
+            .predecessor
+            .as_ref()
+            .map(|predecessor| Arc::clone(&predecessor.stream));
         let ready = self.predecessor.map(|predecessor| {
             tokio::spawn(async move {
                 match predecessor.ready().await {
@@ -720,39 +880,94 @@ impl Handover {
         Offering {
             offer: Some(offer),
             ready,
+            predecessor: link.map(|stream| Standing {
+                stream,
+                files: standing_files,
+                sent,
+            }),
         }
     }
 }
 
 /// The tasks [`Handover::start`] spawned; dropping it (with the `run`
-/// future, say) aborts them, so no copy of a listener outlives the server.
+/// future, say) aborts them, so no copy of a listener outlives the server,
+/// and closes the control connection to a predecessor standing by without
+/// releasing it, so that it serves again.
 #[derive(Debug)]
 pub(crate) struct Offering {
     offer: Option<tokio::task::JoinHandle<io::Result<Offered>>>,
     ready: Option<tokio::task::JoinHandle<()>>,
+    predecessor: Option<Standing>,
+}
+
+/// A predecessor that may be standing by for this server.
+#[derive(Debug)]
+struct Standing {
+    stream: Arc<UnixStream>,
+    /// This server's socket files, kept for the predecessor until it is
+    /// released.
+    files: Vec<(PathBuf, FileId)>,
+    /// Whether the sockets went to a successor, which needs the files then.
+    sent: Arc<AtomicBool>,
+}
+
+/// How [`Offering::finish`] found the offer.
+#[derive(Debug)]
+pub(crate) enum Finished {
+    /// The server's own shutdown ended it.
+    Stopped,
+    /// A successor took the listeners over; with a [`Standby`] if the
+    /// successor asked this server to stand by.
+    HandedOver(Option<Standby>),
 }
 
 impl Offering {
     /// Once shutdown has begun (the offer ends with it): whether the
     /// listeners were handed over. A confirmation still awaited from a
-    /// predecessor is given up rather than waited for.
-    pub(crate) async fn finish(mut self) -> bool {
+    /// predecessor is given up rather than waited for, and a predecessor
+    /// standing by is released: this server's shutdown is deliberate.
+    pub(crate) async fn finish(mut self) -> Finished {
         if let Some(ready) = self.ready.take() {
             ready.abort();
             // It logs its own result if it had one.
             let _ = ready.await;
         }
+        if let Some(standing) = self.predecessor.take() {
+            standing.release().await;
+        }
         let Some(offer) = self.offer.take() else {
-            return false;
+            return Finished::Stopped;
         };
         match offer.await {
-            Ok(Ok(Offered::HandedOver)) => true,
-            Ok(Ok(Offered::Stopped)) => false,
+            Ok(Ok(Offered::HandedOver(standby))) => Finished::HandedOver(standby),
+            Ok(Ok(Offered::Stopped)) => Finished::Stopped,
             // The task logged it when it happened.
-            Ok(Err(_)) => false,
+            Ok(Err(_)) => Finished::Stopped,
             Err(join) => {
                 tracing::error!(error = %join, "the handover task ended abnormally");
-                false
+                Finished::Stopped
+            }
+        }
+    }
+}
+
+impl Standing {
+    /// Tells the predecessor that it need not stand by any longer (best
+    /// effort: it may be gone already), and removes this server's socket
+    /// files (kept for the predecessor while its listeners closed) unless a
+    /// successor has the sockets.
+    async fn release(self) {
+        let said = tokio::time::timeout(
+            HANDOVER_TIMEOUT,
+            send_frame(&self.stream, Message::Release, &[], &[]),
+        )
+        .await;
+        if let Ok(Err(err)) = said {
+            tracing::debug!(error = %err, "could not release the previous server (it may be gone)");
+        }
+        if !self.sent.load(Ordering::Relaxed) {
+            for (path, file) in &self.files {
+                file.remove_if_at(path);
             }
         }
     }
@@ -807,6 +1022,8 @@ enum Message {
     Ready,
     Done,
     Reject,
+    Watch,
+    Release,
 }
 
 impl Message {
@@ -817,6 +1034,8 @@ impl Message {
             Message::Ready => 3,
             Message::Done => 4,
             Message::Reject => 5,
+            Message::Watch => 6,
+            Message::Release => 7,
         }
     }
 }
@@ -1326,12 +1545,23 @@ mod tests {
             self.handed_over.load(Ordering::SeqCst)
         }
 
-        async fn ended(self) -> Offered {
-            bounded("offer to end", self.task)
+        async fn ended(self) -> Ended {
+            let offered = bounded("offer to end", self.task)
                 .await
                 .expect("offer task panicked")
-                .expect("offer failed")
+                .expect("offer failed");
+            match offered {
+                Offered::HandedOver(_) => Ended::HandedOver,
+                Offered::Stopped => Ended::Stopped,
+            }
         }
+    }
+
+    /// How an [`Offering`] ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Ended {
+        HandedOver,
+        Stopped,
     }
 
     fn tcp_listener() -> std::net::TcpListener {
@@ -1434,7 +1664,7 @@ mod tests {
             old.handed_over(),
             "handed_over did not run before the confirmation"
         );
-        assert_eq!(old.ended().await, Offered::HandedOver);
+        assert_eq!(old.ended().await, Ended::HandedOver);
         // Every copy of the old process is closed now.
         let _late = client(addr, 2).await;
         let new_tcp = into_tokio_tcp(new_tcp);
@@ -1470,7 +1700,7 @@ mod tests {
         bounded("ready 1->2", second.predecessor.ready())
             .await
             .expect("ready 1->2");
-        assert_eq!(first.ended().await, Offered::HandedOver);
+        assert_eq!(first.ended().await, Ended::HandedOver);
         let [Inherited::Tcp(second_tcp)] =
             <[Inherited; 1]>::try_from(second.listeners).expect("one listener")
         else {
@@ -1484,7 +1714,7 @@ mod tests {
             .await
             .expect("ready 2->3");
         assert!(second_offers.handed_over());
-        assert_eq!(second_offers.ended().await, Offered::HandedOver);
+        assert_eq!(second_offers.ended().await, Ended::HandedOver);
         drop(second_tcp);
         let [Inherited::Tcp(third_tcp)] =
             <[Inherited; 1]>::try_from(third.listeners).expect("one listener")
@@ -1498,7 +1728,7 @@ mod tests {
         // The last generation stops without a successor: the file goes.
         let third_offers = Offering::start(third.control, Vec::new(), STEP);
         third_offers.stop.cancel();
-        assert_eq!(third_offers.ended().await, Offered::Stopped);
+        assert_eq!(third_offers.ended().await, Ended::Stopped);
         assert!(
             !control_path.exists(),
             "a clean stop left the control file behind"
@@ -1528,7 +1758,7 @@ mod tests {
         bounded("ready", next.predecessor.ready())
             .await
             .expect("ready");
-        assert_eq!(old.ended().await, Offered::HandedOver);
+        assert_eq!(old.ended().await, Ended::HandedOver);
     }
 
     /// A successor that got the sockets but whose handover failed here (it
@@ -1556,7 +1786,7 @@ mod tests {
         assert!(ended.is_err() || ended.is_ok_and(|f| f.code != Message::Done.code()));
         assert!(!old.handed_over());
         old.stop.cancel();
-        assert_eq!(old.ended().await, Offered::Stopped);
+        assert_eq!(old.ended().await, Ended::Stopped);
         assert!(
             control_path.exists(),
             "the successor's control socket file was removed"
@@ -1625,7 +1855,7 @@ mod tests {
         bounded("ready", next.predecessor.ready())
             .await
             .expect("ready");
-        assert_eq!(old.ended().await, Offered::HandedOver);
+        assert_eq!(old.ended().await, Ended::HandedOver);
     }
 
     /// A fake predecessor: accepts one connection on `path` and runs `act`
@@ -1738,6 +1968,7 @@ mod tests {
                 .await
                 .expect("send");
             read_frame(&conn).await.expect("ready");
+            read_frame(&conn).await.expect("watch");
             // Gone without DONE.
         });
         let taken = take(&path).await;
@@ -1746,6 +1977,68 @@ mod tests {
             .expect_err("no confirmation");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
         bounded("fake", fake).await.expect("fake panicked");
+    }
+
+    #[tokio::test]
+    async fn a_predecessor_of_before_standing_by_confirms_and_closes_and_ready_succeeds() {
+        let dir = TempDir::new("old-done");
+        let path = dir.join("control.sock");
+        let tcp = tcp_listener();
+        let fake_control =
+            std::os::unix::net::UnixListener::bind(dir.join("c2.sock")).expect("bind");
+        let fake = fake_predecessor(&path, move |conn| async move {
+            read_frame(&conn).await.expect("request");
+            let fds = [tcp.as_fd(), fake_control.as_fd()];
+            send_frame(&conn, Message::Offer, &[KIND_TCP, KIND_CONTROL], &fds)
+                .await
+                .expect("send");
+            let ready = read_frame(&conn).await.expect("ready");
+            assert_eq!(ready.code, Message::Ready.code());
+            send_frame(&conn, Message::Done, &[], &[])
+                .await
+                .expect("done");
+            // Closed with "watch" unread, as a server that knows no
+            // standing by does.
+        });
+        let taken = take(&path).await;
+        let ready = bounded("ready", taken.predecessor.ready()).await;
+        bounded("fake", fake).await.expect("fake panicked");
+        ready.expect("the confirmation was sent before the close");
+    }
+
+    #[tokio::test]
+    async fn a_successor_of_before_asks_no_standing_by() {
+        let dir = TempDir::new("old-successor");
+        let path = dir.join("control.sock");
+        let old = Offering::start(
+            bind_control(&path).await,
+            vec![copy_tcp(&tcp_listener())],
+            STEP,
+        );
+        let successor = bounded("connect", UnixStream::connect(&path))
+            .await
+            .expect("connect");
+        send_frame(&successor, Message::Request, &[], &[])
+            .await
+            .expect("request");
+        let offer = bounded("offer", read_frame(&successor))
+            .await
+            .expect("offer");
+        assert_eq!(offer.code, Message::Offer.code());
+        send_frame(&successor, Message::Ready, &[], &[])
+            .await
+            .expect("ready");
+        let done = bounded("done", read_frame(&successor)).await.expect("done");
+        assert_eq!(done.code, Message::Done.code());
+        drop(successor);
+        let offered = bounded("offer to end", old.task)
+            .await
+            .expect("offer task panicked")
+            .expect("offer failed");
+        assert!(
+            matches!(offered, Offered::HandedOver(None)),
+            "closing after the confirmation is no failure to stand by for: {offered:?}"
+        );
     }
 
     #[tokio::test]
@@ -1780,7 +2073,7 @@ mod tests {
         // A stop with no handover removes the file.
         let offering = Offering::start(control, vec![copy_tcp(&tcp_listener())], STEP);
         offering.stop.cancel();
-        assert_eq!(offering.ended().await, Offered::Stopped);
+        assert_eq!(offering.ended().await, Ended::Stopped);
         assert!(!path.exists(), "a clean stop left the control file");
 
         // Anything else at the path is left alone and is an error.
@@ -1847,7 +2140,7 @@ mod tests {
             let std::task::Poll::Ready(offered) = poll_once(offering.as_mut(), &woken) else {
                 panic!("round {round}: the offer went on after the stop");
             };
-            assert_eq!(offered.expect("offer"), Offered::Stopped);
+            assert!(matches!(offered.expect("offer"), Offered::Stopped));
             assert!(
                 !path.exists(),
                 "round {round}: the stop left the control file behind"
@@ -1912,7 +2205,7 @@ mod tests {
         let old = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
         let taken = take(&path).await;
         old.stop.cancel();
-        assert_eq!(old.ended().await, Offered::Stopped);
+        assert_eq!(old.ended().await, Ended::Stopped);
         assert!(
             path.exists(),
             "a stop after the offer was sent removed the successor's control file"
@@ -2013,7 +2306,10 @@ mod tests {
         assert!(line.contains("os error 22"), "the error is missing: {line}");
 
         trigger.fire();
-        assert!(!bounded("finish", offering.finish()).await);
+        assert!(matches!(
+            bounded("finish", offering.finish()).await,
+            Finished::Stopped
+        ));
         let reports = logs.lines_with(failed);
         assert_eq!(reports.len(), 1, "reported again at shutdown: {reports:#?}");
     }

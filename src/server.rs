@@ -29,14 +29,14 @@ use crate::accept::{Backoff, Resume};
 use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
 use crate::connection::Stream;
 #[cfg(unix)]
-use crate::handover::{Handover, Offering};
+use crate::handover::{Finished, Handover, Offering, Standby};
 use crate::limit::{Limits, Permit};
 use crate::listener::Listener;
 use crate::preamble::Preamble;
 use crate::record::{ConnState, Home};
 use crate::shutdown::Fired;
 use crate::stats::Counters;
-use crate::task::{Handled, Tasks};
+use crate::task::{Drain, Handled, Tasks};
 use crate::timeout::{Clock, Sweeper};
 use crate::{
     Addr, BoxError, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats,
@@ -222,7 +222,6 @@ impl Server {
             #[cfg(unix)]
             handover,
         } = self;
-        let connections = Arc::new(Fired::default());
         let tasks = Arc::new(Tasks::new());
         let clock = Arc::new(Clock::new());
         // Timeouts stay enforced during the drain, so the sweeper outlives the
@@ -236,64 +235,99 @@ impl Server {
                 Arc::clone(&tasks),
             )
         });
-        let shared = Arc::new(Shared {
-            handler,
-            limits: Arc::new(Limits::new(
-                config.max_connections,
-                config.max_connections_per_ip,
-            )),
-            signal: ShutdownSignal::new(Arc::clone(&connections)),
-            tasks: Arc::clone(&tasks),
-            clock,
-            next_id: AtomicU64::new(1),
-            config: config.clone(),
-        });
+        let limits = Arc::new(Limits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ));
+        let next_id = Arc::new(AtomicU64::new(1));
+        let mut external = shutdown_signal.map(ExternalSignal::into_future);
+        let mut listeners = listeners;
+        #[cfg(unix)]
+        let mut handover = handover;
+        // Once, or again each time a successor that took the listeners over
+        // goes away while this server drains (see `Builder::handover`).
+        let (fatal, handed_over, at_shutdown, drain) = loop {
+            // A signal of their own for the connections accepted from here:
+            // those of before may have been told to shut down already.
+            let connections = Arc::new(Fired::default());
+            let shared = Arc::new(Shared {
+                handler: Arc::clone(&handler),
+                limits: Arc::clone(&limits),
+                signal: ShutdownSignal::new(Arc::clone(&connections)),
+                tasks: Arc::clone(&tasks),
+                clock: Arc::clone(&clock),
+                next_id: Arc::clone(&next_id),
+                config: config.clone(),
+            });
+            // Ends the accept loops: fired by the trigger, or by a handover,
+            // which (unlike the trigger) may yet be taken back.
+            let stop = Arc::new(Fired::default());
 
-        // Phase 1: every accept loop ends and drops its listener; new
-        // connects are refused.
-        #[cfg(unix)]
-        let offering =
-            handover.and_then(|handover| offer_listeners(handover, &listeners, &trigger));
-        let mut loops = JoinSet::new();
-        for (index, listening) in listeners.into_iter().enumerate() {
-            tracing::info!(
-                addr = %listening.addr,
-                proxy_protocol = listening.preamble.as_ref().is_some_and(|p| p.reads_proxy_header()),
-                "listening"
-            );
-            let counters = Arc::clone(stats.counters(index));
-            loops.spawn(accept_loop(
-                Arc::clone(&shared),
-                listening,
-                counters,
-                Arc::clone(&trigger),
-            ));
-        }
-        let fatal = supervise(&mut loops, &trigger, shutdown_signal).await;
-        #[cfg(unix)]
-        let handed_over = match offering {
-            Some(offering) => offering.finish().await,
-            None => false,
+            // Phase 1: every accept loop ends and drops its listener; new
+            // connects are refused (or served by the successor).
+            #[cfg(unix)]
+            let kept = kept_for_taking_back(&listeners, handover.is_some());
+            #[cfg(unix)]
+            let offering = handover
+                .take()
+                .and_then(|handover| offer_listeners(handover, &listeners, &stop));
+            let mut loops = JoinSet::new();
+            for (index, listening) in listeners.drain(..).enumerate() {
+                tracing::info!(
+                    addr = %listening.addr,
+                    proxy_protocol = listening.preamble.as_ref().is_some_and(|p| p.reads_proxy_header()),
+                    "listening"
+                );
+                let counters = Arc::clone(stats.counters(index));
+                loops.spawn(accept_loop(
+                    Arc::clone(&shared),
+                    listening,
+                    counters,
+                    Arc::clone(&stop),
+                ));
+            }
+            let fatal = supervise(&mut loops, &trigger, &stop, &mut external).await;
+            #[cfg(unix)]
+            let finished = match offering {
+                Some(offering) => offering.finish().await,
+                None => Finished::Stopped,
+            };
+            #[cfg(unix)]
+            let handed_over = matches!(finished, Finished::HandedOver(_));
+            #[cfg(not(unix))]
+            let handed_over = false;
+            let at_shutdown = stats.snapshot();
+            if handed_over {
+                tracing::info!(
+                    active = at_shutdown.active,
+                    "shutdown begun: listeners handed over"
+                );
+            } else {
+                tracing::info!(
+                    active = at_shutdown.active,
+                    "shutdown begun: listeners closed"
+                );
+            }
+            connections.fire();
+
+            // Phase 2: drain, then abort what is left.
+            #[cfg(unix)]
+            if let Finished::HandedOver(Some(standby)) = finished {
+                match drain_or_take_back(&tasks, config.drain_timeout, standby, &trigger, kept)
+                    .await
+                {
+                    Ok(drain) => break (fatal, handed_over, at_shutdown, drain),
+                    Err((taken_back, again)) => {
+                        listeners = taken_back;
+                        handover = Some(again);
+                        continue;
+                    }
+                }
+            }
+            let drain = tasks.drain(config.drain_timeout).await;
+            break (fatal, handed_over, at_shutdown, drain);
         };
-        #[cfg(not(unix))]
-        let handed_over = false;
-        let at_shutdown = stats.snapshot();
         let active_at_shutdown = at_shutdown.active;
-        if handed_over {
-            tracing::info!(
-                active = active_at_shutdown,
-                "shutdown begun: listeners handed over"
-            );
-        } else {
-            tracing::info!(
-                active = active_at_shutdown,
-                "shutdown begun: listeners closed"
-            );
-        }
-        connections.fire();
-
-        // Phase 2: drain, then abort what is left.
-        let drain = tasks.drain(config.drain_timeout).await;
         if let Some(sweeper) = sweeper {
             sweeper.stop().await;
         }
@@ -330,16 +364,19 @@ impl Server {
 fn offer_listeners(
     handover: Handover,
     listeners: &[Listening],
-    trigger: &Arc<Fired>,
+    stop: &Arc<Fired>,
 ) -> Option<Offering> {
     let sockets: io::Result<Vec<_>> = listeners.iter().map(|l| l.listener.duplicate()).collect();
     match sockets {
         Ok(sockets) => {
-            let keepers = listeners
+            let files = listeners
                 .iter()
-                .filter_map(|l| l.listener.file_keeper())
+                .filter_map(|l| match (&l.addr, l.listener.file_keeper()) {
+                    (Addr::Unix(Some(path)), Some(keeper)) => Some((path.clone(), keeper)),
+                    _ => None,
+                })
                 .collect();
-            Some(handover.start(sockets, keepers, trigger))
+            Some(handover.start(sockets, files, stop))
         }
         Err(err) => {
             tracing::warn!(error = %err, "cannot duplicate the listeners: restarts will not be seamless");
@@ -348,22 +385,94 @@ fn offer_listeners(
     }
 }
 
+/// What a server needs of its listeners to serve on them again after a
+/// handover its successor did not live through: each one's address and
+/// preamble, in order. Nothing without a handover.
+#[cfg(unix)]
+fn kept_for_taking_back(
+    listeners: &[Listening],
+    handover: bool,
+) -> Vec<(Addr, Option<Arc<Preamble>>)> {
+    if !handover {
+        return Vec::new();
+    }
+    listeners
+        .iter()
+        .map(|l| (l.addr.clone(), l.preamble.clone()))
+        .collect()
+}
+
+/// The drain of a server that handed its listeners over to a successor
+/// that asked it to stand by: if the successor goes away before the drain
+/// ends, and this server was not asked to shut down meanwhile, its
+/// listeners (made from `kept` and the sockets it kept) and its part in
+/// restarts come back, to serve again; the drain is abandoned, its
+/// connections served on.
+#[cfg(unix)]
+async fn drain_or_take_back(
+    tasks: &Tasks,
+    timeout: Duration,
+    standby: Standby,
+    trigger: &Fired,
+    kept: Vec<(Addr, Option<Arc<Preamble>>)>,
+) -> Result<Drain, (Vec<Listening>, Handover)> {
+    let drain = tasks.drain(timeout);
+    tokio::pin!(drain);
+    tokio::select! {
+        biased;
+        drain = &mut drain => return Ok(drain),
+        () = standby.successor_lost() => {}
+    }
+    if trigger.is_fired() {
+        tracing::info!("the successor went away, but this server was asked to shut down");
+        return Ok(drain.await);
+    }
+    let (sockets, handover) = standby.take_back();
+    let listeners: io::Result<Vec<Listening>> = kept
+        .into_iter()
+        .zip(sockets)
+        .map(|((addr, preamble), socket)| {
+            Ok(Listening {
+                listener: Listener::from_inherited(socket)?,
+                addr,
+                preamble,
+            })
+        })
+        .collect();
+    match listeners {
+        Ok(listeners) => {
+            tracing::warn!(
+                "the successor went away before this server finished draining; serving again"
+            );
+            Err((listeners, handover))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the successor went away, and its listeners cannot be taken back");
+            Ok(drain.await)
+        }
+    }
+}
+
 /// Waits for every accept loop to end. Triggers the shutdown when the
-/// builder's signal fires or a loop fails; returns the first failure.
+/// builder's signal fires or a loop fails, and stops the loops (fires
+/// `stop`) when it is triggered; returns the first failure.
 async fn supervise(
     loops: &mut JoinSet<Result<(), (Addr, io::Error)>>,
     trigger: &Arc<Fired>,
-    shutdown_signal: Option<ExternalSignal>,
+    stop: &Arc<Fired>,
+    external: &mut Option<ShutdownFuture>,
 ) -> Option<(Addr, io::Error)> {
-    let mut external = shutdown_signal.map(ExternalSignal::into_future);
+    let mut triggered = Fired::wait(trigger);
     let mut fatal = None;
     loop {
         tokio::select! {
-            () = poll_optional(&mut external) => {
+            () = poll_optional(external) => {
                 tracing::info!("shutdown signal received");
                 trigger.fire();
-                external = None;
+                *external = None;
             }
+            // Not polled again once it completed: `stop` has fired then.
+            () = &mut triggered, if !stop.is_fired() => stop.fire(),
             joined = loops.join_next() => match joined {
                 None => return fatal,
                 Some(Ok(Ok(()))) => {}
@@ -431,7 +540,8 @@ struct Shared {
     signal: ShutdownSignal,
     tasks: Arc<Tasks>,
     clock: Arc<Clock>,
-    next_id: AtomicU64,
+    /// Shared by every generation of accept loops (see `Server::run`).
+    next_id: Arc<AtomicU64>,
 }
 
 /// At most one `info` line a listener per this long says the connection

@@ -293,3 +293,136 @@ async fn a_successor_asking_for_a_socket_option_the_socket_lacks_is_refused_and_
     assert!(ask(old.addr, b"hi").await.starts_with("old "));
     assert!(!old.stop().await.handed_over);
 }
+
+/// A handler for the rollback tests: a client that sends "hold" is held
+/// until `release`, after the handler reported (on `told`) that its
+/// connection was told to shut down; any other is answered `name`.
+fn holder(
+    name: &'static str,
+    told: tokio::sync::mpsc::UnboundedSender<()>,
+    release: Arc<tokio::sync::Notify>,
+) -> impl switchboard::Handler {
+    use switchboard::{Connection, handler_fn};
+    handler_fn(move |mut conn: Connection| {
+        let (told, release) = (told.clone(), Arc::clone(&release));
+        async move {
+            let chunk = conn.read_chunk(256).await?;
+            if &chunk[..] == b"hold" {
+                conn.write_all(b"held").await?;
+                conn.shutdown_requested().await;
+                let _ = told.send(());
+                release.notified().await;
+            }
+            conn.write_all(name.as_bytes()).await?;
+            Ok::<_, std::io::Error>(())
+        }
+    })
+}
+
+/// A server with a connection held open: its drain lasts until the test
+/// releases it.
+async fn held_open(server: &common::Running) -> TcpStream {
+    let mut client = server.connect().await;
+    within("send", client.write_all(b"hold")).await.unwrap();
+    let mut held = [0; 4];
+    within("the server to hold", client.read_exact(&mut held))
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test]
+async fn a_successor_gone_while_the_old_server_drains_gives_the_listeners_back() {
+    use switchboard::Server;
+
+    let dir = TempDir::new("handover-rollback");
+    let control = dir.path("control.sock");
+    let (told, mut old_told) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let old = run(Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(holder("old", told, Arc::clone(&release)))
+        .build()
+        .await
+        .unwrap());
+    let mut held = held_open(&old).await;
+
+    let new = Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(namer("new"))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(new.local_addr().as_tcp(), Some(old.addr));
+    let new = tokio::spawn(new.run());
+    within("the old server to hand over and drain", old_told.recv())
+        .await
+        .expect("told to shut down");
+    // The new server dies: its `run` future is dropped.
+    new.abort();
+    let _ = within("the new server's end", new).await;
+
+    assert_eq!(
+        ask(old.addr, b"hi").await,
+        "old",
+        "the old server serves the port again"
+    );
+    // Its drain was abandoned; the held connection is served on.
+    release.notify_one();
+    let mut rest = String::new();
+    within("the held connection's end", held.read_to_string(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(rest, "old");
+
+    let report = old.stop().await;
+    assert!(!report.handed_over, "{report:?}");
+    assert_eq!(report.accepted, 2, "{report:?}");
+    common::assert_adds_up(&report);
+    assert!(
+        !control.exists(),
+        "the old server's clean stop removes the control socket"
+    );
+}
+
+#[tokio::test]
+async fn a_successor_that_shuts_down_does_not_bring_the_old_server_back() {
+    use switchboard::Server;
+
+    let dir = TempDir::new("handover-no-rollback");
+    let control = dir.path("control.sock");
+    let (told, mut old_told) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let old = run(Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(holder("old", told, Arc::clone(&release)))
+        .build()
+        .await
+        .unwrap());
+    let old_addr = old.addr;
+    let mut held = held_open(&old).await;
+    let new = run(Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(namer("new"))
+        .build()
+        .await
+        .unwrap());
+    within("the old server to hand over and drain", old_told.recv())
+        .await
+        .expect("told to shut down");
+    // A deliberate stop of the new server: the old one is released first.
+    assert!(!new.stop().await.handed_over);
+    release.notify_one();
+    let mut rest = String::new();
+    within("the held connection's end", held.read_to_string(&mut rest))
+        .await
+        .unwrap();
+    let report = old.finish().await;
+    assert!(report.handed_over, "it drained and stopped: {report:?}");
+    let refused = within("connect", TcpStream::connect(old_addr)).await;
+    assert!(refused.is_err(), "nobody serves the port: {refused:?}");
+}
