@@ -36,7 +36,7 @@ use crate::preamble::Preamble;
 use crate::record::{ConnState, Home};
 use crate::shutdown::Fired;
 use crate::stats::Counters;
-use crate::task::{Drain, Handled, Tasks};
+use crate::task::{Handled, Tasks};
 use crate::timeout::{Clock, Sweeper};
 use crate::{
     Addr, BoxError, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats,
@@ -415,7 +415,7 @@ async fn drain_or_take_back(
     standby: Standby,
     trigger: &Fired,
     kept: Vec<(Addr, Option<Arc<Preamble>>)>,
-) -> Result<Drain, (Vec<Listening>, Handover)> {
+) -> Result<crate::task::Drain, (Vec<Listening>, Handover)> {
     let drain = tasks.drain(timeout);
     tokio::pin!(drain);
     tokio::select! {
