@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 #[cfg(unix)]
-use crate::handover::Handover;
+use crate::handover::{Handover, Inherited, Wanted};
 use crate::limit::{DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT};
 use crate::listen::{Listen, ListenOn, ProxyProtocol};
 use crate::listener::{self, Listener};
@@ -208,11 +208,46 @@ impl Builder {
     /// listening sockets* (the same ports and Unix paths, the same queue of
     /// waiting clients; nothing is rebound, no client is refused) instead of
     /// binding its own, and once it accepts it tells the old server, which
-    /// stops accepting and drains. The listeners must be configured the same
-    /// way in both (their number and order; settings such as the PROXY
-    /// protocol are this server's). If nobody answers, it binds as usual and
+    /// stops accepting and drains. If nobody answers, it binds as usual and
     /// creates the control socket, where it offers its listeners to its own
     /// successor until it shuts down.
+    ///
+    /// Each configured listener takes the old server's socket *of the same
+    /// address* (IP and port, or Unix path as written), whatever the order
+    /// of the listeners; its settings (PROXY protocol, TLS, the backlog) are
+    /// this server's. A listener on an address the old server did not have
+    /// is bound anew; a socket of the old server that no listener asks for
+    /// is not taken, and closes when the old server stops. A TCP address
+    /// with port 0 takes the old server's socket on the same IP when there
+    /// is exactly one left there (and no other port-0 listener asks for that
+    /// IP), so the same configuration keeps its port; otherwise it binds a
+    /// new port. Listeners given ready-made
+    /// ([`tcp_listener`](Builder::tcp_listener), ...) take nothing over.
+    /// Options fixed when the old server bound a socket cannot change in a
+    /// handover: a different [`reuse_port`](Builder::reuse_port),
+    /// [`ipv6_only`](Builder::ipv6_only) or
+    /// [`unix_permissions`](Builder::unix_permissions) makes `build` fail with
+    /// [`Error::Bind`] for that address, and the old server serves on.
+    ///
+    /// If the new server goes away (its process dies, its `run` future or
+    /// server is dropped) before the old one has finished draining, the old
+    /// one takes its listeners back: it accepts on them again (clients
+    /// queued meanwhile are served), offers them to the next successor, and
+    /// serves until it is shut down; [`ShutdownReport::handed_over`] then
+    /// says `false`. The connections it had already told to shut down stay
+    /// told (their signal cannot be taken back) and are served on; the ones
+    /// it accepts from then on get a signal of their own. A new server that
+    /// shuts down deliberately (or hands over in turn) releases the old one
+    /// first, which then finishes its drain and stops. An old server that
+    /// was asked to shut down meanwhile ([`ShutdownHandle::shutdown`], the
+    /// [shutdown signal](Builder::shutdown_signal)) does not come back, and
+    /// one that already stopped cannot. Until it comes back or stops, the
+    /// old server's [`ShutdownHandle::is_shutting_down`] says `false`: its
+    /// shutdown was not triggered.
+    ///
+    /// [`ShutdownReport::handed_over`]: crate::ShutdownReport::handed_over
+    /// [`ShutdownHandle::shutdown`]: crate::ShutdownHandle::shutdown
+    /// [`ShutdownHandle::is_shutting_down`]: crate::ShutdownHandle::is_shutting_down
     ///
     /// Not with [`systemd_listeners`](Builder::systemd_listeners).
     ///
@@ -456,27 +491,36 @@ impl Builder {
         for listen in &self.listen {
             listen.validate()?;
         }
-        let mut bound = Vec::with_capacity(self.listen.len());
+        #[cfg(unix)]
+        if self.handover.is_some() {
+            if self
+                .listen
+                .iter()
+                .any(|l| matches!(l.on, ListenOn::Systemd))
+            {
+                return Err(Error::InvalidConfig {
+                    option: "handover",
+                    reason: "cannot be combined with systemd_listeners",
+                });
+            }
+            if self.listen.len() > crate::handover::MAX_LISTENERS {
+                return Err(Error::InvalidConfig {
+                    option: "handover",
+                    reason: "at most 64 listeners can be handed over",
+                });
+            }
+            const _: () = assert!(crate::handover::MAX_LISTENERS == 64, "the reason above");
+        }
+        // Every address is resolved before anything is bound or taken over:
+        // a listener is paired with a handed-over socket by its address, and
+        // a running server waits for its successor meanwhile.
+        let mut resolved = Vec::with_capacity(self.listen.len());
+        for listen in self.listen {
+            resolved.push(listen.resolve().await?);
+        }
         #[cfg(unix)]
         let (handover, inherited) = match &self.handover {
             Some(path) => {
-                if self
-                    .listen
-                    .iter()
-                    .any(|l| matches!(l.on, ListenOn::Systemd))
-                {
-                    return Err(Error::InvalidConfig {
-                        option: "handover",
-                        reason: "cannot be combined with systemd_listeners",
-                    });
-                }
-                if self.listen.len() > crate::handover::MAX_LISTENERS {
-                    return Err(Error::InvalidConfig {
-                        option: "handover",
-                        reason: "at most 64 listeners can be handed over",
-                    });
-                }
-                const _: () = assert!(crate::handover::MAX_LISTENERS == 64, "the reason above");
                 let (handover, inherited) =
                     Handover::acquire(path)
                         .await
@@ -488,48 +532,13 @@ impl Builder {
             }
             None => (None, None),
         };
+        #[cfg(unix)]
+        let bound = match inherited {
+            Some(inherited) => take_over(resolved, inherited, &self.config)?,
+            None => open_all(resolved, &self.config)?,
+        };
         #[cfg(not(unix))]
-        let inherited: Option<Vec<Listener>> = None;
-        match inherited {
-            Some(inherited) => {
-                if inherited.len() != self.listen.len() {
-                    return Err(Error::Listener {
-                        what: "handed-over sockets",
-                        source: io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "the running server handed over {} listeners; {} are configured",
-                                inherited.len(),
-                                self.listen.len()
-                            ),
-                        ),
-                    });
-                }
-                for (listen, socket) in self.listen.into_iter().zip(inherited) {
-                    // The socket file this server would create is the one
-                    // it takes over, to remove when it stops.
-                    #[cfg(unix)]
-                    let configured = match &listen.on {
-                        ListenOn::UnixPath(path) => Some(path.as_path()),
-                        _ => None,
-                    };
-                    #[cfg(unix)]
-                    let socket =
-                        Listener::from_inherited(socket, configured).map_err(|source| {
-                            Error::Listener {
-                                what: "handed-over sockets",
-                                source,
-                            }
-                        })?;
-                    bound.push(listen.attach(socket)?);
-                }
-            }
-            None => {
-                for listen in self.listen {
-                    bound.extend(listen.open(&self.config).await?);
-                }
-            }
-        }
+        let bound = open_all(resolved, &self.config)?;
         Server::new(
             bound,
             handler,
@@ -557,14 +566,48 @@ impl Listen {
         Ok(())
     }
 
+    /// Resolves what this names to listen on (a name to its addresses).
+    async fn resolve(self) -> Result<Resolved, Error> {
+        let settings = Settings::of(&self);
+        let on = match self.on {
+            ListenOn::Tcp(target) => Target::Tcp(target.resolve().await?),
+            #[cfg(unix)]
+            ListenOn::UnixPath(path) => Target::UnixPath(path),
+            ListenOn::TcpListener(std) => Target::TcpListener(std),
+            #[cfg(unix)]
+            ListenOn::UnixListener(std) => Target::UnixListener(std),
+            #[cfg(unix)]
+            ListenOn::Systemd => Target::Systemd,
+        };
+        Ok(Resolved { settings, on })
+    }
+}
+
+/// A configured listener, its addresses resolved: ready to be bound, or to
+/// take over a socket handed over by a predecessor.
+struct Resolved {
+    settings: Settings,
+    on: Target,
+}
+
+/// [`ListenOn`] with a TCP name resolved to its addresses.
+enum Target {
+    Tcp(Vec<SocketAddr>),
+    #[cfg(unix)]
+    UnixPath(PathBuf),
+    TcpListener(std::net::TcpListener),
+    #[cfg(unix)]
+    UnixListener(std::os::unix::net::UnixListener),
+    #[cfg(unix)]
+    Systemd,
+}
+
+impl Resolved {
     /// Binds or takes over what this names: usually one listener, several
     /// for systemd; each with this `Listen`'s settings.
-    async fn open(self, config: &Config) -> Result<Vec<Bound>, Error> {
-        let settings = Settings::of(&self);
-        let on = self.on;
-        let listeners = match on {
-            ListenOn::Tcp(target) => {
-                let addrs = target.resolve().await?;
+    fn open(self, config: &Config) -> Result<Vec<Bound>, Error> {
+        let listeners = match self.on {
+            Target::Tcp(addrs) => {
                 let listener =
                     listener::bind_tcp(&addrs, config).map_err(|(addr, source)| Error::Bind {
                         addr: Addr::Tcp(addr),
@@ -573,7 +616,7 @@ impl Listen {
                 vec![listener]
             }
             #[cfg(unix)]
-            ListenOn::UnixPath(path) => {
+            Target::UnixPath(path) => {
                 vec![
                     listener::bind_unix(&path, config).map_err(|source| Error::Bind {
                         addr: Addr::Unix(Some(path)),
@@ -581,7 +624,7 @@ impl Listen {
                     })?,
                 ]
             }
-            ListenOn::TcpListener(std) => {
+            Target::TcpListener(std) => {
                 vec![
                     Listener::from_std_tcp(std).map_err(|source| Error::Listener {
                         what: "given TCP listener",
@@ -590,7 +633,7 @@ impl Listen {
                 ]
             }
             #[cfg(unix)]
-            ListenOn::UnixListener(std) => {
+            Target::UnixListener(std) => {
                 vec![
                     Listener::from_std_unix(std).map_err(|source| Error::Listener {
                         what: "given Unix listener",
@@ -599,22 +642,93 @@ impl Listen {
                 ]
             }
             #[cfg(unix)]
-            ListenOn::Systemd => listener::systemd().map_err(|source| Error::Listener {
+            Target::Systemd => listener::systemd().map_err(|source| Error::Listener {
                 what: "systemd sockets",
                 source,
             })?,
         };
         listeners
             .into_iter()
-            .map(|listener| settings.bound(listener))
+            .map(|listener| self.settings.bound(listener))
             .collect()
     }
 
-    /// Gives `listener` (handed over by a predecessor) this `Listen`'s
-    /// settings.
-    fn attach(self, listener: Listener) -> Result<Bound, Error> {
-        Settings::of(&self).bound(listener)
+    /// What this asks a handed-over socket to be.
+    #[cfg(unix)]
+    fn wanted(&self) -> Wanted<'_> {
+        match &self.on {
+            Target::Tcp(addrs) => Wanted::Tcp(addrs),
+            Target::UnixPath(path) => Wanted::Unix(path),
+            Target::TcpListener(_) | Target::UnixListener(_) | Target::Systemd => Wanted::Nothing,
+        }
     }
+
+    /// Takes `socket`, handed over by a predecessor and paired with this
+    /// listener, with this listener's settings.
+    #[cfg(unix)]
+    fn take(self, socket: Inherited, addr: &Addr, config: &Config) -> Result<Bound, Error> {
+        let refused = |source| Error::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        // The socket file this server would create is the one it takes
+        // over, to remove when it stops.
+        let configured = match &self.on {
+            Target::UnixPath(path) => Some(path.as_path()),
+            _ => None,
+        };
+        socket.reconfigure(config, configured).map_err(refused)?;
+        let listener = Listener::from_inherited(socket, configured).map_err(refused)?;
+        self.settings.bound(listener)
+    }
+}
+
+/// Binds (or opens) every configured listener.
+fn open_all(resolved: Vec<Resolved>, config: &Config) -> Result<Vec<Bound>, Error> {
+    let mut bound = Vec::with_capacity(resolved.len());
+    for listen in resolved {
+        bound.extend(listen.open(config)?);
+    }
+    Ok(bound)
+}
+
+/// A successor's listeners: each configured listener takes the socket the
+/// predecessor handed over for its address, if there is one (see
+/// [`handover::pair`](crate::handover::pair)), and binds one of its own
+/// otherwise; the sockets no listener takes are dropped here, and closed by
+/// the predecessor when it stops.
+#[cfg(unix)]
+fn take_over(
+    resolved: Vec<Resolved>,
+    inherited: Vec<Inherited>,
+    config: &Config,
+) -> Result<Vec<Bound>, Error> {
+    let unreadable = |source| Error::Listener {
+        what: "handed-over sockets",
+        source,
+    };
+    let held = inherited
+        .iter()
+        .map(Inherited::addr)
+        .collect::<std::io::Result<Vec<Addr>>>()
+        .map_err(unreadable)?;
+    let wanted: Vec<Wanted<'_>> = resolved.iter().map(Resolved::wanted).collect();
+    let pairs = crate::handover::pair(&wanted, &held);
+    let mut sockets: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
+    let mut bound = Vec::with_capacity(resolved.len());
+    for (listen, pair) in resolved.into_iter().zip(pairs) {
+        // `pair` names each socket once at most.
+        match pair.and_then(|index| sockets[index].take().map(|s| (s, &held[index]))) {
+            Some((socket, addr)) => bound.push(listen.take(socket, addr, config)?),
+            None => bound.extend(listen.open(config)?),
+        }
+    }
+    for (socket, addr) in sockets.iter().zip(&held) {
+        if socket.is_some() {
+            tracing::info!(%addr, "not taking over this listener (no longer configured); the running server closes it when it stops");
+        }
+    }
+    Ok(bound)
 }
 
 /// What a `Listen` asks of each of its connections before the handler.

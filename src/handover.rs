@@ -19,10 +19,22 @@
 //!   read REQUEST                 <────────── REQUEST
 //!   send OFFER + descriptors     ──────────> check every descriptor, own them
 //!                                            start accepting on them
-//!   read READY                   <────────── Predecessor::ready: READY
+//!   read READY, WATCH            <────────── Predecessor::ready: READY, WATCH
 //!   handed_over(): stop accepting, drain
 //!   send DONE                    ──────────> ready() returns
+//!   stand by: keep the sockets
+//!   read RELEASE                 <────────── Offering::finish (shutdown began)
+//!   (or EOF: the successor is gone;
+//!    serve on the sockets again)
 //! ```
+//!
+//! Standing by: a successor may die right after it took over (a new
+//! binary that crashes at start). So the predecessor keeps its copies of
+//! the sockets and the control connection while it drains; the successor
+//! keeps the connection open and says RELEASE when the predecessor is no
+//! longer needed (its own shutdown began, or it handed over in turn). If
+//! the connection closes without RELEASE before the predecessor's drain
+//! ends, the predecessor serves on the sockets again.
 //!
 //! The control socket itself travels with the listeners, so the successor
 //! offers them to *its* successor on the very same socket, without a rebind
@@ -37,14 +49,17 @@
 //! | --- | --- |
 //! | 0..4 | magic `SBHO` |
 //! | 4 | protocol version, `1` |
-//! | 5 | message type: 1 REQUEST, 2 OFFER, 3 READY, 4 DONE, 5 REJECT |
+//! | 5 | message type: 1 REQUEST, 2 OFFER, 3 READY, 4 DONE, 5 REJECT, 6 WATCH, 7 RELEASE |
 //! | 6..8 | body length, big-endian `u16` |
 //!
 //! Only OFFER has a body: one byte per descriptor sent with it as
 //! `SCM_RIGHTS` ancillary data, in the same order (1 a TCP listener, 2 a
 //! Unix listener, 3 the control listener, which comes last and only there).
 //! REJECT answers a REQUEST of another version; its version field names the
-//! version the running server speaks. The header layout is frozen across
+//! version the running server speaks. WATCH (right after READY) and RELEASE
+//! were added within version 1 so that either side may be older: an older
+//! predecessor never reads them, and one that reads no WATCH after READY
+//! (an older successor, which closes after DONE) does not stand by. The header layout is frozen across
 //! versions so that such a mismatch can always be reported.
 //!
 //! # Failure policy
@@ -70,7 +85,9 @@
 use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,12 +98,14 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
 };
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::Addr;
 use crate::accept::Backoff;
+use crate::builder::Config;
 use crate::shutdown::Fired;
 use crate::socket_file::{self, FileId};
 
@@ -134,6 +153,147 @@ impl Inherited {
             Inherited::Unix(listener) => listener.as_fd(),
         }
     }
+}
+
+impl Inherited {
+    /// The address the socket is bound to: what a configured listener is
+    /// paired with (see [`pair`]).
+    pub(crate) fn addr(&self) -> io::Result<Addr> {
+        match self {
+            Inherited::Tcp(listener) => listener.local_addr().map(Addr::Tcp),
+            Inherited::Unix(listener) => Ok(Addr::Unix(
+                listener.local_addr()?.as_pathname().map(Path::to_path_buf),
+            )),
+        }
+    }
+
+    /// Gives a socket taken over the settings of this server's `config`
+    /// where they can still be given (the backlog: `listen` again), and
+    /// refuses, with an `InvalidInput` error naming the option, those that
+    /// were fixed when the predecessor bound it and differ.
+    ///
+    /// The permissions of a Unix socket's file are checked, not changed:
+    /// changing them by path, after the file has been there for the
+    /// predecessor's whole life, would follow whatever name has been put
+    /// there meanwhile.
+    pub(crate) fn reconfigure(&self, config: &Config, configured: Option<&Path>) -> io::Result<()> {
+        let refuse = |what: &str| {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{what} differs from the running server's socket, which keeps it; \
+                     change it with a restart without handover"
+                ),
+            ))
+        };
+        let socket = SockRef::from(self);
+        if let Inherited::Tcp(listener) = self {
+            if socket.reuse_port()? != config.reuse_port {
+                return refuse("reuse_port");
+            }
+            if let (Some(only), SocketAddr::V6(_)) = (config.ipv6_only, listener.local_addr()?) {
+                if socket.only_v6()? != only {
+                    return refuse("ipv6_only");
+                }
+            }
+        }
+        if let (Inherited::Unix(_), Some(mode), Some(path)) = (self, config.unix_mode, configured) {
+            {
+                let found = std::fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
+                if found != mode & 0o7777 {
+                    return refuse("unix_permissions");
+                }
+            }
+        }
+        // The kernel caps it anyway; saturate rather than wrap.
+        socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))
+    }
+}
+
+impl AsFd for Inherited {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}
+
+/// What a configured listener asks a handed-over socket to be, for [`pair`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wanted<'a> {
+    /// A TCP listener on the first of these addresses that can be had.
+    Tcp(&'a [SocketAddr]),
+    /// A Unix listener at this path.
+    Unix(&'a Path),
+    /// A listener given ready-made: it takes no handed-over socket.
+    Nothing,
+}
+
+/// Pairs the configured listeners (`wanted`, in the successor's order) with
+/// the sockets a predecessor handed over (`held`, by their addresses): the
+/// index into `held` each configured listener takes, or `None` where it
+/// binds a socket of its own.
+///
+/// - A TCP address with a port, or a Unix path, takes the socket bound to
+///   exactly that address (IP and port; the path as written).
+/// - A TCP address with port 0 ("any free port") takes the one socket
+///   left on the same IP, if exactly one is left there and no other port-0
+///   listener asks for that IP; otherwise it binds a new port.
+///
+/// Each socket goes to one listener at most; the ones nobody takes are left
+/// to the predecessor, which closes them when it stops.
+pub(crate) fn pair(wanted: &[Wanted<'_>], held: &[Addr]) -> Vec<Option<usize>> {
+    let mut taken = vec![false; held.len()];
+    let mut paired = vec![None; wanted.len()];
+    for (slot, want) in paired.iter_mut().zip(wanted) {
+        let found = match *want {
+            Wanted::Tcp(addrs) => addrs.iter().filter(|a| a.port() != 0).find_map(|want| {
+                (0..held.len()).find(|&i| {
+                    !taken[i]
+                        && held[i]
+                            .as_tcp()
+                            .is_some_and(|h| h.ip() == want.ip() && h.port() == want.port())
+                })
+            }),
+            // Bound at the path, or at the staging name a socket file is
+            // created under (see `socket_file::create`).
+            Wanted::Unix(path) => (0..held.len()).find(|&i| {
+                !taken[i]
+                    && matches!(&held[i], Addr::Unix(Some(p)) if crate::socket_file::bound_for(p, path))
+            }),
+            Wanted::Nothing => None,
+        };
+        if let Some(i) = found {
+            taken[i] = true;
+            *slot = Some(i);
+        }
+    }
+    // Port 0: decided for all at once, so that the order does not matter.
+    let candidates: Vec<Vec<usize>> = wanted
+        .iter()
+        .zip(&paired)
+        .map(|(want, slot)| match (want, slot) {
+            (Wanted::Tcp(addrs), None) => (0..held.len())
+                .filter(|&i| {
+                    !taken[i]
+                        && held[i].as_tcp().is_some_and(|h| {
+                            addrs.iter().any(|a| a.port() == 0 && a.ip() == h.ip())
+                        })
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    for (index, mine) in candidates.iter().enumerate() {
+        if let [only] = mine[..] {
+            let contested = candidates
+                .iter()
+                .enumerate()
+                .any(|(other, theirs)| other != index && theirs.contains(&only));
+            if !contested {
+                paired[index] = Some(only);
+            }
+        }
+    }
+    paired
 }
 
 /// The listening control socket at which a server offers its sockets to a
@@ -221,7 +381,10 @@ pub(crate) struct TakeOver {
 /// predecessor keeps serving.
 #[derive(Debug)]
 pub(crate) struct Predecessor {
-    stream: UnixStream,
+    /// Shared with the [`Offering`], which says "release" on it when this
+    /// server's shutdown begins; while it stays open without that, the
+    /// predecessor stands by to take its sockets back.
+    stream: Arc<UnixStream>,
     timeout: Duration,
 }
 
@@ -249,7 +412,12 @@ impl Predecessor {
         within(
             timeout,
             "telling the running server that we are ready",
-            send_frame(&self.stream, Message::Ready, &[], &[]),
+            async {
+                send_frame(&self.stream, Message::Ready, &[], &[]).await?;
+                // Sent at once, before the confirmation is awaited: a
+                // predecessor reads it right after "ready".
+                send_frame(&self.stream, Message::Watch, &[], &[]).await
+            },
         )
         .await?;
         let done = within(
@@ -263,12 +431,66 @@ impl Predecessor {
 }
 
 /// Why [`offer`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Offered {
     /// A successor took the sockets over and is ready; `handed_over` ran.
-    HandedOver,
+    /// With a [`Standby`] if the successor asked this server to stand by
+    /// (an older successor does not).
+    HandedOver(Option<Standby>),
     /// `stop` was cancelled first.
     Stopped,
+}
+
+/// A predecessor's sockets, kept after a handover while its successor
+/// might still fail: the successor keeps the control connection open and
+/// says "release" once this server is no longer needed (its own shutdown
+/// began, or it handed over in turn). If the connection closes without
+/// that, the successor is gone and the sockets can serve again.
+#[derive(Debug)]
+pub(crate) struct Standby {
+    successor: UnixStream,
+    /// The duplicates that were offered, in their order.
+    sockets: Vec<Inherited>,
+    control: Control,
+}
+
+impl Standby {
+    /// Completes when the successor goes away without releasing this
+    /// server; never, once it released it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a message half read is lost. Keep the future.
+    pub(crate) async fn successor_lost(&self) {
+        match read_frame(&self.successor).await {
+            Ok(frame) if frame.code == Message::Release.code() => {
+                tracing::debug!("the successor released this server");
+            }
+            Ok(frame) => {
+                // Not a successor that fails: one that speaks of something
+                // else. Taking the sockets back would serve beside it.
+                tracing::warn!(
+                    code = frame.code,
+                    "unexpected message from the successor; no longer standing by"
+                );
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "the control connection to the successor closed");
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// The sockets, in the order they were offered, and the control socket
+    /// to offer them on again.
+    pub(crate) fn take_back(self) -> (Vec<Inherited>, Handover) {
+        let handover = Handover {
+            control: self.control,
+            predecessor: None,
+        };
+        (self.sockets, handover)
+    }
 }
 
 /// Successor side: if a server offers its sockets at `control`, takes them.
@@ -314,7 +536,10 @@ pub(crate) async fn take_over(control: &Path, timeout: Duration) -> io::Result<O
             path: control.to_path_buf(),
             file,
         },
-        predecessor: Predecessor { stream, timeout },
+        predecessor: Predecessor {
+            stream: Arc::new(stream),
+            timeout,
+        },
     }))
 }
 
@@ -450,11 +675,60 @@ pub(crate) async fn offer(
                     sockets = sockets.len(),
                     "listening sockets handed over to the successor"
                 );
-                return Ok(Offered::HandedOver);
+                let standby = stand_by(stream, sockets, listener, &path, file, timeout).await;
+                return Ok(Offered::HandedOver(standby));
             }
             Err(err) => {
                 tracing::warn!(error = %err, "handover to a successor failed; still serving");
             }
+        }
+    }
+}
+
+/// After a handover: a [`Standby`] if the successor asks this server to
+/// stand by ("watch", sent right after "ready").
+async fn stand_by(
+    stream: UnixStream,
+    sockets: Vec<Inherited>,
+    listener: UnixListener,
+    path: &Path,
+    file: FileId,
+    timeout: Duration,
+) -> Option<Standby> {
+    let asked = within(
+        timeout,
+        "reading whether the successor asks us to stand by",
+        read_frame(&stream),
+    )
+    .await;
+    match asked {
+        Ok(frame) if frame.code == Message::Watch.code() => {}
+        Ok(frame) => {
+            tracing::debug!(
+                code = frame.code,
+                "the successor does not ask us to stand by"
+            );
+            return None;
+        }
+        Err(err) => {
+            // An older successor closes the connection after "done".
+            tracing::debug!(error = %err, "the successor does not ask us to stand by");
+            return None;
+        }
+    }
+    match listener.into_std() {
+        Ok(listener) => Some(Standby {
+            successor: stream,
+            sockets,
+            control: Control {
+                listener,
+                path: path.to_path_buf(),
+                file,
+            },
+        }),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot keep the control socket; not standing by");
+            None
         }
     }
 }
@@ -506,28 +780,55 @@ impl Handover {
 
     /// Once the server accepts on its listeners: tells the predecessor (if
     /// any) to drain, and offers `sockets` (duplicates of the listeners) to
-    /// a successor until `trigger` fires. A successor that takes them fires
-    /// `trigger` itself, after setting every `keepers` flag so that this
-    /// server leaves the socket files in place for the successor.
+    /// a successor until `stop` fires. A successor that takes them fires
+    /// `stop` itself, after setting the keep flag of every socket file in
+    /// `files` (its path and flag) so that this server leaves them in place
+    /// for the successor.
+    ///
+    /// While a predecessor stands by, the flags are set too: if this server
+    /// goes away without [`Offering::finish`], the predecessor serves on
+    /// these sockets again and needs their files; `finish` removes them
+    /// then instead, if they are still the files they were.
     ///
     /// If the control socket fails, the offer ends and the server serves on
     /// without seamless restarts; that is logged at `error` when it happens.
     pub(crate) fn start(
         self,
         sockets: Vec<Inherited>,
-        keepers: Vec<Arc<AtomicBool>>,
-        trigger: &Arc<Fired>,
+        files: Vec<(PathBuf, Arc<AtomicBool>)>,
+        stop: &Arc<Fired>,
     ) -> Offering {
         let control = self.control.path().to_path_buf();
         tracing::debug!(control = %control.display(), "offering the listeners to a successor");
-        let stop = CancellationToken::new();
-        let triggered = Fired::wait(trigger);
-        let fire = Arc::clone(trigger);
+        let cancel = CancellationToken::new();
+        let triggered = Fired::wait(stop);
+        let fire = Arc::clone(stop);
+        let sent = Arc::new(AtomicBool::new(false));
+        let keep = |keepers: &[Arc<AtomicBool>], keep: bool| {
+            for keeper in keepers {
+                keeper.store(keep, Ordering::Relaxed);
+            }
+        };
+        let keepers: Vec<Arc<AtomicBool>> = files.iter().map(|(_, k)| Arc::clone(k)).collect();
+        // The files as they are now, to be removed at `finish` only if they
+        // still are.
+        let standing_files = match &self.predecessor {
+            Some(_) => {
+                keep(&keepers, true);
+                files
+                    .iter()
+                    .filter_map(|(path, _)| Some((path.clone(), FileId::of(path).ok()?)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         // Once the sockets are sent, the successor may serve on them: keep
         // the Unix socket files even if this server stops first.
-        let offered = move || {
-            for keeper in &keepers {
-                keeper.store(true, Ordering::Relaxed);
+        let offered = {
+            let (keepers, sent) = (keepers.clone(), Arc::clone(&sent));
+            move || {
+                sent.store(true, Ordering::Relaxed);
+                keep(&keepers, true);
             }
         };
         let handed_over = move || {
@@ -538,7 +839,7 @@ impl Handover {
             self.control,
             sockets,
             HANDOVER_TIMEOUT,
-            stop.clone(),
+            cancel.clone(),
             offered,
             handed_over,
         );
@@ -549,7 +850,7 @@ impl Handover {
             let offered = tokio::select! {
                 offered = &mut offering => offered,
                 () = triggered => {
-                    stop.cancel();
+                    cancel.cancel();
                     offering.await
                 }
             };
@@ -564,6 +865,10 @@ impl Handover {
             }
             offered
         });
+        let link = self
+            .predecessor
+            .as_ref()
+            .map(|predecessor| Arc::clone(&predecessor.stream));
         let ready = self.predecessor.map(|predecessor| {
             tokio::spawn(async move {
                 match predecessor.ready().await {
@@ -575,39 +880,94 @@ impl Handover {
         Offering {
             offer: Some(offer),
             ready,
+            predecessor: link.map(|stream| Standing {
+                stream,
+                files: standing_files,
+                sent,
+            }),
         }
     }
 }
 
 /// The tasks [`Handover::start`] spawned; dropping it (with the `run`
-/// future, say) aborts them, so no copy of a listener outlives the server.
+/// future, say) aborts them, so no copy of a listener outlives the server,
+/// and closes the control connection to a predecessor standing by without
+/// releasing it, so that it serves again.
 #[derive(Debug)]
 pub(crate) struct Offering {
     offer: Option<tokio::task::JoinHandle<io::Result<Offered>>>,
     ready: Option<tokio::task::JoinHandle<()>>,
+    predecessor: Option<Standing>,
+}
+
+/// A predecessor that may be standing by for this server.
+#[derive(Debug)]
+struct Standing {
+    stream: Arc<UnixStream>,
+    /// This server's socket files, kept for the predecessor until it is
+    /// released.
+    files: Vec<(PathBuf, FileId)>,
+    /// Whether the sockets went to a successor, which needs the files then.
+    sent: Arc<AtomicBool>,
+}
+
+/// How [`Offering::finish`] found the offer.
+#[derive(Debug)]
+pub(crate) enum Finished {
+    /// The server's own shutdown ended it.
+    Stopped,
+    /// A successor took the listeners over; with a [`Standby`] if the
+    /// successor asked this server to stand by.
+    HandedOver(Option<Standby>),
 }
 
 impl Offering {
     /// Once shutdown has begun (the offer ends with it): whether the
     /// listeners were handed over. A confirmation still awaited from a
-    /// predecessor is given up rather than waited for.
-    pub(crate) async fn finish(mut self) -> bool {
+    /// predecessor is given up rather than waited for, and a predecessor
+    /// standing by is released: this server's shutdown is deliberate.
+    pub(crate) async fn finish(mut self) -> Finished {
         if let Some(ready) = self.ready.take() {
             ready.abort();
             // It logs its own result if it had one.
             let _ = ready.await;
         }
+        if let Some(standing) = self.predecessor.take() {
+            standing.release().await;
+        }
         let Some(offer) = self.offer.take() else {
-            return false;
+            return Finished::Stopped;
         };
         match offer.await {
-            Ok(Ok(Offered::HandedOver)) => true,
-            Ok(Ok(Offered::Stopped)) => false,
+            Ok(Ok(Offered::HandedOver(standby))) => Finished::HandedOver(standby),
+            Ok(Ok(Offered::Stopped)) => Finished::Stopped,
             // The task logged it when it happened.
-            Ok(Err(_)) => false,
+            Ok(Err(_)) => Finished::Stopped,
             Err(join) => {
                 tracing::error!(error = %join, "the handover task ended abnormally");
-                false
+                Finished::Stopped
+            }
+        }
+    }
+}
+
+impl Standing {
+    /// Tells the predecessor that it need not stand by any longer (best
+    /// effort: it may be gone already), and removes this server's socket
+    /// files (kept for the predecessor while its listeners closed) unless a
+    /// successor has the sockets.
+    async fn release(self) {
+        let said = tokio::time::timeout(
+            HANDOVER_TIMEOUT,
+            send_frame(&self.stream, Message::Release, &[], &[]),
+        )
+        .await;
+        if let Ok(Err(err)) = said {
+            tracing::debug!(error = %err, "could not release the previous server (it may be gone)");
+        }
+        if !self.sent.load(Ordering::Relaxed) {
+            for (path, file) in &self.files {
+                file.clean_up(path);
             }
         }
     }
@@ -662,6 +1022,8 @@ enum Message {
     Ready,
     Done,
     Reject,
+    Watch,
+    Release,
 }
 
 impl Message {
@@ -672,6 +1034,8 @@ impl Message {
             Message::Ready => 3,
             Message::Done => 4,
             Message::Reject => 5,
+            Message::Watch => 6,
+            Message::Release => 7,
         }
     }
 }
@@ -1150,12 +1514,23 @@ mod tests {
             self.handed_over.load(Ordering::SeqCst)
         }
 
-        async fn ended(self) -> Offered {
-            bounded("offer to end", self.task)
+        async fn ended(self) -> Ended {
+            let offered = bounded("offer to end", self.task)
                 .await
                 .expect("offer task panicked")
-                .expect("offer failed")
+                .expect("offer failed");
+            match offered {
+                Offered::HandedOver(_) => Ended::HandedOver,
+                Offered::Stopped => Ended::Stopped,
+            }
         }
+    }
+
+    /// How an [`Offering`] ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Ended {
+        HandedOver,
+        Stopped,
     }
 
     fn tcp_listener() -> std::net::TcpListener {
@@ -1258,7 +1633,7 @@ mod tests {
             old.handed_over(),
             "handed_over did not run before the confirmation"
         );
-        assert_eq!(old.ended().await, Offered::HandedOver);
+        assert_eq!(old.ended().await, Ended::HandedOver);
         // Every copy of the old process is closed now.
         let _late = client(addr, 2).await;
         let new_tcp = into_tokio_tcp(new_tcp);
@@ -1294,7 +1669,7 @@ mod tests {
         bounded("ready 1->2", second.predecessor.ready())
             .await
             .expect("ready 1->2");
-        assert_eq!(first.ended().await, Offered::HandedOver);
+        assert_eq!(first.ended().await, Ended::HandedOver);
         let [Inherited::Tcp(second_tcp)] =
             <[Inherited; 1]>::try_from(second.listeners).expect("one listener")
         else {
@@ -1308,7 +1683,7 @@ mod tests {
             .await
             .expect("ready 2->3");
         assert!(second_offers.handed_over());
-        assert_eq!(second_offers.ended().await, Offered::HandedOver);
+        assert_eq!(second_offers.ended().await, Ended::HandedOver);
         drop(second_tcp);
         let [Inherited::Tcp(third_tcp)] =
             <[Inherited; 1]>::try_from(third.listeners).expect("one listener")
@@ -1322,7 +1697,7 @@ mod tests {
         // The last generation stops without a successor: the file goes.
         let third_offers = Offering::start(third.control, Vec::new(), STEP);
         third_offers.stop.cancel();
-        assert_eq!(third_offers.ended().await, Offered::Stopped);
+        assert_eq!(third_offers.ended().await, Ended::Stopped);
         assert!(
             !control_path.exists(),
             "a clean stop left the control file behind"
@@ -1352,7 +1727,7 @@ mod tests {
         bounded("ready", next.predecessor.ready())
             .await
             .expect("ready");
-        assert_eq!(old.ended().await, Offered::HandedOver);
+        assert_eq!(old.ended().await, Ended::HandedOver);
     }
 
     /// A successor that got the sockets but whose handover failed here (it
@@ -1380,7 +1755,7 @@ mod tests {
         assert!(ended.is_err() || ended.is_ok_and(|f| f.code != Message::Done.code()));
         assert!(!old.handed_over());
         old.stop.cancel();
-        assert_eq!(old.ended().await, Offered::Stopped);
+        assert_eq!(old.ended().await, Ended::Stopped);
         assert!(
             control_path.exists(),
             "the successor's control socket file was removed"
@@ -1449,7 +1824,7 @@ mod tests {
         bounded("ready", next.predecessor.ready())
             .await
             .expect("ready");
-        assert_eq!(old.ended().await, Offered::HandedOver);
+        assert_eq!(old.ended().await, Ended::HandedOver);
     }
 
     /// A fake predecessor: accepts one connection on `path` and runs `act`
@@ -1562,6 +1937,7 @@ mod tests {
                 .await
                 .expect("send");
             read_frame(&conn).await.expect("ready");
+            read_frame(&conn).await.expect("watch");
             // Gone without DONE.
         });
         let taken = take(&path).await;
@@ -1570,6 +1946,68 @@ mod tests {
             .expect_err("no confirmation");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
         bounded("fake", fake).await.expect("fake panicked");
+    }
+
+    #[tokio::test]
+    async fn a_predecessor_of_before_standing_by_confirms_and_closes_and_ready_succeeds() {
+        let dir = TempDir::new("old-done");
+        let path = dir.join("control.sock");
+        let tcp = tcp_listener();
+        let fake_control =
+            std::os::unix::net::UnixListener::bind(dir.join("c2.sock")).expect("bind");
+        let fake = fake_predecessor(&path, move |conn| async move {
+            read_frame(&conn).await.expect("request");
+            let fds = [tcp.as_fd(), fake_control.as_fd()];
+            send_frame(&conn, Message::Offer, &[KIND_TCP, KIND_CONTROL], &fds)
+                .await
+                .expect("send");
+            let ready = read_frame(&conn).await.expect("ready");
+            assert_eq!(ready.code, Message::Ready.code());
+            send_frame(&conn, Message::Done, &[], &[])
+                .await
+                .expect("done");
+            // Closed with "watch" unread, as a server that knows no
+            // standing by does.
+        });
+        let taken = take(&path).await;
+        let ready = bounded("ready", taken.predecessor.ready()).await;
+        bounded("fake", fake).await.expect("fake panicked");
+        ready.expect("the confirmation was sent before the close");
+    }
+
+    #[tokio::test]
+    async fn a_successor_of_before_asks_no_standing_by() {
+        let dir = TempDir::new("old-successor");
+        let path = dir.join("control.sock");
+        let old = Offering::start(
+            bind_control(&path).await,
+            vec![copy_tcp(&tcp_listener())],
+            STEP,
+        );
+        let successor = bounded("connect", UnixStream::connect(&path))
+            .await
+            .expect("connect");
+        send_frame(&successor, Message::Request, &[], &[])
+            .await
+            .expect("request");
+        let offer = bounded("offer", read_frame(&successor))
+            .await
+            .expect("offer");
+        assert_eq!(offer.code, Message::Offer.code());
+        send_frame(&successor, Message::Ready, &[], &[])
+            .await
+            .expect("ready");
+        let done = bounded("done", read_frame(&successor)).await.expect("done");
+        assert_eq!(done.code, Message::Done.code());
+        drop(successor);
+        let offered = bounded("offer to end", old.task)
+            .await
+            .expect("offer task panicked")
+            .expect("offer failed");
+        assert!(
+            matches!(offered, Offered::HandedOver(None)),
+            "closing after the confirmation is no failure to stand by for: {offered:?}"
+        );
     }
 
     #[tokio::test]
@@ -1604,7 +2042,7 @@ mod tests {
         // A stop with no handover removes the file.
         let offering = Offering::start(control, vec![copy_tcp(&tcp_listener())], STEP);
         offering.stop.cancel();
-        assert_eq!(offering.ended().await, Offered::Stopped);
+        assert_eq!(offering.ended().await, Ended::Stopped);
         assert!(!path.exists(), "a clean stop left the control file");
 
         // Anything else at the path is left alone and is an error.
@@ -1671,7 +2109,7 @@ mod tests {
             let std::task::Poll::Ready(offered) = poll_once(offering.as_mut(), &woken) else {
                 panic!("round {round}: the offer went on after the stop");
             };
-            assert_eq!(offered.expect("offer"), Offered::Stopped);
+            assert!(matches!(offered.expect("offer"), Offered::Stopped));
             assert!(
                 !path.exists(),
                 "round {round}: the stop left the control file behind"
@@ -1736,7 +2174,7 @@ mod tests {
         let old = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
         let taken = take(&path).await;
         old.stop.cancel();
-        assert_eq!(old.ended().await, Offered::Stopped);
+        assert_eq!(old.ended().await, Ended::Stopped);
         assert!(
             path.exists(),
             "a stop after the offer was sent removed the successor's control file"
@@ -1837,7 +2275,10 @@ mod tests {
         assert!(line.contains("os error 22"), "the error is missing: {line}");
 
         trigger.fire();
-        assert!(!bounded("finish", offering.finish()).await);
+        assert!(matches!(
+            bounded("finish", offering.finish()).await,
+            Finished::Stopped
+        ));
         let reports = logs.lines_with(failed);
         assert_eq!(reports.len(), 1, "reported again at shutdown: {reports:#?}");
     }
@@ -1924,5 +2365,63 @@ mod tests {
         .await
         .expect_err("more than MAX_LISTENERS");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+    }
+
+    fn tcp(addr: &str) -> SocketAddr {
+        addr.parse().expect("a literal socket address")
+    }
+
+    fn held_tcp(addrs: &[&str]) -> Vec<Addr> {
+        addrs.iter().map(|a| Addr::Tcp(tcp(a))).collect()
+    }
+
+    #[test]
+    fn listeners_are_paired_by_address_whatever_their_order() {
+        let held = vec![
+            Addr::Tcp(tcp("127.0.0.1:8080")),
+            Addr::Unix(Some(PathBuf::from("/run/a.sock"))),
+            Addr::Tcp(tcp("127.0.0.1:8443")),
+        ];
+        let (tls, web) = ([tcp("127.0.0.1:8443")], [tcp("127.0.0.1:8080")]);
+        let moved = [tcp("127.0.0.2:8080")];
+        let wanted = [
+            Wanted::Tcp(&tls),
+            Wanted::Unix(Path::new("/run/b.sock")),
+            Wanted::Tcp(&moved),
+            Wanted::Nothing,
+            Wanted::Tcp(&web),
+        ];
+        assert_eq!(
+            pair(&wanted, &held),
+            vec![Some(2), None, None, None, Some(0)],
+            "same address: taken; another IP or path: bound anew; /run/a.sock: left"
+        );
+        assert_eq!(
+            pair(&[Wanted::Unix(Path::new("/run/a.sock"))], &held),
+            vec![Some(1)]
+        );
+    }
+
+    #[test]
+    fn port_zero_takes_the_one_socket_on_its_ip_and_binds_anew_when_in_doubt() {
+        let any_local = [tcp("127.0.0.1:0")];
+        let other_ip = [tcp("127.0.0.2:0")];
+        let one = held_tcp(&["127.0.0.1:4000"]);
+        assert_eq!(pair(&[Wanted::Tcp(&any_local)], &one), vec![Some(0)]);
+        assert_eq!(pair(&[Wanted::Tcp(&other_ip)], &one), vec![None]);
+        // Two sockets on the IP: which one is meant cannot be told.
+        let two = held_tcp(&["127.0.0.1:4000", "127.0.0.1:4001"]);
+        assert_eq!(pair(&[Wanted::Tcp(&any_local)], &two), vec![None]);
+        // Unless a listener with a port takes the other one first.
+        let fixed = [tcp("127.0.0.1:4001")];
+        assert_eq!(
+            pair(&[Wanted::Tcp(&any_local), Wanted::Tcp(&fixed)], &two),
+            vec![Some(0), Some(1)]
+        );
+        // Two port-0 listeners on one socket's IP: neither takes it.
+        assert_eq!(
+            pair(&[Wanted::Tcp(&any_local), Wanted::Tcp(&any_local)], &one),
+            vec![None, None]
+        );
     }
 }

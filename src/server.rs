@@ -31,7 +31,7 @@ use crate::accept::{Backoff, Resume};
 use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
 use crate::connection::Stream;
 #[cfg(unix)]
-use crate::handover::{Handover, Offering};
+use crate::handover::{Finished, Handover, Offering, Standby};
 use crate::limit::{Limits, Permit};
 use crate::listener::Listener;
 use crate::overload::Reclaimer;
@@ -244,7 +244,6 @@ impl Server {
             #[cfg(unix)]
             handover,
         } = self;
-        let connections = Arc::new(Fired::default());
         let tasks = Arc::new(Tasks::new());
         // Dropping this future aborts every connection task: nothing the
         // server spawned outlives `run`, finished or dropped.
@@ -261,93 +260,127 @@ impl Server {
                 Arc::clone(&tasks),
             )
         });
-        let shared = Arc::new(Shared {
-            handler,
-            limits: Arc::new(Limits::new(
-                config.max_connections,
-                config.max_connections_per_ip,
-            )),
-            signal: ShutdownSignal::new(Arc::clone(&connections)),
-            tasks: Arc::clone(&tasks),
-            clock,
-            next_id: AtomicU64::new(1),
-            config: config.clone(),
-        });
+        let limits = Arc::new(Limits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ));
+        let next_id = Arc::new(AtomicU64::new(1));
+        let mut external = shutdown_signal.map(ExternalSignal::into_future);
+        let mut listeners = listeners;
+        #[cfg(unix)]
+        let mut handover = handover;
+        // Once, or again each time a successor that took the listeners over
+        // goes away while this server drains (see `Builder::handover`).
+        let (fatal, handed_over, at_shutdown, stopped_at) = loop {
+            // A signal of their own for the connections accepted from here:
+            // those of before may have been told to shut down already.
+            let connections = Arc::new(Fired::default());
+            let shared = Arc::new(Shared {
+                handler: Arc::clone(&handler),
+                limits: Arc::clone(&limits),
+                signal: ShutdownSignal::new(Arc::clone(&connections)),
+                tasks: Arc::clone(&tasks),
+                clock: Arc::clone(&clock),
+                next_id: Arc::clone(&next_id),
+                config: config.clone(),
+            });
+            // Ends the accept loops: fired by the trigger, or by a handover,
+            // which (unlike the trigger) may yet be taken back.
+            let stop = Arc::new(Fired::default());
 
-        #[cfg(unix)]
-        let offering =
-            handover.and_then(|handover| offer_listeners(handover, &listeners, &trigger));
-        let (closing_tx, closing) = watch::channel(Closing::Open);
-        // Each loop drops its sender once it has swept its listen queue.
-        let (swept_tx, mut swept) = mpsc::channel::<()>(1);
-        let mut loops = JoinSet::new();
-        for (index, listening) in listeners.into_iter().enumerate() {
-            tracing::info!(
-                addr = %listening.addr,
-                proxy_protocol = listening.preamble.as_ref().is_some_and(|p| p.reads_proxy_header()),
-                "listening"
-            );
-            let counters = Arc::clone(stats.counters(index));
-            loops.spawn(accept_loop(
-                Arc::clone(&shared),
-                listening,
-                counters,
-                Arc::clone(&trigger),
-                Closer {
-                    closing: closing.clone(),
-                    swept: swept_tx.clone(),
-                },
-            ));
-        }
-        drop(swept_tx);
-        let mut fatal = supervise(&mut loops, &trigger, shutdown_signal).await;
-        let triggered_at = Instant::now();
-        let deadline = triggered_at + config.drain_timeout;
-        #[cfg(unix)]
-        let handed_over = match offering {
-            Some(offering) => offering.finish().await,
-            None => false,
+            #[cfg(unix)]
+            let kept = kept_for_taking_back(&listeners, handover.is_some());
+            #[cfg(unix)]
+            let offering = handover
+                .take()
+                .and_then(|handover| offer_listeners(handover, &listeners, &stop));
+            let (closing_tx, closing) = watch::channel(Closing::Open);
+            // Each loop drops its sender once it has swept its listen queue.
+            let (swept_tx, mut swept) = mpsc::channel::<()>(1);
+            let mut loops = JoinSet::new();
+            for (index, listening) in listeners.drain(..).enumerate() {
+                tracing::info!(
+                    addr = %listening.addr,
+                    proxy_protocol = listening.preamble.as_ref().is_some_and(|p| p.reads_proxy_header()),
+                    "listening"
+                );
+                let counters = Arc::clone(stats.counters(index));
+                loops.spawn(accept_loop(
+                    Arc::clone(&shared),
+                    listening,
+                    counters,
+                    Arc::clone(&stop),
+                    Closer {
+                        closing: closing.clone(),
+                        swept: swept_tx.clone(),
+                    },
+                ));
+            }
+            drop(swept_tx);
+            let mut fatal = supervise(&mut loops, &trigger, &stop, &mut external).await;
+            let stopped_at = Instant::now();
+            let deadline = stopped_at + config.drain_timeout;
+            #[cfg(unix)]
+            let finished = match offering {
+                Some(offering) => offering.finish().await,
+                None => Finished::Stopped,
+            };
+            #[cfg(unix)]
+            let handed_over = matches!(finished, Finished::HandedOver(_));
+            #[cfg(not(unix))]
+            let handed_over = false;
+            let at_shutdown = stats.snapshot();
+
+            // Phase 1: every listener stops taking new clients. The clients
+            // already waiting in its queue are the server's: each loop serves
+            // them (unless a successor took the listeners over and serves the
+            // queue itself), then closes the listener, so new connects are
+            // refused. The connections' signal fires once every loop has
+            // swept its queue, or waits for places that only ending
+            // connections free.
+            closing_tx.send_replace(if handed_over {
+                Closing::HandedOver
+            } else {
+                Closing::ServeBacklog
+            });
+            let _ = tokio::time::timeout_at(deadline, swept.recv()).await;
+            if handed_over {
+                tracing::info!(
+                    active = at_shutdown.active,
+                    "shutdown begun: listeners handed over"
+                );
+            } else {
+                tracing::info!(
+                    active = at_shutdown.active,
+                    "shutdown begun: listeners closing"
+                );
+            }
+            connections.fire();
+
+            // Phase 2: drain until the deadline, then close what still waits
+            // in the queues and abort what still runs.
+            if tokio::time::timeout_at(deadline, join_loops(&mut loops, &mut fatal))
+                .await
+                .is_err()
+            {
+                closing_tx.send_replace(Closing::Deadline);
+                join_loops(&mut loops, &mut fatal).await;
+            }
+            #[cfg(unix)]
+            if let Finished::HandedOver(Some(standby)) = finished {
+                match drain_or_take_back(&tasks, deadline, standby, &trigger, kept).await {
+                    Ok(()) => break (fatal, handed_over, at_shutdown, stopped_at),
+                    Err((taken_back, again)) => {
+                        listeners = taken_back;
+                        handover = Some(again);
+                        continue;
+                    }
+                }
+            }
+            tasks.drain(deadline).await;
+            break (fatal, handed_over, at_shutdown, stopped_at);
         };
-        #[cfg(not(unix))]
-        let handed_over = false;
-        let at_shutdown = stats.snapshot();
         let active_at_shutdown = at_shutdown.active;
-
-        // Phase 1: every listener stops taking new clients. The clients
-        // already waiting in its queue are the server's: each loop serves
-        // them (unless a successor took the listeners over and serves the
-        // queue itself), then closes the listener, so new connects are
-        // refused. The connections' signal fires once every loop has swept
-        // its queue, or waits for places that only ending connections free.
-        closing_tx.send_replace(if handed_over {
-            Closing::HandedOver
-        } else {
-            Closing::ServeBacklog
-        });
-        let _ = tokio::time::timeout_at(deadline, swept.recv()).await;
-        if handed_over {
-            tracing::info!(
-                active = active_at_shutdown,
-                "shutdown begun: listeners handed over"
-            );
-        } else {
-            tracing::info!(
-                active = active_at_shutdown,
-                "shutdown begun: listeners closing"
-            );
-        }
-        connections.fire();
-
-        // Phase 2: drain until the deadline, then close what still waits in
-        // the queues and abort what still runs.
-        if tokio::time::timeout_at(deadline, join_loops(&mut loops, &mut fatal))
-            .await
-            .is_err()
-        {
-            closing_tx.send_replace(Closing::Deadline);
-            join_loops(&mut loops, &mut fatal).await;
-        }
-        tasks.drain(deadline).await;
         if let Some(sweeper) = sweeper {
             sweeper.stop().await;
         }
@@ -369,7 +402,7 @@ impl Server {
             drained: (active_at_shutdown + backlog_accepted)
                 .saturating_sub(end.aborted - at_shutdown.aborted),
             aborted: end.aborted,
-            drain_duration: triggered_at.elapsed(),
+            drain_duration: stopped_at.elapsed(),
             by_listener: stats.by_listener(),
             handed_over,
         };
@@ -397,16 +430,19 @@ impl Drop for AbortOnDrop {
 fn offer_listeners(
     handover: Handover,
     listeners: &[Listening],
-    trigger: &Arc<Fired>,
+    stop: &Arc<Fired>,
 ) -> Option<Offering> {
     let sockets: io::Result<Vec<_>> = listeners.iter().map(|l| l.listener.duplicate()).collect();
     match sockets {
         Ok(sockets) => {
-            let keepers = listeners
+            let files = listeners
                 .iter()
-                .filter_map(|l| l.listener.file_keeper())
+                .filter_map(|l| match (&l.addr, l.listener.file_keeper()) {
+                    (Addr::Unix(Some(path)), Some(keeper)) => Some((path.clone(), keeper)),
+                    _ => None,
+                })
                 .collect();
-            Some(handover.start(sockets, keepers, trigger))
+            Some(handover.start(sockets, files, stop))
         }
         Err(err) => {
             tracing::warn!(error = %err, "cannot duplicate the listeners: restarts will not be seamless");
@@ -415,28 +451,104 @@ fn offer_listeners(
     }
 }
 
-/// Waits for the shutdown's trigger, firing it when the builder's signal
-/// fires or a loop fails; returns the first failure.
+/// What a server needs of its listeners to serve on them again after a
+/// handover its successor did not live through: each one's address and
+/// preamble, in order. Nothing without a handover.
+#[cfg(unix)]
+fn kept_for_taking_back(
+    listeners: &[Listening],
+    handover: bool,
+) -> Vec<(Addr, Option<Arc<Preamble>>)> {
+    if !handover {
+        return Vec::new();
+    }
+    listeners
+        .iter()
+        .map(|l| (l.addr.clone(), l.preamble.clone()))
+        .collect()
+}
+
+/// The drain of a server that handed its listeners over to a successor
+/// that asked it to stand by: if the successor goes away before the drain
+/// ends, and this server was not asked to shut down meanwhile, its
+/// listeners (made from `kept` and the sockets it kept) and its part in
+/// restarts come back, to serve again; the drain is abandoned, its
+/// connections served on.
+#[cfg(unix)]
+async fn drain_or_take_back(
+    tasks: &Tasks,
+    deadline: Instant,
+    standby: Standby,
+    trigger: &Fired,
+    kept: Vec<(Addr, Option<Arc<Preamble>>)>,
+) -> Result<(), (Vec<Listening>, Handover)> {
+    let drain = tasks.drain(deadline);
+    tokio::pin!(drain);
+    tokio::select! {
+        biased;
+        () = &mut drain => return Ok(()),
+        () = standby.successor_lost() => {}
+    }
+    if trigger.is_fired() {
+        tracing::info!("the successor went away, but this server was asked to shut down");
+        drain.await;
+        return Ok(());
+    }
+    let (sockets, handover) = standby.take_back();
+    let listeners: io::Result<Vec<Listening>> = kept
+        .into_iter()
+        .zip(sockets)
+        .map(|((addr, preamble), socket)| {
+            Ok(Listening {
+                listener: Listener::from_inherited(socket, addr.as_unix())?,
+                addr,
+                preamble,
+            })
+        })
+        .collect();
+    match listeners {
+        Ok(listeners) => {
+            tracing::warn!(
+                "the successor went away before this server finished draining; serving again"
+            );
+            Err((listeners, handover))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the successor went away, and its listeners cannot be taken back");
+            drain.await;
+            Ok(())
+        }
+    }
+}
+
+/// Waits until the accept loops are told to stop (`stop` fires: by the
+/// shutdown's trigger, which the builder's signal or a failing loop fires,
+/// or by a handover); returns the first failure.
 async fn supervise(
     loops: &mut JoinSet<LoopResult>,
     trigger: &Arc<Fired>,
-    shutdown_signal: Option<ExternalSignal>,
+    stop: &Arc<Fired>,
+    external: &mut Option<ShutdownFuture>,
 ) -> Option<(Addr, io::Error)> {
-    let mut external = shutdown_signal.map(ExternalSignal::into_future);
     let mut triggered = Fired::wait(trigger);
+    let mut stopped = Fired::wait(stop);
     let mut fatal = None;
     loop {
         tokio::select! {
-            () = &mut triggered => return fatal,
-            () = poll_optional(&mut external) => {
+            biased;
+            () = &mut stopped => return fatal,
+            // Not polled again once it completed: `stop` has fired then.
+            () = &mut triggered, if !stop.is_fired() => stop.fire(),
+            () = poll_optional(external) => {
                 tracing::info!("shutdown signal received");
                 trigger.fire();
-                external = None;
+                *external = None;
             }
             Some(joined) = loops.join_next() => {
                 joined_loop(joined, &mut fatal);
-                // One broken listener stops them all: the server is not
-                // what it was configured to be.
+                // Loops end only when stopped or broken, and one broken
+                // listener stops them all: the server is not what it was
+                // configured to be.
                 trigger.fire();
             }
         }
@@ -527,7 +639,8 @@ struct Shared {
     signal: ShutdownSignal,
     tasks: Arc<Tasks>,
     clock: Arc<Clock>,
-    next_id: AtomicU64,
+    /// Shared by every generation of accept loops (see `Server::run`).
+    next_id: Arc<AtomicU64>,
 }
 
 /// At most one `info` line a listener per this long says the connection

@@ -161,3 +161,268 @@ async fn in_process_takeover_keeps_unix_socket_files_for_the_successor() {
     assert!(!socket.exists(), "a clean stop removes the socket file");
     assert!(!control.exists(), "and the control socket");
 }
+
+/// Reads one chunk, then answers `name` and the peer address it sees.
+fn namer(name: &'static str) -> impl switchboard::Handler {
+    use switchboard::{Connection, handler_fn};
+    handler_fn(move |mut conn: Connection| async move {
+        conn.read_chunk(256).await?;
+        let answer = format!("{name} {}", conn.peer_addr());
+        conn.write_all(answer.as_bytes()).await?;
+        Ok::<_, std::io::Error>(())
+    })
+}
+
+/// Connects to `addr`, sends `bytes`, and returns all the server answers.
+async fn ask(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut client = within("connect", TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+    within("send", client.write_all(bytes)).await.unwrap();
+    let mut text = String::new();
+    within("the answer", client.read_to_string(&mut text))
+        .await
+        .unwrap_or_else(|err| panic!("the answer from {addr}: {err}"));
+    text
+}
+
+#[tokio::test]
+async fn a_successor_configured_on_another_address_binds_it_and_leaves_the_old_one() {
+    use switchboard::Server;
+
+    let dir = TempDir::new("handover-moved");
+    let control = dir.path("control.sock");
+    let old = run(Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(namer("old"))
+        .build()
+        .await
+        .unwrap());
+    // Another loopback address: no socket of the old server is there.
+    let new = run(Server::builder()
+        .bind("127.0.0.2:0")
+        .handover(&control)
+        .handler(namer("new"))
+        .build()
+        .await
+        .unwrap());
+    let old_addr = old.addr;
+    assert_eq!(new.addr.ip().to_string(), "127.0.0.2", "{:?}", new.addrs);
+    assert!(ask(new.addr, b"hi").await.starts_with("new "));
+    let old_report = old.finish().await;
+    assert!(old_report.handed_over, "the new server took over");
+    let refused = within("connect", TcpStream::connect(old_addr)).await;
+    assert!(
+        refused.is_err(),
+        "nobody serves the old address once the old server stopped: {refused:?}"
+    );
+    new.stop().await;
+}
+
+#[tokio::test]
+async fn a_reordered_configuration_keeps_each_listeners_settings_on_its_address() {
+    use switchboard::{Listen, ProxyProtocol, Server};
+
+    let dir = TempDir::new("handover-reordered");
+    let control = dir.path("control.sock");
+    let old = run(Server::builder()
+        .listen(Listen::tcp("127.0.0.1:0").proxy_protocol(ProxyProtocol::required()))
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(namer("old"))
+        .build()
+        .await
+        .unwrap());
+    let (proxied, plain) = (old.tcp_addrs()[0], old.tcp_addrs()[1]);
+    // The same two addresses, in the other order.
+    let new = run(Server::builder()
+        .bind(plain)
+        .listen(Listen::tcp(proxied).proxy_protocol(ProxyProtocol::required()))
+        .handover(&control)
+        .handler(namer("new"))
+        .build()
+        .await
+        .unwrap());
+    assert_eq!(new.tcp_addrs(), vec![plain, proxied], "in the new order");
+    assert!(old.finish().await.handed_over);
+    assert_eq!(
+        ask(proxied, b"PROXY TCP4 192.0.2.1 192.0.2.2 1111 2222\r\nhi").await,
+        "new 192.0.2.1:1111",
+        "the PROXY header is read on the proxied address"
+    );
+    let direct = ask(plain, b"hi").await;
+    assert!(
+        direct.starts_with("new 127.0.0.1:"),
+        "no PROXY header is expected on the plain address: {direct:?}"
+    );
+    new.stop().await;
+}
+
+#[tokio::test]
+async fn a_successor_asking_for_a_socket_option_the_socket_lacks_is_refused_and_the_old_one_serves_on()
+ {
+    use switchboard::{Error, Server};
+
+    let dir = TempDir::new("handover-option");
+    let control = dir.path("control.sock");
+    let old = run(Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(namer("old"))
+        .build()
+        .await
+        .unwrap());
+    // SO_REUSEPORT counts when a socket is bound: the handed-over one was
+    // bound without it.
+    let refused = Server::builder()
+        .bind(old.addr)
+        .reuse_port(true)
+        .handover(&control)
+        .handler(namer("new"))
+        .build()
+        .await
+        .expect_err("the option cannot be honoured on the running server's socket");
+    match &refused {
+        Error::Bind { addr, source } => {
+            assert_eq!(addr.as_tcp(), Some(old.addr));
+            assert!(source.to_string().contains("reuse_port"), "{source}");
+        }
+        other => panic!("expected Error::Bind, got {other:?}"),
+    }
+    assert!(ask(old.addr, b"hi").await.starts_with("old "));
+    assert!(!old.stop().await.handed_over);
+}
+
+/// A handler for the rollback tests: a client that sends "hold" is held
+/// until `release`, after the handler reported (on `told`) that its
+/// connection was told to shut down; any other is answered `name`.
+fn holder(
+    name: &'static str,
+    told: tokio::sync::mpsc::UnboundedSender<()>,
+    release: Arc<tokio::sync::Notify>,
+) -> impl switchboard::Handler {
+    use switchboard::{Connection, handler_fn};
+    handler_fn(move |mut conn: Connection| {
+        let (told, release) = (told.clone(), Arc::clone(&release));
+        async move {
+            let chunk = conn.read_chunk(256).await?;
+            if &chunk[..] == b"hold" {
+                conn.write_all(b"held").await?;
+                conn.shutdown_requested().await;
+                let _ = told.send(());
+                release.notified().await;
+            }
+            conn.write_all(name.as_bytes()).await?;
+            Ok::<_, std::io::Error>(())
+        }
+    })
+}
+
+/// A server with a connection held open: its drain lasts until the test
+/// releases it.
+async fn held_open(server: &common::Running) -> TcpStream {
+    let mut client = server.connect().await;
+    within("send", client.write_all(b"hold")).await.unwrap();
+    let mut held = [0; 4];
+    within("the server to hold", client.read_exact(&mut held))
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test]
+async fn a_successor_gone_while_the_old_server_drains_gives_the_listeners_back() {
+    use switchboard::Server;
+
+    let dir = TempDir::new("handover-rollback");
+    let control = dir.path("control.sock");
+    let (told, mut old_told) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let old = run(Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(holder("old", told, Arc::clone(&release)))
+        .build()
+        .await
+        .unwrap());
+    let mut held = held_open(&old).await;
+
+    let new = Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(namer("new"))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(new.local_addr().as_tcp(), Some(old.addr));
+    let new = tokio::spawn(new.run());
+    within("the old server to hand over and drain", old_told.recv())
+        .await
+        .expect("told to shut down");
+    // The new server dies: its `run` future is dropped.
+    new.abort();
+    let _ = within("the new server's end", new).await;
+
+    assert_eq!(
+        ask(old.addr, b"hi").await,
+        "old",
+        "the old server serves the port again"
+    );
+    // Its drain was abandoned; the held connection is served on.
+    release.notify_one();
+    let mut rest = String::new();
+    within("the held connection's end", held.read_to_string(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(rest, "old");
+
+    let report = old.stop().await;
+    assert!(!report.handed_over, "{report:?}");
+    assert_eq!(report.accepted, 2, "{report:?}");
+    common::assert_adds_up(&report);
+    assert!(
+        !control.exists(),
+        "the old server's clean stop removes the control socket"
+    );
+}
+
+#[tokio::test]
+async fn a_successor_that_shuts_down_does_not_bring_the_old_server_back() {
+    use switchboard::Server;
+
+    let dir = TempDir::new("handover-no-rollback");
+    let control = dir.path("control.sock");
+    let (told, mut old_told) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let old = run(Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(holder("old", told, Arc::clone(&release)))
+        .build()
+        .await
+        .unwrap());
+    let old_addr = old.addr;
+    let mut held = held_open(&old).await;
+    let new = run(Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(&control)
+        .handler(namer("new"))
+        .build()
+        .await
+        .unwrap());
+    within("the old server to hand over and drain", old_told.recv())
+        .await
+        .expect("told to shut down");
+    // A deliberate stop of the new server: the old one is released first.
+    assert!(!new.stop().await.handed_over);
+    release.notify_one();
+    let mut rest = String::new();
+    within("the held connection's end", held.read_to_string(&mut rest))
+        .await
+        .unwrap();
+    let report = old.finish().await;
+    assert!(report.handed_over, "it drained and stopped: {report:?}");
+    let refused = within("connect", TcpStream::connect(old_addr)).await;
+    assert!(refused.is_err(), "nobody serves the port: {refused:?}");
+}
