@@ -441,6 +441,12 @@ impl Builder {
     /// processes or listeners can bind the same port and the kernel spreads
     /// connections among them.
     ///
+    /// Each socket has a listen queue of its own. A server that stops serves
+    /// the clients already in its queue before it closes; a client the kernel
+    /// queues in the instant between the last look at the queue and the
+    /// close is reset, unless `net.ipv4.tcp_migrate_req` is 1 (Linux 5.14+),
+    /// which moves it to a sibling socket.
+    ///
     /// Default: off.
     pub fn reuse_port(mut self, reuse: bool) -> Self {
         self.config.reuse_port = reuse;
