@@ -11,11 +11,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::admission::{DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT};
 #[cfg(unix)]
 use crate::handover::{Handover, Inherited, Wanted};
-use crate::limit::{DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT};
+use crate::listen::bind::{self, Listener};
 use crate::listen::{Listen, ListenOn, ProxyProtocol};
-use crate::listener::{self, Listener};
 use crate::timeout::{DEFAULT_IDLE_TIMEOUT, Timeouts};
 use crate::{Addr, Error, Handler, Server};
 
@@ -615,7 +615,7 @@ impl Resolved {
         let listeners = match self.on {
             Target::Tcp(addrs) => {
                 let listener =
-                    listener::bind_tcp(&addrs, config).map_err(|(addr, source)| Error::Bind {
+                    bind::bind_tcp(&addrs, config).map_err(|(addr, source)| Error::Bind {
                         addr: Addr::Tcp(addr),
                         source,
                     })?;
@@ -624,7 +624,7 @@ impl Resolved {
             #[cfg(unix)]
             Target::UnixPath(path) => {
                 vec![
-                    listener::bind_unix(&path, config).map_err(|source| Error::Bind {
+                    bind::bind_unix(&path, config).map_err(|source| Error::Bind {
                         addr: Addr::Unix(Some(path)),
                         source,
                     })?,
@@ -648,7 +648,7 @@ impl Resolved {
                 ]
             }
             #[cfg(unix)]
-            Target::Systemd => listener::systemd().map_err(|source| Error::Listener {
+            Target::Systemd => bind::systemd().map_err(|source| Error::Listener {
                 what: "systemd sockets",
                 source,
             })?,

@@ -147,7 +147,7 @@ pub(crate) mod sealed {
 
     use super::{Connection, HandleFuture, Handler};
     use crate::server::Job;
-    use crate::task::Tasks;
+    use crate::server::task::Tasks;
 
     /// The dyn-compatible form of [`Handler`]; see the module docs.
     ///

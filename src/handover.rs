@@ -104,7 +104,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::Addr;
-use crate::accept::Backoff;
+use crate::backoff::Backoff;
 use crate::builder::Config;
 use crate::shutdown::Fired;
 use crate::socket_file::{self, FileId};

@@ -197,40 +197,36 @@
 // unit tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-mod accept;
 mod addr;
+mod admission;
+mod backoff;
 mod builder;
-mod connection;
+mod conn;
 mod error;
 mod handler;
 #[cfg(unix)]
 mod handover;
-mod limit;
 mod listen;
-mod listener;
 mod log_limit;
-mod overload;
 mod preamble;
 pub mod proxy;
-mod record;
 mod server;
 mod shutdown;
 mod signal;
 #[cfg(unix)]
 mod socket_file;
 mod stats;
-mod task;
 pub mod testing;
 mod timeout;
 #[cfg(feature = "tls")]
 mod tls;
 
 pub use addr::Addr;
+pub use admission::DEFAULT_MAX_CONNECTIONS;
 pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT, ToBindAddr};
-pub use connection::{Connection, READ_CHUNK_MAX, ReadChunk};
+pub use conn::{Connection, READ_CHUNK_MAX, ReadChunk};
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
-pub use limit::DEFAULT_MAX_CONNECTIONS;
 pub use listen::{DEFAULT_PROXY_HEADER_TIMEOUT, Listen, ProxyProtocol};
 pub use server::{Server, ShutdownReport};
 pub use shutdown::{ShutdownHandle, ShutdownRequested, ShutdownSignal};

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::{ProxyInfo, Stream};
+use crate::conn::record::Extra;
+use crate::conn::{ProxyInfo, Stream};
 use crate::listen::{ProxyProtocol, Refusal};
 use crate::log_limit::LogLimit;
-use crate::record::Extra;
 use crate::stats::Counters;
 use crate::{Addr, Connection};
 

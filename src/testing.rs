@@ -36,8 +36,8 @@ use std::sync::Arc;
 use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
 
-use crate::connection::Stream;
-use crate::record::ConnState;
+use crate::conn::Stream;
+use crate::conn::record::ConnState;
 use crate::shutdown::Fired;
 use crate::{Addr, BoxError, Connection, Handler, ShutdownHandle, ShutdownSignal};
 

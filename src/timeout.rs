@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::record::ConnState;
-use crate::task::Tasks;
+use crate::conn::record::ConnState;
+use crate::server::task::Tasks;
 
 /// Default for [`Builder::idle_timeout`](crate::Builder::idle_timeout).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Addr;
 use crate::builder::Config;
-use crate::connection::Stream;
+use crate::conn::Stream;
 #[cfg(unix)]
 use crate::handover::Inherited;
 #[cfg(unix)]

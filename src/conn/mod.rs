@@ -1,5 +1,7 @@
 //! `Connection`: one accepted stream and everything known about it.
 
+pub(crate) mod record;
+
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
@@ -14,8 +16,8 @@ use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
 
+use crate::conn::record::ConnState;
 use crate::proxy::ProxyHeader;
-use crate::record::ConnState;
 use crate::{Addr, ShutdownRequested, ShutdownSignal};
 
 /// One accepted connection, handed to [`Handler::handle`](crate::Handler::handle).

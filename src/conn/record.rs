@@ -13,11 +13,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::connection::ProxyInfo;
-use crate::limit::Limits;
+use crate::admission::Limits;
+use crate::conn::ProxyInfo;
 use crate::preamble::Preamble;
+use crate::server::task::Tasks;
 use crate::stats::Counters;
-use crate::task::Tasks;
 use crate::timeout::TimeoutKind;
 use crate::{Addr, ShutdownSignal};
 
@@ -137,7 +137,7 @@ impl ConnState {
             signal,
             counters: Arc::default(),
             tasks: Arc::new(Tasks::new()),
-            limits: Arc::new(Limits::new(crate::limit::MAX_CONNECTIONS_LIMIT, None)),
+            limits: Arc::new(Limits::new(crate::admission::MAX_CONNECTIONS_LIMIT, None)),
             preamble: None,
         };
         ConnState::new(Arc::new(home), id, peer, 0, false)

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::BoxError;
-use crate::record::ConnState;
+use crate::conn::record::ConnState;
 use crate::stats::Outcome;
 use crate::timeout::TimeoutKind;
 
@@ -399,8 +399,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::limit::Limits;
-    use crate::record::Home;
+    use crate::admission::Limits;
+    use crate::conn::record::Home;
     use crate::{Addr, ShutdownSignal};
 
     fn home(tasks: &Arc<Tasks>) -> Arc<Home> {

@@ -2,6 +2,8 @@
 //! each of its connections before the handler: reading a PROXY protocol
 //! header ([`ProxyProtocol`]).
 
+pub(crate) mod bind;
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 #[cfg(unix)]

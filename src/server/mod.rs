@@ -11,6 +11,9 @@
 //! 3. drain: wait up to the drain timeout for the tasks, abort the rest;
 //! 4. return a [`ShutdownReport`] of what happened.
 
+pub(crate) mod overload;
+pub(crate) mod task;
+
 use std::any::Any;
 use std::fmt;
 use std::future::{Future, pending};
@@ -27,19 +30,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::accept::{Backoff, Resume};
+use crate::admission::{Limits, Permit};
+use crate::backoff::{Backoff, Resume};
 use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
-use crate::connection::Stream;
+use crate::conn::Stream;
+use crate::conn::record::{ConnState, Home};
 #[cfg(unix)]
 use crate::handover::{Finished, Handover, Offering, Standby};
-use crate::limit::{Limits, Permit};
-use crate::listener::Listener;
-use crate::overload::Reclaimer;
+use crate::listen::bind::Listener;
 use crate::preamble::Preamble;
-use crate::record::{ConnState, Home};
+use crate::server::overload::Reclaimer;
+use crate::server::task::{Handled, Tasks};
 use crate::shutdown::Fired;
 use crate::stats::Counters;
-use crate::task::{Handled, Tasks};
 use crate::timeout::{Clock, Sweeper};
 use crate::{
     Addr, BoxError, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats,

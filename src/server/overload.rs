@@ -26,8 +26,8 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::record::ConnState;
-use crate::task::Tasks;
+use crate::conn::record::ConnState;
+use crate::server::task::Tasks;
 use crate::timeout::{Clock, TimeoutKind};
 
 /// The most connections one round closes: enough that a queue of a
