@@ -3,21 +3,20 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 #[cfg(unix)]
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admission::{DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT};
+use crate::admission::DEFAULT_MAX_CONNECTIONS;
+use crate::config::{Config, ExternalSignal};
 #[cfg(unix)]
-use crate::handover::{Handover, Inherited, Wanted};
-use crate::listen::bind::{self, Listener};
-use crate::listen::{Listen, ListenOn, ProxyProtocol};
+use crate::handover::Handover;
+use crate::listen::open::{open_all, take_over};
+use crate::listen::target::ToBindAddr;
+use crate::listen::{Listen, ListenOn};
 use crate::timeout::{DEFAULT_IDLE_TIMEOUT, Timeouts};
-use crate::{Addr, Error, Handler, Server};
+use crate::{Error, Handler, Server};
 
 /// Default for [`Builder::drain_timeout`].
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,36 +54,6 @@ pub struct Builder {
     handler: Option<Arc<dyn Handler>>,
     shutdown_signal: Option<ExternalSignal>,
     config: Config,
-}
-
-/// The options the running server reads.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) drain_timeout: Duration,
-    pub(crate) max_connections: usize,
-    pub(crate) max_connections_per_ip: Option<usize>,
-    pub(crate) reclaim_when_full: bool,
-    pub(crate) timeouts: Timeouts,
-    pub(crate) tcp_nodelay: bool,
-    pub(crate) tcp_keepalive: Option<Duration>,
-    pub(crate) backlog: u32,
-    pub(crate) reuse_address: bool,
-    pub(crate) reuse_port: bool,
-    pub(crate) ipv6_only: Option<bool>,
-    pub(crate) unix_mode: Option<u32>,
-}
-
-pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// The builder's shutdown future, kept behind a mutex only so that `Builder`
-/// and `Server` are `Sync` although the future need not be. The mutex is never
-/// locked: the future is taken out by value when the server runs.
-pub(crate) struct ExternalSignal(Mutex<ShutdownFuture>);
-
-impl ExternalSignal {
-    pub(crate) fn into_future(self) -> ShutdownFuture {
-        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl Builder {
@@ -294,7 +263,7 @@ impl Builder {
     ///
     /// Default: none.
     pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
-        self.shutdown_signal = Some(ExternalSignal(Mutex::new(Box::pin(signal))));
+        self.shutdown_signal = Some(ExternalSignal::new(signal));
         self
     }
 
@@ -556,285 +525,6 @@ impl Builder {
     }
 }
 
-impl Listen {
-    fn validate(&self) -> Result<(), Error> {
-        if let Some(proxy) = &self.proxy {
-            proxy.validate().map_err(|reason| Error::InvalidConfig {
-                option: "proxy_protocol",
-                reason,
-            })?;
-        }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
-            tls.validate()
-                .map_err(|(option, reason)| Error::InvalidConfig { option, reason })?;
-        }
-        Ok(())
-    }
-
-    /// Resolves what this names to listen on (a name to its addresses).
-    async fn resolve(self) -> Result<Resolved, Error> {
-        let settings = Settings::of(&self);
-        let on = match self.on {
-            ListenOn::Tcp(target) => Target::Tcp(target.resolve().await?),
-            #[cfg(unix)]
-            ListenOn::UnixPath(path) => Target::UnixPath(path),
-            ListenOn::TcpListener(std) => Target::TcpListener(std),
-            #[cfg(unix)]
-            ListenOn::UnixListener(std) => Target::UnixListener(std),
-            #[cfg(unix)]
-            ListenOn::Systemd => Target::Systemd,
-        };
-        Ok(Resolved { settings, on })
-    }
-}
-
-/// A configured listener, its addresses resolved: ready to be bound, or to
-/// take over a socket handed over by a predecessor.
-struct Resolved {
-    settings: Settings,
-    on: Target,
-}
-
-/// [`ListenOn`] with a TCP name resolved to its addresses.
-enum Target {
-    Tcp(Vec<SocketAddr>),
-    #[cfg(unix)]
-    UnixPath(PathBuf),
-    TcpListener(std::net::TcpListener),
-    #[cfg(unix)]
-    UnixListener(std::os::unix::net::UnixListener),
-    #[cfg(unix)]
-    Systemd,
-}
-
-impl Resolved {
-    /// Binds or takes over what this names: usually one listener, several
-    /// for systemd; each with this `Listen`'s settings.
-    fn open(self, config: &Config) -> Result<Vec<Bound>, Error> {
-        let listeners = match self.on {
-            Target::Tcp(addrs) => {
-                let listener =
-                    bind::bind_tcp(&addrs, config).map_err(|(addr, source)| Error::Bind {
-                        addr: Addr::Tcp(addr),
-                        source,
-                    })?;
-                vec![listener]
-            }
-            #[cfg(unix)]
-            Target::UnixPath(path) => {
-                vec![
-                    bind::bind_unix(&path, config).map_err(|source| Error::Bind {
-                        addr: Addr::Unix(Some(path)),
-                        source,
-                    })?,
-                ]
-            }
-            Target::TcpListener(std) => {
-                vec![
-                    Listener::from_std_tcp(std).map_err(|source| Error::Listener {
-                        what: "given TCP listener",
-                        source,
-                    })?,
-                ]
-            }
-            #[cfg(unix)]
-            Target::UnixListener(std) => {
-                vec![
-                    Listener::from_std_unix(std).map_err(|source| Error::Listener {
-                        what: "given Unix listener",
-                        source,
-                    })?,
-                ]
-            }
-            #[cfg(unix)]
-            Target::Systemd => bind::systemd().map_err(|source| Error::Listener {
-                what: "systemd sockets",
-                source,
-            })?,
-        };
-        listeners
-            .into_iter()
-            .map(|listener| self.settings.bound(listener))
-            .collect()
-    }
-
-    /// What this asks a handed-over socket to be.
-    #[cfg(unix)]
-    fn wanted(&self) -> Wanted<'_> {
-        match &self.on {
-            Target::Tcp(addrs) => Wanted::Tcp(addrs),
-            Target::UnixPath(path) => Wanted::Unix(path),
-            Target::TcpListener(_) | Target::UnixListener(_) | Target::Systemd => Wanted::Nothing,
-        }
-    }
-
-    /// Takes `socket`, handed over by a predecessor and paired with this
-    /// listener, with this listener's settings.
-    #[cfg(unix)]
-    fn take(self, socket: Inherited, addr: &Addr, config: &Config) -> Result<Bound, Error> {
-        let refused = |source| Error::Bind {
-            addr: addr.clone(),
-            source,
-        };
-        // The socket file this server would create is the one it takes
-        // over, to remove when it stops.
-        let configured = match &self.on {
-            Target::UnixPath(path) => Some(path.as_path()),
-            _ => None,
-        };
-        socket.reconfigure(config, configured).map_err(refused)?;
-        let listener = Listener::from_inherited(socket, configured).map_err(refused)?;
-        self.settings.bound(listener)
-    }
-}
-
-/// Binds (or opens) every configured listener.
-fn open_all(resolved: Vec<Resolved>, config: &Config) -> Result<Vec<Bound>, Error> {
-    let mut bound = Vec::with_capacity(resolved.len());
-    for listen in resolved {
-        bound.extend(listen.open(config)?);
-    }
-    Ok(bound)
-}
-
-/// A successor's listeners: each configured listener takes the socket the
-/// predecessor handed over for its address, if there is one (see
-/// [`handover::pair`](crate::handover::pair)), and binds one of its own
-/// otherwise; the sockets no listener takes are dropped here, and closed by
-/// the predecessor when it stops.
-#[cfg(unix)]
-fn take_over(
-    resolved: Vec<Resolved>,
-    inherited: Vec<Inherited>,
-    config: &Config,
-) -> Result<Vec<Bound>, Error> {
-    let unreadable = |source| Error::Listener {
-        what: "handed-over sockets",
-        source,
-    };
-    let held = inherited
-        .iter()
-        .map(Inherited::addr)
-        .collect::<std::io::Result<Vec<Addr>>>()
-        .map_err(unreadable)?;
-    let wanted: Vec<Wanted<'_>> = resolved.iter().map(Resolved::wanted).collect();
-    let pairs = crate::handover::pair(&wanted, &held);
-    let mut sockets: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
-    let mut bound = Vec::with_capacity(resolved.len());
-    for (listen, pair) in resolved.into_iter().zip(pairs) {
-        // `pair` names each socket once at most.
-        match pair.and_then(|index| sockets[index].take().map(|s| (s, &held[index]))) {
-            Some((socket, addr)) => bound.push(listen.take(socket, addr, config)?),
-            None => bound.extend(listen.open(config)?),
-        }
-    }
-    for (socket, addr) in sockets.iter().zip(&held) {
-        if socket.is_some() {
-            tracing::info!(%addr, "not taking over this listener (no longer configured); the running server closes it when it stops");
-        }
-    }
-    Ok(bound)
-}
-
-/// What a `Listen` asks of each of its connections before the handler.
-struct Settings {
-    proxy: Option<ProxyProtocol>,
-    #[cfg(feature = "tls")]
-    tls: Option<crate::TlsConfig>,
-}
-
-impl Settings {
-    fn of(listen: &Listen) -> Self {
-        Settings {
-            proxy: listen.proxy.clone(),
-            #[cfg(feature = "tls")]
-            tls: listen.tls.clone(),
-        }
-    }
-
-    /// A listener with these settings, checked against each other.
-    fn bound(&self, listener: Listener) -> Result<Bound, Error> {
-        let tcp = matches!(listener, Listener::Tcp(_));
-        if self.proxy.is_some() && !tcp {
-            return Err(Error::InvalidConfig {
-                option: "proxy_protocol",
-                reason: "the PROXY protocol is supported on TCP listeners only",
-            });
-        }
-        #[cfg(feature = "tls")]
-        if self.tls.is_some() && !tcp {
-            return Err(Error::InvalidConfig {
-                option: "tls",
-                reason: "TLS is supported on TCP listeners only",
-            });
-        }
-        Ok(Bound {
-            listener,
-            proxy: self.proxy.clone(),
-            // One acceptor per listener: the cap on handshakes is per listener.
-            #[cfg(feature = "tls")]
-            tls: self.tls.as_ref().map(crate::tls::TlsAcceptor::new),
-        })
-    }
-}
-
-/// A listener and its settings, ready for the server.
-#[derive(Debug)]
-pub(crate) struct Bound {
-    pub(crate) listener: Listener,
-    pub(crate) proxy: Option<ProxyProtocol>,
-    #[cfg(feature = "tls")]
-    pub(crate) tls: Option<crate::tls::TlsAcceptor>,
-}
-
-impl Config {
-    fn validate(&self) -> Result<(), Error> {
-        let invalid = |option, reason| Err(Error::InvalidConfig { option, reason });
-        if self.backlog == 0 {
-            return invalid("backlog", "must be at least 1");
-        }
-        if self.max_connections == 0 {
-            return invalid("max_connections", "must be at least 1");
-        }
-        if self.max_connections > MAX_CONNECTIONS_LIMIT {
-            return invalid("max_connections", "exceeds the largest supported limit");
-        }
-        if self.max_connections_per_ip == Some(0) {
-            return invalid(
-                "max_connections_per_ip",
-                "must be at least 1, or None for no limit",
-            );
-        }
-        let zero = Some(Duration::ZERO);
-        if self.timeouts.idle == zero {
-            return invalid(
-                "idle_timeout",
-                "must be longer than zero, or None to disable",
-            );
-        }
-        if self.timeouts.first_read == zero {
-            return invalid(
-                "first_read_timeout",
-                "must be longer than zero, or None to disable",
-            );
-        }
-        if self.timeouts.max_age == zero {
-            return invalid(
-                "max_connection_age",
-                "must be longer than zero, or None to disable",
-            );
-        }
-        if self.tcp_keepalive == zero {
-            return invalid(
-                "tcp_keepalive",
-                "must be longer than zero, or None to disable",
-            );
-        }
-        Ok(())
-    }
-}
-
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
@@ -846,101 +536,5 @@ impl fmt::Debug for Builder {
             )
             .field("config", &self.config)
             .finish()
-    }
-}
-
-/// An address switchboard can bind, given to [`Builder::bind`].
-///
-/// Implemented for `&str` and `String` (`"host:port"`), `(&str, u16)`,
-/// `(String, u16)`, `(IpAddr, u16)`, [`SocketAddr`] and its V4/V6 forms, and
-/// slices, arrays and vectors of `SocketAddr`. Sealed: it cannot be
-/// implemented outside this crate.
-pub trait ToBindAddr: sealed::Sealed {}
-
-pub(crate) mod sealed {
-    use super::BindTarget;
-
-    #[allow(unreachable_pub)] // public only so it can be a supertrait of a public trait
-    pub trait Sealed {
-        fn into_target(self) -> BindTarget;
-    }
-}
-
-/// What [`Builder::bind`] was given, resolved in `build`.
-#[derive(Debug, Clone)]
-#[allow(unreachable_pub)] // named by the sealed trait's method only
-pub enum BindTarget {
-    Host(String),
-    HostPort(String, u16),
-    Addrs(Vec<SocketAddr>),
-}
-
-impl BindTarget {
-    async fn resolve(self) -> Result<Vec<SocketAddr>, Error> {
-        let (described, found) = match self {
-            BindTarget::Addrs(addrs) => (format!("{addrs:?}"), Ok(addrs)),
-            BindTarget::Host(host) => match host.parse::<SocketAddr>() {
-                // A literal address needs no resolver round trip.
-                Ok(addr) => (host, Ok(vec![addr])),
-                Err(_) => {
-                    let found = tokio::net::lookup_host(host.as_str())
-                        .await
-                        .map(Iterator::collect);
-                    (host, found)
-                }
-            },
-            BindTarget::HostPort(host, port) => {
-                let found = tokio::net::lookup_host((host.as_str(), port))
-                    .await
-                    .map(Iterator::collect);
-                (format!("{host}:{port}"), found)
-            }
-        };
-        match found {
-            Ok(addrs) if !addrs.is_empty() => Ok(addrs),
-            Ok(_) => Err(Error::Resolve {
-                addr: described,
-                source: io::Error::new(io::ErrorKind::InvalidInput, "no addresses to bind"),
-            }),
-            Err(source) => Err(Error::Resolve {
-                addr: described,
-                source,
-            }),
-        }
-    }
-}
-
-macro_rules! to_bind_addr {
-    ($($ty:ty => |$v:ident| $e:expr;)*) => {$(
-        impl ToBindAddr for $ty {}
-        impl sealed::Sealed for $ty {
-            fn into_target(self) -> BindTarget {
-                let $v = self;
-                $e
-            }
-        }
-    )*};
-}
-
-to_bind_addr! {
-    &str => |s| BindTarget::Host(s.to_owned());
-    String => |s| BindTarget::Host(s);
-    &String => |s| BindTarget::Host(s.clone());
-    (&str, u16) => |hp| BindTarget::HostPort(hp.0.to_owned(), hp.1);
-    (String, u16) => |hp| BindTarget::HostPort(hp.0, hp.1);
-    (IpAddr, u16) => |ap| BindTarget::Addrs(vec![SocketAddr::from(ap)]);
-    (Ipv4Addr, u16) => |ap| BindTarget::Addrs(vec![SocketAddr::from(ap)]);
-    (Ipv6Addr, u16) => |ap| BindTarget::Addrs(vec![SocketAddr::from(ap)]);
-    SocketAddr => |a| BindTarget::Addrs(vec![a]);
-    SocketAddrV4 => |a| BindTarget::Addrs(vec![SocketAddr::V4(a)]);
-    SocketAddrV6 => |a| BindTarget::Addrs(vec![SocketAddr::V6(a)]);
-    &[SocketAddr] => |a| BindTarget::Addrs(a.to_vec());
-    Vec<SocketAddr> => |a| BindTarget::Addrs(a);
-}
-
-impl<const N: usize> ToBindAddr for [SocketAddr; N] {}
-impl<const N: usize> sealed::Sealed for [SocketAddr; N] {
-    fn into_target(self) -> BindTarget {
-        BindTarget::Addrs(self.to_vec())
     }
 }

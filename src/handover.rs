@@ -105,7 +105,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Addr;
 use crate::backoff::Backoff;
-use crate::builder::Config;
+use crate::config::Config;
 use crate::shutdown::Fired;
 use crate::socket_file::{self, FileId};
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Addr;
-use crate::builder::Config;
+use crate::config::Config;
 use crate::conn::Stream;
 #[cfg(unix)]
 use crate::handover::Inherited;

@@ -3,6 +3,8 @@
 //! header ([`ProxyProtocol`]).
 
 pub(crate) mod bind;
+pub(crate) mod open;
+pub(crate) mod target;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::builder::{BindTarget, ToBindAddr};
+use crate::listen::target::{BindTarget, ToBindAddr};
 use crate::proxy::{self, ProxyError, ProxyHeader};
 
 /// One thing to listen on, with its own settings; given to

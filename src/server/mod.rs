@@ -32,12 +32,13 @@ use tokio::time::Instant;
 
 use crate::admission::{Limits, Permit};
 use crate::backoff::{Backoff, Resume};
-use crate::builder::{Bound, Config, ExternalSignal, ShutdownFuture};
+use crate::config::{Config, ExternalSignal, ShutdownFuture};
 use crate::conn::Stream;
 use crate::conn::record::{ConnState, Home};
 #[cfg(unix)]
 use crate::handover::{Finished, Handover, Offering, Standby};
 use crate::listen::bind::Listener;
+use crate::listen::open::Bound;
 use crate::preamble::Preamble;
 use crate::server::overload::Reclaimer;
 use crate::server::task::{Handled, Tasks};
