@@ -5,7 +5,6 @@ mod common;
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::{assert_adds_up, exchange, reporter, run, start, within};
 use switchboard::{Connection, Handler, handler_fn};
