@@ -9,7 +9,7 @@ use std::io;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use common::{Example, TempDir, assert_adds_up, start_on, within};
+use common::{Example, assert_adds_up, start_on, temp_dir, within};
 use switchboard::rustls::pki_types::ServerName;
 use switchboard::rustls::{ClientConfig, RootCertStore};
 use switchboard::{Addr, Connection, Listen, ProxyProtocol, TlsConfig, handler_fn};
@@ -149,13 +149,13 @@ async fn a_proxy_header_then_tls() {
 /// The hello example in TLS mode, started with a certificate made here.
 struct TlsHello {
     example: Example,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
     ca: std::path::PathBuf,
 }
 
 async fn tls_hello(cert: &Cert) -> TlsHello {
-    let dir = TempDir::new("tls-hello");
-    let (cert_path, key_path) = (dir.path("cert.pem"), dir.path("key.pem"));
+    let dir = temp_dir("tls-hello");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, &cert.cert_pem).unwrap();
     std::fs::write(&key_path, &cert.key_pem).unwrap();
     // Built with TLS by `cargo test --features tls` (or --all-features).
