@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start_hello(control: &Path) -> Example {
-    let mut command = Example::command("hello");
+    let mut command = Example::command("ops");
     command
         .env("SWITCHBOARD_HANDOVER", control)
         .stderr(std::process::Stdio::inherit());

@@ -387,8 +387,10 @@ pub struct Example {
     pub child: tokio::process::Child,
     /// Kept open: the example prints its report at exit.
     pub stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
-    /// The address from its first line, `listening on ADDR`.
+    /// The first address of its first line, `listening on ADDR[, ADDR...]`.
     pub addr: SocketAddr,
+    /// Every address of that line, as printed.
+    pub listening: String,
 }
 
 impl Example {
@@ -417,16 +419,21 @@ impl Example {
             }
             panic!("the example printed nothing; stderr: {err}");
         }
-        let addr = first
+        let listening = first
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("first line is {first:?}"))
-            .parse()
-            .expect("a socket address");
+            .to_owned();
+        let addr = listening
+            .split(", ")
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("first line is {first:?}: a socket address first"));
         Example {
             child,
             stdout,
             addr,
+            listening,
         }
     }
 
