@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Example, TempDir, accepted_in, assert_echoes, example_path, request, within};
+use common::{Example, accepted_in, assert_echoes, example_path, request, within};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -85,8 +85,8 @@ async fn several_processes_share_one_port_with_so_reuseport() {
 
 #[tokio::test]
 async fn ops_serves_tcp_and_a_unix_socket_at_once() {
-    let dir = TempDir::new("ops-example");
-    let socket = dir.path("ops.sock");
+    let dir = common::temp_dir("ops-example");
+    let socket = dir.path().join("ops.sock");
     let example = launch_with(
         "ops",
         &format!("127.0.0.1:0,unix:{}", socket.display()),
