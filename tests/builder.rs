@@ -92,7 +92,8 @@ async fn missing_options_and_bad_values_are_errors_not_panics() {
     // found out at the first restart.
     #[cfg(unix)]
     {
-        let control = std::env::temp_dir().join(format!("sb-too-many-{}.sock", std::process::id()));
+        let dir = common::temp_dir("too-many");
+        let control = dir.path().join("control.sock");
         let mut builder = Server::builder().handler(noop()).handover(&control);
         for _ in 0..65 {
             builder = builder.bind("127.0.0.1:0");

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Example, TempDir, accepted_in, read_response, run, within};
+use common::{Example, accepted_in, greeter, greeting, read_response, run, temp_dir, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start_hello(control: &Path) -> Example {
-    let mut command = Example::command("hello");
+    let mut command = Example::command("ops");
     command
         .env("SWITCHBOARD_HANDOVER", control)
         .stderr(std::process::Stdio::inherit());
@@ -56,8 +56,8 @@ async fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_takes_over_the_listeners_under_load_without_a_single_failure() {
-    let dir = TempDir::new("handover");
-    let control = dir.path("control.sock");
+    let dir = temp_dir("handover");
+    let control = dir.path().join("control.sock");
     let old = start_hello(&control).await;
     let addr = old.addr;
 
@@ -114,16 +114,10 @@ async fn a_new_process_takes_over_the_listeners_under_load_without_a_single_fail
 
 #[tokio::test]
 async fn in_process_takeover_keeps_unix_socket_files_for_the_successor() {
-    use switchboard::{Connection, Server, handler_fn};
+    use switchboard::Server;
 
-    let dir = TempDir::new("handover-unix");
-    let (control, socket) = (dir.path("control.sock"), dir.path("app.sock"));
-    let greeter = |name: &'static str| {
-        handler_fn(move |mut conn: Connection| async move {
-            conn.write_all(name.as_bytes()).await?;
-            Ok::<_, std::io::Error>(())
-        })
-    };
+    let dir = temp_dir("handover-unix");
+    let (control, socket) = (dir.path().join("control.sock"), dir.path().join("app.sock"));
     let build = |name| {
         Server::builder()
             .bind("127.0.0.1:0")
@@ -133,16 +127,6 @@ async fn in_process_takeover_keeps_unix_socket_files_for_the_successor() {
             .build()
     };
     let old = run(build("old").await.unwrap());
-    let greeting = async |path: &Path| {
-        let mut client = within("connect", tokio::net::UnixStream::connect(path))
-            .await
-            .unwrap();
-        let mut text = String::new();
-        within("the greeting", client.read_to_string(&mut text))
-            .await
-            .unwrap();
-        text
-    };
     assert_eq!(greeting(&socket).await, "old");
 
     let new = run(build("new").await.unwrap());
@@ -186,19 +170,25 @@ async fn ask(addr: SocketAddr, bytes: &[u8]) -> String {
     text
 }
 
+/// A server on `127.0.0.1:0` with a handover on `control`: the first one
+/// binds the port, the next takes it over from the one running.
+async fn on_control(control: &Path, handler: impl switchboard::Handler) -> switchboard::Server {
+    switchboard::Server::builder()
+        .bind("127.0.0.1:0")
+        .handover(control)
+        .handler(handler)
+        .build()
+        .await
+        .expect("the server builds")
+}
+
 #[tokio::test]
 async fn a_successor_configured_on_another_address_binds_it_and_leaves_the_old_one() {
     use switchboard::Server;
 
-    let dir = TempDir::new("handover-moved");
-    let control = dir.path("control.sock");
-    let old = run(Server::builder()
-        .bind("127.0.0.1:0")
-        .handover(&control)
-        .handler(namer("old"))
-        .build()
-        .await
-        .unwrap());
+    let dir = temp_dir("handover-moved");
+    let control = dir.path().join("control.sock");
+    let old = run(on_control(&control, namer("old")).await);
     // Another loopback address: no socket of the old server is there.
     let new = run(Server::builder()
         .bind("127.0.0.2:0")
@@ -224,8 +214,8 @@ async fn a_successor_configured_on_another_address_binds_it_and_leaves_the_old_o
 async fn a_reordered_configuration_keeps_each_listeners_settings_on_its_address() {
     use switchboard::{Listen, ProxyProtocol, Server};
 
-    let dir = TempDir::new("handover-reordered");
-    let control = dir.path("control.sock");
+    let dir = temp_dir("handover-reordered");
+    let control = dir.path().join("control.sock");
     let old = run(Server::builder()
         .listen(Listen::tcp("127.0.0.1:0").proxy_protocol(ProxyProtocol::required()))
         .bind("127.0.0.1:0")
@@ -264,15 +254,9 @@ async fn a_successor_asking_for_a_socket_option_the_socket_lacks_is_refused_and_
  {
     use switchboard::{Error, Server};
 
-    let dir = TempDir::new("handover-option");
-    let control = dir.path("control.sock");
-    let old = run(Server::builder()
-        .bind("127.0.0.1:0")
-        .handover(&control)
-        .handler(namer("old"))
-        .build()
-        .await
-        .unwrap());
+    let dir = temp_dir("handover-option");
+    let control = dir.path().join("control.sock");
+    let old = run(on_control(&control, namer("old")).await);
     // SO_REUSEPORT counts when a socket is bound: the handed-over one was
     // bound without it.
     let refused = Server::builder()
@@ -333,28 +317,14 @@ async fn held_open(server: &common::Running) -> TcpStream {
 
 #[tokio::test]
 async fn a_successor_gone_while_the_old_server_drains_gives_the_listeners_back() {
-    use switchboard::Server;
-
-    let dir = TempDir::new("handover-rollback");
-    let control = dir.path("control.sock");
+    let dir = temp_dir("handover-rollback");
+    let control = dir.path().join("control.sock");
     let (told, mut old_told) = tokio::sync::mpsc::unbounded_channel();
     let release = Arc::new(tokio::sync::Notify::new());
-    let old = run(Server::builder()
-        .bind("127.0.0.1:0")
-        .handover(&control)
-        .handler(holder("old", told, Arc::clone(&release)))
-        .build()
-        .await
-        .unwrap());
+    let old = run(on_control(&control, holder("old", told, Arc::clone(&release))).await);
     let mut held = held_open(&old).await;
 
-    let new = Server::builder()
-        .bind("127.0.0.1:0")
-        .handover(&control)
-        .handler(namer("new"))
-        .build()
-        .await
-        .unwrap();
+    let new = on_control(&control, namer("new")).await;
     assert_eq!(new.local_addr().as_tcp(), Some(old.addr));
     let new = tokio::spawn(new.run());
     within("the old server to hand over and drain", old_told.recv())
@@ -389,28 +359,14 @@ async fn a_successor_gone_while_the_old_server_drains_gives_the_listeners_back()
 
 #[tokio::test]
 async fn a_successor_that_shuts_down_does_not_bring_the_old_server_back() {
-    use switchboard::Server;
-
-    let dir = TempDir::new("handover-no-rollback");
-    let control = dir.path("control.sock");
+    let dir = temp_dir("handover-no-rollback");
+    let control = dir.path().join("control.sock");
     let (told, mut old_told) = tokio::sync::mpsc::unbounded_channel();
     let release = Arc::new(tokio::sync::Notify::new());
-    let old = run(Server::builder()
-        .bind("127.0.0.1:0")
-        .handover(&control)
-        .handler(holder("old", told, Arc::clone(&release)))
-        .build()
-        .await
-        .unwrap());
+    let old = run(on_control(&control, holder("old", told, Arc::clone(&release))).await);
     let old_addr = old.addr;
     let mut held = held_open(&old).await;
-    let new = run(Server::builder()
-        .bind("127.0.0.1:0")
-        .handover(&control)
-        .handler(namer("new"))
-        .build()
-        .await
-        .unwrap());
+    let new = run(on_control(&control, namer("new")).await);
     within("the old server to hand over and drain", old_told.recv())
         .await
         .expect("told to shut down");

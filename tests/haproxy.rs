@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 
-use common::{TempDir, inheritable_listener, start_on, within};
+use common::{inheritable_listener, start_on, temp_dir, within};
 use switchboard::proxy::ProxyVersion;
 use switchboard::{Addr, Connection, Listen, ProxyProtocol, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,8 +73,8 @@ async fn haproxy_send_proxy_v1_and_v2_reach_the_handler_with_the_client_address(
 
     let (v1_socket, v1_addr) = inheritable_listener();
     let (v2_socket, v2_addr) = inheritable_listener();
-    let dir = TempDir::new("haproxy");
-    let config = dir.path("haproxy.cfg");
+    let dir = temp_dir("haproxy");
+    let config = dir.path().join("haproxy.cfg");
     std::fs::write(
         &config,
         format!(

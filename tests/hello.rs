@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use common::{Running, assert_adds_up, assert_closed, read_response, request, start, within};
-use http::{BODY, Hello, MAX_BODY, MAX_HEAD, Method, Status, parse_head};
+use http::{BODY, Hello, MAX_BODY, MAX_HEAD, MAX_HEADERS, Method, Status, parse_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn hello() -> Running {
@@ -151,6 +151,29 @@ async fn an_oversized_head_gets_431_and_a_close() {
     // reading; the server lingers so the response is not lost to a reset.
     let response = request(&mut client, &oversized).await;
     assert_eq!(response.status, 431);
+    client.shutdown().await.unwrap();
+    assert_closed(&mut client).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn more_headers_than_max_headers_get_431_and_a_close() {
+    let running = hello().await;
+    let mut head = b"GET / HTTP/1.1\r\nHost: t\r\n".to_vec();
+    for i in 1..MAX_HEADERS {
+        head.extend_from_slice(format!("X-{i}: a\r\n").as_bytes());
+    }
+    let mut client = running.connect().await;
+    let at_the_cap = [&head[..], b"\r\n"].concat();
+    assert_eq!(request(&mut client, &at_the_cap).await.status, 200);
+    head.extend_from_slice(b"X-One-Too-Many: a\r\n\r\n");
+    assert!(
+        head.len() < MAX_HEAD,
+        "the count is the limit, not the size"
+    );
+    let response = request(&mut client, &head).await;
+    assert_eq!(response.status, 431);
+    assert_eq!(response.header("connection"), Some("close"));
     client.shutdown().await.unwrap();
     assert_closed(&mut client).await;
     running.stop().await;
@@ -402,4 +425,22 @@ fn parses_request_heads() {
         parse_head(b"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n"),
         Err(Status::BadRequest)
     );
+    // Versions httparse refuses, around the one it is retried with.
+    assert_eq!(
+        parse_head(b"GET / HTTP/3.0\r\nHost: a\r\n\r\n"),
+        Err(Status::VersionNotSupported)
+    );
+    for bad in [
+        &b"GET / HTTP/1.x\r\nHost: a\r\n\r\n"[..],
+        b"GET / HTTP/1.9 HTTP/1.9\r\nHost: a\r\n\r\n",
+        b"GET / XTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /\r\nHost: a\r\n\r\n",
+    ] {
+        assert_eq!(
+            parse_head(bad),
+            Err(Status::BadRequest),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
 }

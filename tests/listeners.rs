@@ -134,8 +134,8 @@ async fn listeners_share_one_connection_limit() {
 #[cfg(unix)]
 #[tokio::test]
 async fn tcp_and_unix_listeners_mixed() {
-    let dir = common::TempDir::new("mixed");
-    let path = dir.path("mixed.sock");
+    let dir = common::temp_dir("mixed");
+    let path = dir.path().join("mixed.sock");
     let server = Server::builder()
         .bind("127.0.0.1:0")
         .bind_unix(&path)

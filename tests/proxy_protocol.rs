@@ -255,9 +255,9 @@ async fn optional_mode_serves_trusted_peers_with_or_without_a_header() {
 #[cfg(unix)]
 #[tokio::test]
 async fn the_proxy_protocol_is_refused_on_unix_listeners_at_build() {
-    let dir = common::TempDir::new("proxy-unix");
+    let dir = common::temp_dir("proxy-unix");
     let result = Server::builder()
-        .listen(Listen::unix(dir.path("p.sock")).proxy_protocol(ProxyProtocol::required()))
+        .listen(Listen::unix(dir.path().join("p.sock")).proxy_protocol(ProxyProtocol::required()))
         .handler(noop())
         .build()
         .await;

@@ -34,9 +34,9 @@ struct Tally {
     cut: AtomicU64,
 }
 
-/// Starts the hello example on `port` (0: a free one) with `SO_REUSEPORT`.
+/// Starts the ops example (the hello handler) on `port` (0: a free one) with `SO_REUSEPORT`.
 async fn hello(port: u16) -> Example {
-    let mut command = tokio::process::Command::new(common::example_path("hello"));
+    let mut command = tokio::process::Command::new(common::example_path("ops"));
     command
         .arg(format!("127.0.0.1:{port}"))
         .env("SWITCHBOARD_REUSE_PORT", "1")

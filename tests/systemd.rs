@@ -2,7 +2,7 @@
 //! `LISTEN_PID` serves on the descriptor it was passed.
 //!
 //! The test plays systemd: it binds a listening socket, makes it inheritable,
-//! and starts the hello example through `sh`, which moves the socket to
+//! and starts the ops example through `sh`, which moves the socket to
 //! descriptor 3 and sets the variables for its own PID before `exec`.
 //! A test binary with a single test, so no other test's child inherits the
 //! socket.
@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 #[tokio::test]
-async fn the_hello_example_serves_a_socket_passed_by_systemd() {
+async fn the_ops_example_serves_a_socket_passed_by_systemd() {
     let (socket, addr) = inheritable_listener();
     let fd = socket.as_raw_fd();
 
@@ -26,7 +26,7 @@ async fn the_hello_example_serves_a_socket_passed_by_systemd() {
     let mut command = Command::new("sh");
     command
         .args(["-c", &script])
-        .arg(example_path("hello"))
+        .arg(example_path("ops"))
         .stderr(Stdio::piped());
     let example = Example::start(command).await;
     assert_eq!(example.addr, addr, "it listens on the passed socket");
@@ -51,7 +51,7 @@ async fn the_hello_example_serves_a_socket_passed_by_systemd() {
 async fn without_passed_sockets_the_build_fails_clearly() {
     let output = within(
         "the example to fail",
-        Command::new(example_path("hello"))
+        Command::new(example_path("ops"))
             .arg("systemd")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")

@@ -1,6 +1,6 @@
 //! TLS listeners (feature `tls`): the handshake runs before the handler,
 //! which sees the decrypted stream and what was negotiated; a real client
-//! (`curl`, and `openssl s_client`) talks to the hello example in TLS mode.
+//! (`curl`, and `openssl s_client`) talks to the ops example (the hello handler) in TLS mode.
 #![cfg(feature = "tls")]
 
 mod common;
@@ -9,7 +9,7 @@ use std::io;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use common::{Example, TempDir, assert_adds_up, start_on, within};
+use common::{Example, assert_adds_up, start_on, temp_dir, within};
 use switchboard::rustls::pki_types::ServerName;
 use switchboard::rustls::{ClientConfig, RootCertStore};
 use switchboard::{Addr, Connection, Listen, ProxyProtocol, TlsConfig, handler_fn};
@@ -146,20 +146,22 @@ async fn a_proxy_header_then_tls() {
     running.stop().await;
 }
 
-/// The hello example in TLS mode, started with a certificate made here.
+/// The ops example in TLS mode, started with a certificate made here.
 struct TlsHello {
     example: Example,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
     ca: std::path::PathBuf,
 }
 
 async fn tls_hello(cert: &Cert) -> TlsHello {
-    let dir = TempDir::new("tls-hello");
-    let (cert_path, key_path) = (dir.path("cert.pem"), dir.path("key.pem"));
+    let dir = temp_dir("tls-hello");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, &cert.cert_pem).unwrap();
     std::fs::write(&key_path, &cert.key_pem).unwrap();
-    // Built with TLS by `cargo test --features tls` (or --all-features).
-    let mut command = Example::command("hello");
+    // Built with TLS by `cargo test --features tls` (or --all-features); a
+    // run of `--test tls` alone builds no example: `cargo build --features
+    // tls --examples` first.
+    let mut command = Example::command("ops");
     command
         .env("SWITCHBOARD_TLS_CERT", &cert_path)
         .env("SWITCHBOARD_TLS_KEY", &key_path)
@@ -172,7 +174,7 @@ async fn tls_hello(cert: &Cert) -> TlsHello {
 }
 
 #[tokio::test]
-async fn curl_and_openssl_talk_to_the_hello_example_over_tls() {
+async fn curl_and_openssl_talk_to_the_ops_example_over_tls() {
     let cert = cert();
     let hello = tls_hello(&cert).await;
     let port = hello.example.addr.port();

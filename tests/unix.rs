@@ -7,7 +7,7 @@ mod common;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{TempDir, assert_adds_up, assert_echoes, noop, within};
+use common::{assert_adds_up, assert_echoes, noop, temp_dir, within};
 use switchboard::{Addr, Builder, Connection, Error, Handler, Server, handler_fn};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -28,8 +28,8 @@ fn reporter(tx: mpsc::UnboundedSender<(Addr, Addr, &'static str)>) -> impl Handl
 
 #[tokio::test]
 async fn a_unix_socket_is_served_by_the_same_handler() {
-    let dir = TempDir::new("unix-serve");
-    let path = dir.path("app.sock");
+    let dir = temp_dir("unix-serve");
+    let path = dir.path().join("app.sock");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = Server::builder()
         .bind_unix(&path)
@@ -71,8 +71,8 @@ fn noop_at(path: &std::path::Path) -> Builder {
 
 #[tokio::test]
 async fn a_stale_socket_file_is_replaced() {
-    let dir = TempDir::new("unix-stale");
-    let path = dir.path("stale.sock");
+    let dir = temp_dir("unix-stale");
+    let path = dir.path().join("stale.sock");
     // A server that died leaves its socket file, with nobody listening.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
@@ -83,8 +83,8 @@ async fn a_stale_socket_file_is_replaced() {
 
 #[tokio::test]
 async fn a_live_socket_is_address_in_use() {
-    let dir = TempDir::new("unix-live");
-    let path = dir.path("live.sock");
+    let dir = temp_dir("unix-live");
+    let path = dir.path().join("live.sock");
     let first = noop_at(&path).build().await.unwrap();
     let second = noop_at(&path).build().await;
     match second {
@@ -105,8 +105,8 @@ async fn a_live_socket_is_address_in_use() {
 
 #[tokio::test]
 async fn a_file_that_is_not_a_socket_is_never_removed() {
-    let dir = TempDir::new("unix-file");
-    let path = dir.path("important.txt");
+    let dir = temp_dir("unix-file");
+    let path = dir.path().join("important.txt");
     std::fs::write(&path, b"keep me").unwrap();
     let result = noop_at(&path).build().await;
     assert!(
@@ -118,8 +118,8 @@ async fn a_file_that_is_not_a_socket_is_never_removed() {
 
 #[tokio::test]
 async fn socket_permissions_can_be_set() {
-    let dir = TempDir::new("unix-mode");
-    let path = dir.path("private.sock");
+    let dir = temp_dir("unix-mode");
+    let path = dir.path().join("private.sock");
     let _server = noop_at(&path)
         .unix_permissions(0o600)
         .build()

@@ -5,17 +5,14 @@
 
 mod common;
 
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, noop, run, within};
-use switchboard::{Connection, Handler, Server, handler_fn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use common::{greeter, greeting, noop, run, temp_dir, within};
+use switchboard::Server;
 
 /// The mode of `path` itself (not of what a symlink there points to).
 fn mode_of(path: &Path) -> u32 {
@@ -57,8 +54,8 @@ fn swap_symlinks(
 /// their file to it), or `10 * attempts` builds, or a minute (on a machine
 /// so slow that fewer builds are tried, the mode is checked as often).
 async fn permissions_under_symlink_attack(attempts: u64, successes: u64) {
-    let dir = TempDir::new("unix-symlink-race");
-    let (victim, socket) = (dir.path("victim"), dir.path("app.sock"));
+    let dir = temp_dir("unix-symlink-race");
+    let (victim, socket) = (dir.path().join("victim"), dir.path().join("app.sock"));
     std::fs::write(&victim, b"secret").unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -118,31 +115,10 @@ async fn permissions_never_follow_a_symlink_swapped_onto_the_path() {
     permissions_under_symlink_attack(20_000, 500).await;
 }
 
-/// Answers every connection with `name`, so a client can tell which server
-/// it reached.
-fn greeter(name: &'static str) -> impl Handler {
-    handler_fn(move |mut conn: Connection| async move {
-        conn.write_all(name.as_bytes()).await?;
-        Ok::<_, io::Error>(())
-    })
-}
-
-/// Connects to `path` and reads which server answered.
-async fn greeting(path: &Path) -> String {
-    let mut client = within("connect", UnixStream::connect(path))
-        .await
-        .unwrap_or_else(|err| panic!("connect to {}: {err}", path.display()));
-    let mut text = String::new();
-    within("the greeting", client.read_to_string(&mut text))
-        .await
-        .unwrap();
-    text
-}
-
 #[tokio::test]
 async fn a_stopping_server_leaves_another_servers_socket_file_alone() {
-    let dir = TempDir::new("unix-not-mine");
-    let path = dir.path("app.sock");
+    let dir = temp_dir("unix-not-mine");
+    let path = dir.path().join("app.sock");
     let a = Server::builder()
         .bind_unix(&path)
         .handler(greeter("A"))
@@ -177,8 +153,8 @@ async fn a_stopping_server_leaves_another_servers_socket_file_alone() {
 
 #[tokio::test]
 async fn a_successor_removes_only_the_socket_file_it_took_over() {
-    let dir = TempDir::new("unix-not-mine-handover");
-    let (control, path) = (dir.path("control.sock"), dir.path("app.sock"));
+    let dir = temp_dir("unix-not-mine-handover");
+    let (control, path) = (dir.path().join("control.sock"), dir.path().join("app.sock"));
     let build = |name| {
         Server::builder()
             .bind("127.0.0.1:0")

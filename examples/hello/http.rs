@@ -3,7 +3,7 @@
 //! It reads each request head under an 8 KiB cap and a deadline (10 s from
 //! its first byte, as Go's `ReadHeaderTimeout` or nginx's
 //! `client_header_timeout`: a client that trickles its head in gets `408`),
-//! answers `GET` and `HEAD` with `Hello from async Rust!`, keeps connections
+//! parses it with `httparse` (the parser hyper uses), answers `GET` and `HEAD` with `Hello from async Rust!`, keeps connections
 //! alive as HTTP/1.1 says (`Connection: close` and HTTP/1.0 are honoured),
 //! answers `Expect: 100-continue` (a `100 Continue` before reading a body
 //! it accepts, the final response at once for one it refuses), and once
@@ -34,6 +34,9 @@ pub(crate) const BODY: &str = "Hello from async Rust!";
 /// The largest request head (request line and headers) read; a larger one
 /// gets `431 Request Header Fields Too Large`.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
+/// The most header fields a request head may have (hyper's default too); a
+/// head with more gets `431`. They are parsed into an array on the stack.
+pub(crate) const MAX_HEADERS: usize = 100;
 /// The largest request body read (and discarded); a larger one gets `413`.
 pub(crate) const MAX_BODY: u64 = 64 * 1024;
 /// How long a request head may take from its first byte to its blank line
@@ -340,85 +343,47 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|pos| from + pos + 4)
 }
 
-/// Parses a request head (request line, headers, blank line).
+/// Parses a request head (request line, headers, blank line) with
+/// `httparse`, the parser hyper uses, and keeps what the handler needs.
 pub(crate) fn parse_head(head: &[u8]) -> Result<Request, Status> {
-    let head = head.strip_suffix(b"\r\n\r\n").ok_or(Status::BadRequest)?;
-    let mut lines = head.split(|&b| b == b'\n').map(|line| {
-        // Every line but the last had its `\r\n` split at the `\n`.
-        line.strip_suffix(b"\r").unwrap_or(line)
-    });
-    let request_line = lines.next().ok_or(Status::BadRequest)?;
-    let mut parts = request_line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Status::BadRequest);
-    };
-    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
-        return Err(Status::BadRequest);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        // The caller found the blank line, so a partial head is malformed.
+        Ok(httparse::Status::Partial) => return Err(Status::BadRequest),
+        Err(httparse::Error::TooManyHeaders) => return Err(Status::HeaderFieldsTooLarge),
+        Err(httparse::Error::Version) => return parse_later_version(head),
+        Err(_) => return Err(Status::BadRequest),
     }
-    if target.is_empty() || !target.iter().all(|&b| b > b' ' && b != 0x7f) {
-        return Err(Status::BadRequest);
-    }
-    let http11 = match version {
-        b"HTTP/1.1" => true,
-        b"HTTP/1.0" => false,
-        // RFC 9110 §2.5: a later minor version of a major version the
-        // server implements is processed as the highest minor version it
-        // implements, and answered in it (every response says HTTP/1.1).
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => true,
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-            if major.is_ascii_digit() && minor.is_ascii_digit() =>
-        {
-            return Err(Status::VersionNotSupported);
-        }
-        _ => return Err(Status::BadRequest),
-    };
-    let method = match method {
-        b"GET" => Method::Get,
-        b"HEAD" => Method::Head,
+    let http11 = parsed.version == Some(1);
+    let method = match parsed.method {
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
         _ => Method::Other,
     };
-
-    let mut close = false;
-    let mut keep_alive_token = false;
+    let (mut close, mut keep_alive_token, mut expect_continue) = (false, false, false);
     let mut content_length: Option<u64> = None;
-    let mut expect_continue = false;
     let mut hosts = 0;
-    for line in lines {
-        // A line that starts with white space continues the previous one
-        // (obsolete line folding): RFC 9112 says reject it.
-        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-            return Err(Status::BadRequest);
-        }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(Status::BadRequest)?;
-        let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Err(Status::BadRequest);
-        }
-        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(Status::BadRequest);
-        }
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(trim_ows) {
+    for header in parsed.headers.iter() {
+        let (name, value) = (header.name, header.value);
+        if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        } else if name.eq_ignore_ascii_case("content-length") {
             let len = parse_content_length(value).ok_or(Status::BadRequest)?;
             if content_length.is_some_and(|seen| seen != len) {
                 return Err(Status::BadRequest);
             }
             content_length = Some(len);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // Chunked request bodies are not supported by this small server.
             return Err(Status::NotImplemented);
-        } else if name.eq_ignore_ascii_case(b"host") {
+        } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        } else if name.eq_ignore_ascii_case("expect") {
             expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
         }
     }
@@ -440,27 +405,41 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Request, Status> {
     })
 }
 
+/// A head whose version `httparse` refused: it knows HTTP/1.0 and 1.1 only.
+/// RFC 9110 §2.5: a later minor version of a major version the server
+/// implements is processed as the highest minor version it implements (and
+/// every response says HTTP/1.1); another major version gets `505`.
+fn parse_later_version(head: &[u8]) -> Result<Request, Status> {
+    // The version is what follows the request line's second space (httparse
+    // allows one space after the method and one after the target).
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = &head[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut spaces = line.iter().enumerate().filter(|&(_, &b)| b == b' ');
+    let at = spaces.nth(1).map_or(line.len(), |(i, _)| i + 1);
+    match line[at..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if (b'2'..=b'9').contains(&minor) => {
+            // Parsed again as HTTP/1.1, which httparse accepts (and which
+            // this arm does not match again). A rare request: the copy costs
+            // the common path nothing.
+            let mut as_1_1 = head.to_vec();
+            as_1_1[at + 7] = b'1';
+            parse_head(&as_1_1)
+        }
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Err(Status::VersionNotSupported)
+        }
+        _ => Err(Status::BadRequest),
+    }
+}
+
 fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
     std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |e| e + 1);
-    &s[start..end]
 }
 
 /// Reads and drops a request body of `len` bytes, part of which may be

@@ -141,6 +141,29 @@ where
     (handler, rx)
 }
 
+/// A handler that answers every connection with `name` and closes it, so
+/// a client can tell which server it reached.
+pub fn greeter(name: &'static str) -> impl Handler {
+    handler_fn(move |mut conn: Connection| async move {
+        conn.write_all(name.as_bytes()).await?;
+        Ok::<_, std::io::Error>(())
+    })
+}
+
+/// Connects to the Unix socket at `path` and reads which [`greeter`]
+/// answered.
+#[cfg(unix)]
+pub async fn greeting(path: &std::path::Path) -> String {
+    let mut client = within("connect", tokio::net::UnixStream::connect(path))
+        .await
+        .unwrap_or_else(|err| panic!("connect to {}: {err}", path.display()));
+    let mut text = String::new();
+    within("the greeting", client.read_to_string(&mut text))
+        .await
+        .expect("the greeting arrives");
+    text
+}
+
 /// Asserts the report's identities.
 pub fn assert_adds_up(report: &ShutdownReport) {
     assert_eq!(
@@ -276,33 +299,15 @@ pub async fn assert_closed<S: AsyncRead + Unpin>(stream: &mut S) {
     }
 }
 
-/// A fresh, empty directory for this test's files (Unix sockets), removed
-/// when the returned guard is dropped.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        TempDir(dir)
-    }
-
-    pub fn path(&self, file: &str) -> std::path::PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh, empty directory for this test's files (Unix sockets, a
+/// certificate), named `switchboard-{name}-XXXXXX` in the system's temporary
+/// directory (short enough for a Unix socket path), and removed when the
+/// returned guard is dropped.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("switchboard-{name}-"))
+        .tempdir()
+        .expect("create a temporary directory")
 }
 
 /// Collects what a `tracing_subscriber::fmt` subscriber writes, for tests
@@ -382,8 +387,10 @@ pub struct Example {
     pub child: tokio::process::Child,
     /// Kept open: the example prints its report at exit.
     pub stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
-    /// The address from its first line, `listening on ADDR`.
+    /// The first address of its first line, `listening on ADDR[, ADDR...]`.
     pub addr: SocketAddr,
+    /// Every address of that line, as printed.
+    pub listening: String,
 }
 
 impl Example {
@@ -412,16 +419,21 @@ impl Example {
             }
             panic!("the example printed nothing; stderr: {err}");
         }
-        let addr = first
+        let listening = first
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("first line is {first:?}"))
-            .parse()
-            .expect("a socket address");
+            .to_owned();
+        let addr = listening
+            .split(", ")
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("first line is {first:?}: a socket address first"));
         Example {
             child,
             stdout,
             addr,
+            listening,
         }
     }
 
