@@ -69,7 +69,7 @@ pub(crate) type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxErr
 ///     }
 /// }
 /// ```
-pub trait Handler: sealed::ErasedHandler + Send + Sync + 'static {
+pub trait Handler: sealed::ErasedHandler + sealed::SpawnConnection + Send + Sync + 'static {
     /// The error `handle` can fail with: anything that converts into
     /// [`BoxError`] (`std::io::Error`, `String`, your own error type, ...).
     type Error: Into<BoxError>
@@ -146,10 +146,10 @@ pub(crate) mod sealed {
     use std::sync::Arc;
 
     use super::{Connection, HandleFuture, Handler};
-    use crate::server::Job;
-    use crate::server::task::Tasks;
+    use crate::conn::Job;
+    use crate::conn::registry::Tasks;
 
-    /// The dyn-compatible form of [`Handler`]; see the module docs.
+    /// The dyn-compatible form of [`Handler::handle`]; see the module docs.
     ///
     /// Sealed: it is implemented for every sized `Handler` and nothing else,
     /// so users never see or write it.
@@ -157,23 +157,27 @@ pub(crate) mod sealed {
     pub trait ErasedHandler {
         /// Calls `handle` and boxes its future and its error.
         fn handle_erased(&self, conn: Connection) -> HandleFuture<'_>;
-
-        /// Spawns a connection's task, generic over this handler's own
-        /// future type: the server's way in, which boxes the future once
-        /// (not twice, as calling `handle_erased` through `Arc<dyn Handler>`
-        /// would) and polls it without dynamic dispatch.
-        #[allow(private_interfaces)] // sealed: `Job` is never named outside the crate
-        fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job);
     }
 
     impl<H: Handler> ErasedHandler for H {
         fn handle_erased(&self, conn: Connection) -> HandleFuture<'_> {
             Box::pin(async move { self.handle(conn).await.map_err(Into::into) })
         }
+    }
 
-        #[allow(private_interfaces)] // see the declaration
-        fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job) {
-            crate::server::spawn_connection(self, tasks, job);
-        }
+    /// The server's way into a handler, in its vtable: spawns a
+    /// connection's task, generic over the handler's own future type, so
+    /// that the future is boxed once at most (not twice, as calling
+    /// `handle_erased` through `Arc<dyn Handler>` would) and polled without
+    /// dynamic dispatch.
+    ///
+    /// Sealed like [`ErasedHandler`]; implemented for every sized `Handler`
+    /// where the task is made (`server/task.rs`), so that this module needs
+    /// nothing of the server.
+    #[allow(unreachable_pub)] // public only so it can be a supertrait of a public trait
+    pub trait SpawnConnection {
+        /// Spawns `job`'s task, registered in `tasks`.
+        #[allow(private_interfaces)] // sealed: `Job` is never named outside the crate
+        fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job);
     }
 }

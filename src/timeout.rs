@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::conn::record::ConnState;
-use crate::server::task::Tasks;
+use crate::conn::registry::Tasks;
 
 /// Default for [`Builder::idle_timeout`](crate::Builder::idle_timeout).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -1,6 +1,7 @@
 //! `Connection`: one accepted stream and everything known about it.
 
 pub(crate) mod record;
+pub(crate) mod registry;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -63,6 +64,14 @@ pub struct Connection {
     /// server's registry: one pointer, so that an idle connection's task
     /// stays small (see `record.rs`).
     pub(crate) state: Arc<ConnState>,
+}
+
+/// Everything a connection's task is made of.
+#[allow(unreachable_pub)] // named by the sealed handler trait only
+#[derive(Debug)]
+pub struct Job {
+    pub(crate) conn: Connection,
+    pub(crate) span: tracing::Span,
 }
 
 /// A PROXY protocol header and the client it names.

@@ -15,8 +15,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::admission::Limits;
 use crate::conn::ProxyInfo;
+use crate::conn::registry::Tasks;
 use crate::preamble::Preamble;
-use crate::server::task::Tasks;
 use crate::stats::Counters;
 use crate::timeout::TimeoutKind;
 use crate::{Addr, ShutdownSignal};

@@ -11,44 +11,33 @@
 //! 3. drain: wait up to the drain timeout for the tasks, abort the rest;
 //! 4. return a [`ShutdownReport`] of what happened.
 
+mod accept;
 pub(crate) mod overload;
 pub(crate) mod task;
 
-use std::any::Any;
 use std::fmt;
-use std::future::{Future, pending};
+use std::future::pending;
 use std::io;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::admission::{Limits, Permit};
-use crate::backoff::{Backoff, Resume};
+use crate::admission::Limits;
 use crate::config::{Config, ExternalSignal, ShutdownFuture};
-use crate::conn::Stream;
-use crate::conn::record::{ConnState, Home};
+use crate::conn::registry::Tasks;
 #[cfg(unix)]
 use crate::handover::{Finished, Handover, Offering, Standby};
 use crate::listen::bind::Listener;
 use crate::listen::open::Bound;
 use crate::preamble::Preamble;
-use crate::server::overload::Reclaimer;
-use crate::server::task::{Handled, Tasks};
+use crate::server::accept::{Closer, Closing, Listening, LoopResult, Shared, accept_loop};
 use crate::shutdown::Fired;
-use crate::stats::Counters;
 use crate::timeout::{Clock, Sweeper};
-use crate::{
-    Addr, BoxError, Builder, Connection, Error, Handler, ShutdownHandle, ShutdownSignal, Stats,
-    StatsSnapshot,
-};
+use crate::{Addr, Builder, Error, Handler, ShutdownHandle, ShutdownSignal, Stats, StatsSnapshot};
 
 /// A bound server, ready to [`run`](Server::run).
 ///
@@ -582,10 +571,6 @@ fn joined_loop(
     }
 }
 
-/// How an accept loop ends: by itself at shutdown, or with its listener's
-/// fatal error.
-type LoopResult = Result<(), (Addr, io::Error)>;
-
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
@@ -623,393 +608,6 @@ impl fmt::Display for ShutdownReport {
             write!(f, "; {} still waiting closed unserved", self.backlog_closed)?;
         }
         Ok(())
-    }
-}
-
-/// A listener with what the server knows of it.
-#[derive(Debug)]
-struct Listening {
-    listener: Listener,
-    addr: Addr,
-    /// What each connection goes through before its handler, if anything.
-    preamble: Option<Arc<Preamble>>,
-}
-
-/// What every accept loop and every new connection is made from.
-struct Shared {
-    handler: Arc<dyn Handler>,
-    config: Config,
-    limits: Arc<Limits>,
-    signal: ShutdownSignal,
-    tasks: Arc<Tasks>,
-    clock: Arc<Clock>,
-    /// Shared by every generation of accept loops (see `Server::run`).
-    next_id: Arc<AtomicU64>,
-}
-
-/// At most one `info` line a listener per this long says the connection
-/// limit was reached (then `debug`): a server at its limit reaches it again
-/// with every connection that ends.
-const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Where the shutdown is, as the accept loops see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closing {
-    /// Serving; or shutdown was triggered and `run` has not yet decided how
-    /// the listeners close.
-    Open,
-    /// Serve the clients waiting in the listen queue, then close.
-    ServeBacklog,
-    /// A successor took the listeners over and serves their queues: close.
-    HandedOver,
-    /// The drain deadline passed: close what still waits, unserved.
-    Deadline,
-}
-
-/// What an accept loop needs to close its listener at shutdown.
-struct Closer {
-    closing: watch::Receiver<Closing>,
-    /// Dropped once the listener's queue is swept (see [`close_listener`]).
-    swept: mpsc::Sender<()>,
-}
-
-/// A client accepted and not yet admitted.
-type InHand = (Stream, Addr);
-
-/// Accepts on one listener until shutdown is triggered or the listener
-/// fails, then closes it (see [`close_listener`]).
-async fn accept_loop(
-    shared: Arc<Shared>,
-    listening: Listening,
-    counters: Arc<Counters>,
-    trigger: Arc<Fired>,
-    closer: Closer,
-) -> LoopResult {
-    let Listening {
-        listener,
-        addr,
-        preamble,
-    } = listening;
-    // Shared by this listener's connections: a reference count, not copies.
-    let home = Arc::new(Home {
-        addr: addr.clone(),
-        signal: shared.signal.clone(),
-        counters,
-        tasks: Arc::clone(&shared.tasks),
-        limits: Arc::clone(&shared.limits),
-        preamble,
-    });
-    // Made once: registering a waiter on every iteration would cost a lock
-    // per accepted connection.
-    let mut stop = Fired::wait(&trigger);
-    let mut backoff = Backoff::new();
-    let mut last_full_warning = None;
-    let mut reclaimer = Reclaimer::default();
-    let reclaim = shared.config.reclaim_when_full;
-    let in_hand = loop {
-        // Room first: a full server does not accept, so clients queue in
-        // the kernel's backlog instead of costing a descriptor. The place is
-        // taken only once a connection is in hand, so that a listener waiting
-        // for clients holds none while another listener's clients queue.
-        let accepted = if shared.limits.has_room() {
-            tokio::select! {
-                biased;
-                () = &mut stop => break None,
-                accepted = listener.accept() => accepted,
-            }
-        } else {
-            let now = tokio::time::Instant::now();
-            if last_full_warning.is_none_or(|at| now.duration_since(at) >= FULL_LOG_INTERVAL) {
-                last_full_warning = Some(now);
-                tracing::info!(
-                    max_connections = shared.config.max_connections,
-                    %addr,
-                    "connection limit reached, accepting paused"
-                );
-            } else {
-                tracing::debug!(%addr, "connection limit reached, accepting paused");
-            }
-            // Full: one client taken in hand tells that clients wait, which
-            // is when places are reclaimed (below).
-            tokio::select! {
-                biased;
-                () = &mut stop => break None,
-                () = shared.limits.room() => {
-                    tracing::debug!(%addr, "accepting resumed");
-                    continue;
-                }
-                accepted = listener.accept(), if reclaim => accepted,
-            }
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                home.counters.accept_error();
-                match backoff.on_error(err, &addr, &mut stop).await {
-                    Ok(Resume::Accept) => continue,
-                    Ok(Resume::Stop) => break None,
-                    Err(err) => {
-                        tracing::error!(%addr, error = %err, "accept failed, shutting down");
-                        return Err((addr, err));
-                    }
-                }
-            }
-        };
-        if backoff.in_episode() {
-            tracing::info!(%addr, "accepting again after resource exhaustion");
-        }
-        backoff.reset();
-        let permit = match shared.limits.try_permit() {
-            Some(permit) => permit,
-            // Full with a client in hand (or another listener took the last
-            // place meanwhile): it waits for the next place, at most one per
-            // listener.
-            None => {
-                if reclaim {
-                    reclaimer.reclaim(&shared.tasks, &shared.clock, shared.config.max_connections);
-                }
-                tokio::select! {
-                    biased;
-                    () = &mut stop => break Some((stream, peer)),
-                    permit = shared.limits.permit() => permit,
-                }
-            }
-        };
-        serve(&shared, stream, peer, &home, permit);
-    };
-    close_listener(&shared, &home, listener, in_hand, closer).await;
-    Ok(())
-}
-
-/// Closes a listener at shutdown, once `run` has said how.
-///
-/// The clients the kernel had queued when shutdown began are the server's
-/// clients: they are accepted as places free, with their connection's
-/// shutdown signal already fired (a keep-alive handler answers one request
-/// and closes), until the queue is empty; only then is the listener closed
-/// and new connects refused. At most a backlog's worth are taken this way
-/// (the queue held no more when shutdown began), and whatever still waits
-/// at the drain deadline is closed unserved and counted
-/// ([`ShutdownReport::backlog_closed`]). After a handover the successor
-/// serves the queue, and only a client already in hand is served here.
-async fn close_listener(
-    shared: &Shared,
-    home: &Arc<Home>,
-    listener: Listener,
-    mut in_hand: Option<InHand>,
-    closer: Closer,
-) {
-    let Closer { mut closing, swept } = closer;
-    let mut swept = Some(swept);
-    let plan = closing
-        .wait_for(|closing| *closing != Closing::Open)
-        .await
-        .map_or(Closing::Deadline, |closing| *closing);
-    let sweep_queue = plan == Closing::ServeBacklog;
-    let mut budget = usize::try_from(shared.config.backlog).unwrap_or(usize::MAX);
-    let mut deadline = plan == Closing::Deadline;
-    while !deadline {
-        let (stream, peer) = match in_hand.take() {
-            Some(client) => client,
-            None if sweep_queue && budget > 0 => {
-                budget -= 1;
-                match listener.try_accept().await {
-                    None => break,
-                    Some(Ok(client)) => client,
-                    Some(Err(err)) => {
-                        home.counters.accept_error();
-                        tracing::debug!(addr = %home.addr, error = %err, "accept failed while closing");
-                        continue;
-                    }
-                }
-            }
-            None => break,
-        };
-        let permit = match shared.limits.try_permit() {
-            Some(permit) => permit,
-            None => {
-                // Places free only as connections end, which their
-                // signal hastens: let it fire.
-                swept.take();
-                tokio::select! {
-                    biased;
-                    _ = closing.wait_for(|closing| *closing == Closing::Deadline) => {
-                        in_hand = Some((stream, peer));
-                        deadline = true;
-                        break;
-                    }
-                    permit = shared.limits.permit() => permit,
-                }
-            }
-        };
-        serve(shared, stream, peer, home, permit);
-    }
-    if deadline || budget == 0 {
-        let mut closed = u64::from(in_hand.is_some());
-        if sweep_queue {
-            for _ in 0..shared.config.backlog {
-                match listener.try_accept().await {
-                    None => break,
-                    Some(Ok(_)) => closed += 1,
-                    Some(Err(_)) => home.counters.accept_error(),
-                }
-            }
-        }
-        if closed > 0 {
-            home.counters.backlog_closed(closed);
-            tracing::warn!(
-                addr = %home.addr,
-                closed,
-                "clients still waiting in the listen queue at the drain deadline were closed unserved"
-            );
-        }
-    }
-    drop(in_hand);
-    drop(listener);
-    drop(swept);
-}
-
-/// Admits an accepted stream and spawns its task, which runs the
-/// listener's preamble if it has one, then the handler.
-fn serve(shared: &Shared, stream: Stream, peer: Addr, home: &Arc<Home>, permit: Permit) {
-    let Some(admission) = shared.limits.admit(permit, peer.ip()) else {
-        home.counters.rejected();
-        tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
-        return;
-    };
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    if let Stream::Tcp(tcp) = &stream {
-        set_tcp_options(&shared.config, tcp, id);
-    }
-    home.counters.accepted();
-    let span = tracing::debug_span!("conn", id, %peer, client = tracing::field::Empty);
-    let accepted_at = shared.clock.read();
-    // From here the connection's record frees its places when its task ends.
-    let per_ip = admission.keep();
-    let state = Arc::new(ConnState::new(
-        Arc::clone(home),
-        id,
-        peer,
-        accepted_at,
-        per_ip,
-    ));
-    let job = Job {
-        conn: Connection::new(stream, state),
-        span,
-    };
-    // Through the handler's vtable into `spawn_connection::<H>`, so that the
-    // handler's future is a concrete type, polled without dynamic dispatch.
-    Arc::clone(&shared.handler).spawn_connection(&shared.tasks, job);
-}
-
-/// Everything a connection's task is made of.
-#[allow(unreachable_pub)] // named by the sealed handler trait only
-#[derive(Debug)]
-pub struct Job {
-    conn: Connection,
-    span: tracing::Span,
-}
-
-/// Handler futures up to this size live in the task itself; larger ones in
-/// a box of their own.
-///
-/// A future is moved by copying its whole layout, and between `spawn` and
-/// tokio's task cell the task future is moved about ten times: inline, a
-/// 1.6 KB HTTP handler future cost ~4,000 instructions of `memcpy` per
-/// connection (callgrind), far more than the allocation a box costs. A small
-/// future costs little to move, and inline it saves the box's memory and
-/// allocator overhead on every idle connection.
-const INLINE_FUTURE_LIMIT: usize = 512;
-
-/// Spawns a connection's task: the preamble (PROXY header, TLS), then the
-/// handler, with panics caught and the outcome counted. Generic over the
-/// handler, so that its future is polled without dynamic dispatch and its
-/// error converted only when there is one.
-pub(crate) fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: Job) {
-    // The size of `H::handle`'s future, from its type alone (a constant).
-    fn future_size<'a, H: 'a, F>(_: impl FnOnce(&'a H, Connection) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    let Job { conn, span } = job;
-    let state = Arc::clone(&conn.state);
-    let inline = future_size(H::handle) <= INLINE_FUTURE_LIMIT;
-    // Only listeners with a preamble have the layer that runs it.
-    // A handler's future is polled by the task's guard directly, or through
-    // its box: no layer in between but the one that holds the handler.
-    match (inline, conn.state.home.preamble.is_some()) {
-        (true, false) => tasks.spawn(handle(handler, conn), span, state),
-        (false, false) => tasks.spawn(Box::pin(handle(handler, conn)), span, state),
-        (true, true) => {
-            let serve = after_preamble(conn, |conn| handle(handler, conn));
-            tasks.spawn(serve, span, state);
-        }
-        (false, true) => {
-            let serve = after_preamble(conn, |conn| Box::pin(handle(handler, conn)));
-            tasks.spawn(serve, span, state);
-        }
-    }
-}
-
-/// A connection's handler, with the handler it borrows. An `async fn`'s
-/// arguments keep their room in its future for its whole life, so there are
-/// as few as can be, and no locals: a local moved out of keeps its room too.
-/// `H::handle`, not `Arc<H>`'s `Handler` impl, which would box.
-async fn handle<H: Handler>(handler: Arc<H>, conn: Connection) -> Result<(), H::Error> {
-    H::handle(&handler, conn).await
-}
-
-/// Runs the listener's preamble on `conn`, then `serve` if it accepted it.
-async fn after_preamble<F, S, E>(conn: Connection, serve: S) -> Handled
-where
-    S: FnOnce(Connection) -> F,
-    F: Future<Output = Result<(), E>>,
-    E: Into<BoxError>,
-{
-    match prepare(conn).await {
-        Ok(Some(conn)) => serve(conn).await.into(),
-        Ok(None) => Handled::Refused,
-        Err(payload) => Handled::PreamblePanicked(payload),
-    }
-}
-
-/// Runs the listener's preamble on `conn`: `Ok(None)` if it refused the
-/// connection, `Err` with the payload if it panicked.
-///
-/// The preamble's future is boxed, for the same reason as large handler
-/// futures: inline, its state (a header buffer, a TLS handshake) would make
-/// the task of every connection on the listener large.
-async fn prepare(conn: Connection) -> Result<Option<Connection>, Box<dyn Any + Send>> {
-    let home = Arc::clone(&conn.state.home);
-    let Some(preamble) = home.preamble.as_ref() else {
-        return Ok(Some(conn));
-    };
-    let mut running = Box::pin(preamble.run(conn, &home.counters));
-    // Caught here rather than by the task's guard, to tell a panic before
-    // the handler from the handler's own. AssertUnwindSafe: after a panic
-    // the preamble's future is dropped, never polled again.
-    std::future::poll_fn(
-        |cx| match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(ran)) => Poll::Ready(Ok(ran.ok())),
-            Err(payload) => Poll::Ready(Err(payload)),
-        },
-    )
-    .await
-}
-
-/// Per-connection TCP options. A failure is logged, not fatal: the peer may
-/// already be gone, and the handler will find out.
-fn set_tcp_options(config: &Config, stream: &TcpStream, id: u64) {
-    if config.tcp_nodelay {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(conn.id = id, error = %err, "cannot set TCP_NODELAY");
-        }
-    }
-    if let Some(idle) = config.tcp_keepalive {
-        let keepalive = TcpKeepalive::new().with_time(idle);
-        if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-            tracing::debug!(conn.id = id, error = %err, "cannot set SO_KEEPALIVE");
-        }
     }
 }
 

@@ -1,66 +1,29 @@
-//! The per-connection task boundary: panic catching, outcome accounting, and
-//! the registry of live connections.
+//! A connection's task: the boundary that catches its panics and counts
+//! how it ended.
 //!
-//! Every task is spawned through [`Tasks`], which counts it (so the drain can
-//! wait for all of them) and keeps an entry for it in a slab: its abort handle
-//! (so the drain deadline and the timeout sweeper can end it) and its
-//! connection's record ([`ConnState`]: activity, acceptance time, id, peer).
-//! Each task owns an [`EndGuard`], one pointer to that record, that records
-//! how the task ended when it is dropped, whether it returned, panicked,
-//! timed out or was aborted: every accepted connection is counted in exactly
-//! one outcome, which is what makes the shutdown report exact. The guard
-//! then frees the connection's places under the limits, so a place is freed
-//! only after its outcome is counted.
-//!
-//! The registry is the one lock on a connection's path: taken briefly by
-//! the accept loop after the spawn (slab insert) and by the task's guard when
-//! it ends (slab remove), and by the timeout sweeper once a tick (a tenth of
-//! the shortest timeout, at least 5 ms) for a scan of the live connections,
-//! 512 entries per lock. A connection's reads and writes never take it.
+//! Every task owns an [`EndGuard`], one pointer to the connection's record,
+//! that records how the task ended when it is dropped, whether it returned,
+//! panicked, timed out or was aborted: every accepted connection is counted
+//! in exactly one outcome, which is what makes the shutdown report exact.
+//! The guard then frees the connection's places under the limits and its
+//! entry in the registry, so a place is freed only after its outcome is
+//! counted.
 
 use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use slab::Slab;
-use tokio::sync::Notify;
-use tokio::task::AbortHandle;
-use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::BoxError;
+use crate::conn::Job;
 use crate::conn::record::ConnState;
+use crate::conn::registry::Tasks;
+use crate::handler::sealed::SpawnConnection;
 use crate::stats::Outcome;
-use crate::timeout::TimeoutKind;
-
-type Registry = Mutex<Slab<Entry>>;
-
-/// What the registry knows of a live connection.
-#[derive(Debug)]
-struct Entry {
-    abort: AbortHandle,
-    /// Also the entry's identity: a slab key is reused once freed.
-    state: Arc<ConnState>,
-}
-
-/// Spawns, tracks and, at the deadline, aborts connection tasks.
-#[derive(Debug)]
-pub(crate) struct Tasks {
-    registry: Registry,
-    /// Tasks spawned and not yet ended (aborted ones included, which the
-    /// drain takes out of the registry before they have unwound).
-    live: AtomicUsize,
-    /// Set when the drain begins: from then on the last task to end wakes it.
-    draining: AtomicBool,
-    /// Set (under the registry's lock) by [`Tasks::abort_all`]: a task
-    /// spawned after it is aborted at once instead of registered.
-    closed: AtomicBool,
-    ended: Notify,
-}
+use crate::{BoxError, Connection, Handler};
 
 /// How a connection's task ended, before it is counted and logged.
 #[derive(Debug)]
@@ -83,180 +46,131 @@ impl<E: Into<BoxError>> From<Result<(), E>> for Handled {
     }
 }
 
-impl Tasks {
-    pub(crate) fn new() -> Self {
-        Tasks {
-            registry: Registry::default(),
-            live: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            ended: Notify::new(),
+/// Spawns the task of the connection `state` records inside `span`;
+/// `serve` resolves to how it ended (a [`Handled`], or the handler's
+/// result), which is logged and counted in the connection's listener's
+/// counters.
+pub(crate) fn spawn<F>(tasks: &Tasks, serve: F, span: tracing::Span, state: Arc<ConnState>)
+where
+    F: Future + Send + 'static,
+    F::Output: Into<Handled>,
+{
+    tasks.spawning();
+    let registered = Arc::clone(&state);
+    // The guard is inside the span too, so that the lines it logs when
+    // the task ends (aborted or timed out included) carry the connection.
+    let guarded = Guarded {
+        serve,
+        guard: Some(EndGuard {
+            state,
+            // Stays `Aborted` unless `serve` runs to completion.
+            outcome: Outcome::Aborted,
+        }),
+    };
+    span.in_scope(|| tracing::debug!("connection opened"));
+    // Without a subscriber that wants the span, skip the wrapper that
+    // enters it on every poll: it would cost every idle connection its
+    // size and every wake-up its enter and exit, for nothing.
+    let handle = if span.is_disabled() {
+        tokio::spawn(guarded)
+    } else {
+        tokio::spawn(guarded.instrument(span))
+    };
+    tasks.register(&handle, registered);
+}
+
+impl<H: Handler> SpawnConnection for H {
+    #[allow(private_interfaces)] // see the declaration
+    fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job) {
+        spawn_connection(self, tasks, job);
+    }
+}
+
+/// Handler futures up to this size live in the task itself; larger ones in
+/// a box of their own.
+///
+/// A future is moved by copying its whole layout, and between `spawn` and
+/// tokio's task cell the task future is moved about ten times: inline, a
+/// 1.6 KB HTTP handler future cost ~4,000 instructions of `memcpy` per
+/// connection (callgrind), far more than the allocation a box costs. A small
+/// future costs little to move, and inline it saves the box's memory and
+/// allocator overhead on every idle connection.
+const INLINE_FUTURE_LIMIT: usize = 512;
+
+/// Spawns a connection's task: the preamble (PROXY header, TLS), then the
+/// handler, with panics caught and the outcome counted. Generic over the
+/// handler, so that its future is polled without dynamic dispatch and its
+/// error converted only when there is one.
+fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: Job) {
+    // The size of `H::handle`'s future, from its type alone (a constant).
+    fn future_size<'a, H: 'a, F>(_: impl FnOnce(&'a H, Connection) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    let Job { conn, span } = job;
+    let state = Arc::clone(&conn.state);
+    let inline = future_size(H::handle) <= INLINE_FUTURE_LIMIT;
+    // Only listeners with a preamble have the layer that runs it.
+    // A handler's future is polled by the task's guard directly, or through
+    // its box: no layer in between but the one that holds the handler.
+    match (inline, conn.state.home.preamble.is_some()) {
+        (true, false) => spawn(tasks, handle(handler, conn), span, state),
+        (false, false) => spawn(tasks, Box::pin(handle(handler, conn)), span, state),
+        (true, true) => {
+            let serve = after_preamble(conn, |conn| handle(handler, conn));
+            spawn(tasks, serve, span, state);
+        }
+        (false, true) => {
+            let serve = after_preamble(conn, |conn| Box::pin(handle(handler, conn)));
+            spawn(tasks, serve, span, state);
         }
     }
+}
 
-    /// Spawns the task of the connection `state` records inside `span`;
-    /// `serve` resolves to how it ended (a [`Handled`], or the handler's
-    /// result), which is logged and counted in the connection's listener's
-    /// counters.
-    pub(crate) fn spawn<F>(&self, serve: F, span: tracing::Span, state: Arc<ConnState>)
-    where
-        F: Future + Send + 'static,
-        F::Output: Into<Handled>,
-    {
-        // Counted before the spawn: the guard that uncounts it may run in it.
-        self.live.fetch_add(1, Ordering::SeqCst);
-        let registered = Arc::clone(&state);
-        // The guard is inside the span too, so that the lines it logs when
-        // the task ends (aborted or timed out included) carry the connection.
-        let guarded = Guarded {
-            serve,
-            guard: Some(EndGuard {
-                state,
-                // Stays `Aborted` unless `serve` runs to completion.
-                outcome: Outcome::Aborted,
-            }),
-        };
-        span.in_scope(|| tracing::debug!("connection opened"));
-        // Without a subscriber that wants the span, skip the wrapper that
-        // enters it on every poll: it would cost every idle connection its
-        // size and every wake-up its enter and exit, for nothing.
-        let handle = if span.is_disabled() {
-            tokio::spawn(guarded)
-        } else {
-            tokio::spawn(guarded.instrument(span))
-        };
-        // Registered after the spawn, with its abort handle, under one lock
-        // (never held across `spawn`, which may drop the future on the spot,
-        // as a runtime shutting down does, running the guard that takes it);
-        // unless the task has ended already (its guard marked it before it
-        // looked for the entry, under the same lock).
-        let mut registry = lock(&self.registry);
-        if self.closed.load(Ordering::Relaxed) {
-            handle.abort();
-        } else if !registered.ended.load(Ordering::Relaxed) {
-            let entry = registry.vacant_entry();
-            registered.key.store(entry.key(), Ordering::Relaxed);
-            entry.insert(Entry {
-                abort: handle.abort_handle(),
-                state: registered,
-            });
-        }
-    }
+/// A connection's handler, with the handler it borrows. An `async fn`'s
+/// arguments keep their room in its future for its whole life, so there are
+/// as few as can be, and no locals: a local moved out of keeps its room too.
+/// `H::handle`, not `Arc<H>`'s `Handler` impl, which would box.
+async fn handle<H: Handler>(handler: Arc<H>, conn: Connection) -> Result<(), H::Error> {
+    H::handle(&handler, conn).await
+}
 
-    /// Aborts every connection for which `expired` names a timeout.
-    pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState) -> Option<TimeoutKind>) {
-        self.scan(|state, abort| {
-            if let Some(kind) = expired(state) {
-                Self::close(state, abort, kind);
-            }
-        });
+/// Runs the listener's preamble on `conn`, then `serve` if it accepted it.
+async fn after_preamble<F, S, E>(conn: Connection, serve: S) -> Handled
+where
+    S: FnOnce(Connection) -> F,
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    match prepare(conn).await {
+        Ok(Some(conn)) => serve(conn).await.into(),
+        Ok(None) => Handled::Refused,
+        Err(payload) => Handled::PreamblePanicked(payload),
     }
+}
 
-    /// Closes a connection for a timeout of `kind`: marked before the abort
-    /// so that the guard, which runs when the aborted task is dropped,
-    /// counts a timeout, not an abort; once only.
-    pub(crate) fn close(state: &ConnState, abort: &AbortHandle, kind: TimeoutKind) {
-        if state.expire(kind) {
-            abort.abort();
-        }
-    }
-
-    /// Calls `visit` with every live connection's record and abort handle.
-    ///
-    /// A chunk of entries at a time, so that the lock, which the accept
-    /// loops and ending tasks take too, is never held for long by the
-    /// sweeper's thread (which the system may preempt while it holds it).
-    pub(crate) fn scan(&self, mut visit: impl FnMut(&Arc<ConnState>, &AbortHandle)) {
-        const CHUNK: usize = 512;
-        let mut start: usize = 0;
-        loop {
-            let registry = lock(&self.registry);
-            let end = start.saturating_add(CHUNK).min(registry.capacity());
-            for key in start..end {
-                if let Some(entry) = registry.get(key) {
-                    visit(&entry.state, &entry.abort);
-                }
-            }
-            if end >= registry.capacity() {
-                return;
-            }
-            start = end;
-        }
-    }
-
-    /// Aborts every task, now and any spawned from now on: what is left
-    /// when `run` is dropped before its drain ended, so that nothing the
-    /// server spawned outlives it.
-    pub(crate) fn abort_all(&self) {
-        let entries = {
-            let mut registry = lock(&self.registry);
-            self.closed.store(true, Ordering::Relaxed);
-            std::mem::take(&mut *registry)
-        };
-        for (_, entry) in entries {
-            entry.abort.abort();
-        }
-    }
-
-    /// Removes the entry of a task that ended, if it was registered.
-    fn remove(&self, state: &Arc<ConnState>) {
-        state.ended.store(true, Ordering::Relaxed);
-        let mut registry = lock(&self.registry);
-        let key = state.key.load(Ordering::Relaxed);
-        if registry
-            .get(key)
-            .is_some_and(|entry| Arc::ptr_eq(&entry.state, state))
-        {
-            registry.remove(key);
-        }
-    }
-
-    /// Counts a task's end, waking the drain after the last one.
-    fn ended(&self) {
-        // SeqCst with the drain's store and load: either the drain sees no
-        // task left, or the last task sees the drain and wakes it.
-        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 && self.draining.load(Ordering::SeqCst) {
-            self.ended.notify_waiters();
-        }
-    }
-
-    /// Waits until no task is left.
-    async fn all_ended(&self) {
-        loop {
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if self.live.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            ended.await;
-        }
-    }
-
-    /// Waits until `deadline` for every task to end, then aborts the rest
-    /// and waits for them to unwind.
-    ///
-    /// A handler that blocks its thread without ever yielding cannot be
-    /// aborted; the drain then waits for it.
-    pub(crate) async fn drain(&self, deadline: Instant) {
-        self.draining.store(true, Ordering::SeqCst);
-        if tokio::time::timeout_at(deadline, self.all_ended())
-            .await
-            .is_err()
-        {
-            // Take the handles out so that the lock is not held while
-            // aborting; the aborted tasks' guards then find nothing to remove.
-            let stragglers = std::mem::take(&mut *lock(&self.registry));
-            tracing::warn!(
-                remaining = stragglers.len(),
-                "drain timeout reached, aborting remaining connections"
-            );
-            for (_, entry) in stragglers {
-                entry.abort.abort();
-            }
-            self.all_ended().await;
-        }
-    }
+/// Runs the listener's preamble on `conn`: `Ok(None)` if it refused the
+/// connection, `Err` with the payload if it panicked.
+///
+/// The preamble's future is boxed, for the same reason as large handler
+/// futures: inline, its state (a header buffer, a TLS handshake) would make
+/// the task of every connection on the listener large.
+async fn prepare(conn: Connection) -> Result<Option<Connection>, Box<dyn Any + Send>> {
+    let home = Arc::clone(&conn.state.home);
+    let Some(preamble) = home.preamble.as_ref() else {
+        return Ok(Some(conn));
+    };
+    let mut running = Box::pin(preamble.run(conn, &home.counters));
+    // Caught here rather than by the task's guard, to tell a panic before
+    // the handler from the handler's own. AssertUnwindSafe: after a panic
+    // the preamble's future is dropped, never polled again.
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(ran)) => Poll::Ready(Ok(ran.ok())),
+            Err(payload) => Poll::Ready(Err(payload)),
+        },
+    )
+    .await
 }
 
 pin_project_lite::pin_project! {
@@ -377,12 +291,6 @@ impl Drop for EndGuard {
     }
 }
 
-/// The registry stays consistent even if a thread panicked while holding the
-/// lock (slab operations do not panic midway), so poisoning is ignored.
-fn lock(registry: &Registry) -> MutexGuard<'_, Slab<Entry>> {
-    registry.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The message of a panic payload, when it has one.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
@@ -427,13 +335,13 @@ mod tests {
             assert!(!admission.unwrap().keep(), "no per-address place");
             let state = ConnState::new(Arc::clone(&home), id, Addr::Unix(None), 0, false);
             let serve = async { Handled::Completed };
-            tasks.spawn(serve, tracing::Span::none(), Arc::new(state));
+            spawn(&tasks, serve, tracing::Span::none(), Arc::new(state));
         }
-        let drain = tasks.drain(Instant::now() + Duration::from_secs(10));
+        let drain = tasks.drain(tokio::time::Instant::now() + Duration::from_secs(10));
         tokio::time::timeout(Duration::from_secs(20), drain)
             .await
             .unwrap();
-        assert_eq!(lock(&tasks.registry).len(), 0, "no entry left");
+        assert_eq!(tasks.len(), 0, "no entry left");
         assert_eq!(home.counters.snapshot().completed, TASKS);
         assert!(home.limits.has_room());
         assert!(home.limits.try_permit().is_some(), "every place was freed");

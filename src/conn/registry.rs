@@ -1,0 +1,214 @@
+//! The registry of live connections: what the drain waits for, and what
+//! the drain deadline, the timeout sweeper and the overload reclaimer end.
+//!
+//! Each entry is a connection task's abort handle and its record
+//! ([`ConnState`]: activity, acceptance time, id, peer). The registry also
+//! counts the tasks spawned and not yet ended, so that the drain can wait for
+//! the last one.
+//!
+//! It is the one lock on a connection's path: taken briefly by the accept
+//! loop after the spawn (slab insert) and by the task's end guard (slab
+//! remove), and by the timeout sweeper once a tick (a tenth of the shortest
+//! timeout, at least 5 ms) for a scan of the live connections, 512 entries
+//! per lock. A connection's reads and writes never take it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use slab::Slab;
+use tokio::sync::Notify;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
+
+use crate::conn::record::ConnState;
+use crate::timeout::TimeoutKind;
+
+type Registry = Mutex<Slab<Entry>>;
+
+/// What the registry knows of a live connection.
+#[derive(Debug)]
+struct Entry {
+    abort: AbortHandle,
+    /// Also the entry's identity: a slab key is reused once freed.
+    state: Arc<ConnState>,
+}
+
+/// Spawns, tracks and, at the deadline, aborts connection tasks.
+#[derive(Debug)]
+pub(crate) struct Tasks {
+    registry: Registry,
+    /// Tasks spawned and not yet ended (aborted ones included, which the
+    /// drain takes out of the registry before they have unwound).
+    live: AtomicUsize,
+    /// Set when the drain begins: from then on the last task to end wakes it.
+    draining: AtomicBool,
+    /// Set (under the registry's lock) by [`Tasks::abort_all`]: a task
+    /// spawned after it is aborted at once instead of registered.
+    closed: AtomicBool,
+    ended: Notify,
+}
+
+impl Tasks {
+    pub(crate) fn new() -> Self {
+        Tasks {
+            registry: Registry::default(),
+            live: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            ended: Notify::new(),
+        }
+    }
+
+    /// How many connections are registered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.registry).len()
+    }
+
+    /// Counts a task about to be spawned: before the spawn, since the
+    /// guard that uncounts it may run in it.
+    pub(crate) fn spawning(&self) {
+        self.live.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Registers a spawned task with its abort handle, under one lock
+    /// (never held across `spawn`, which may drop the future on the spot, as
+    /// a runtime shutting down does, running the guard that takes it);
+    /// unless the task has ended already (its guard marked it before it
+    /// looked for the entry, under the same lock), or the registry was
+    /// closed ([`Tasks::abort_all`]): then it is aborted at once.
+    pub(crate) fn register(&self, handle: &JoinHandle<()>, state: Arc<ConnState>) {
+        let mut registry = lock(&self.registry);
+        if self.closed.load(Ordering::Relaxed) {
+            handle.abort();
+        } else if !state.ended.load(Ordering::Relaxed) {
+            let entry = registry.vacant_entry();
+            state.key.store(entry.key(), Ordering::Relaxed);
+            entry.insert(Entry {
+                abort: handle.abort_handle(),
+                state,
+            });
+        }
+    }
+
+    /// Aborts every connection for which `expired` names a timeout.
+    pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState) -> Option<TimeoutKind>) {
+        self.scan(|state, abort| {
+            if let Some(kind) = expired(state) {
+                Self::close(state, abort, kind);
+            }
+        });
+    }
+
+    /// Closes a connection for a timeout of `kind`: marked before the abort
+    /// so that the guard, which runs when the aborted task is dropped,
+    /// counts a timeout, not an abort; once only.
+    pub(crate) fn close(state: &ConnState, abort: &AbortHandle, kind: TimeoutKind) {
+        if state.expire(kind) {
+            abort.abort();
+        }
+    }
+
+    /// Calls `visit` with every live connection's record and abort handle.
+    ///
+    /// A chunk of entries at a time, so that the lock, which the accept
+    /// loops and ending tasks take too, is never held for long by the
+    /// sweeper's thread (which the system may preempt while it holds it).
+    pub(crate) fn scan(&self, mut visit: impl FnMut(&Arc<ConnState>, &AbortHandle)) {
+        const CHUNK: usize = 512;
+        let mut start: usize = 0;
+        loop {
+            let registry = lock(&self.registry);
+            let end = start.saturating_add(CHUNK).min(registry.capacity());
+            for key in start..end {
+                if let Some(entry) = registry.get(key) {
+                    visit(&entry.state, &entry.abort);
+                }
+            }
+            if end >= registry.capacity() {
+                return;
+            }
+            start = end;
+        }
+    }
+
+    /// Aborts every task, now and any spawned from now on: what is left
+    /// when `run` is dropped before its drain ended, so that nothing the
+    /// server spawned outlives it.
+    pub(crate) fn abort_all(&self) {
+        let entries = {
+            let mut registry = lock(&self.registry);
+            self.closed.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *registry)
+        };
+        for (_, entry) in entries {
+            entry.abort.abort();
+        }
+    }
+
+    /// Removes the entry of a task that ended, if it was registered.
+    pub(crate) fn remove(&self, state: &Arc<ConnState>) {
+        state.ended.store(true, Ordering::Relaxed);
+        let mut registry = lock(&self.registry);
+        let key = state.key.load(Ordering::Relaxed);
+        if registry
+            .get(key)
+            .is_some_and(|entry| Arc::ptr_eq(&entry.state, state))
+        {
+            registry.remove(key);
+        }
+    }
+
+    /// Counts a task's end, waking the drain after the last one.
+    pub(crate) fn ended(&self) {
+        // SeqCst with the drain's store and load: either the drain sees no
+        // task left, or the last task sees the drain and wakes it.
+        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 && self.draining.load(Ordering::SeqCst) {
+            self.ended.notify_waiters();
+        }
+    }
+
+    /// Waits until no task is left.
+    async fn all_ended(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.live.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// Waits until `deadline` for every task to end, then aborts the rest
+    /// and waits for them to unwind.
+    ///
+    /// A handler that blocks its thread without ever yielding cannot be
+    /// aborted; the drain then waits for it.
+    pub(crate) async fn drain(&self, deadline: Instant) {
+        self.draining.store(true, Ordering::SeqCst);
+        if tokio::time::timeout_at(deadline, self.all_ended())
+            .await
+            .is_err()
+        {
+            // Take the handles out so that the lock is not held while
+            // aborting; the aborted tasks' guards then find nothing to remove.
+            let stragglers = std::mem::take(&mut *lock(&self.registry));
+            tracing::warn!(
+                remaining = stragglers.len(),
+                "drain timeout reached, aborting remaining connections"
+            );
+            for (_, entry) in stragglers {
+                entry.abort.abort();
+            }
+            self.all_ended().await;
+        }
+    }
+}
+
+/// The registry stays consistent even if a thread panicked while holding the
+/// lock (slab operations do not panic midway), so poisoning is ignored.
+fn lock(registry: &Registry) -> MutexGuard<'_, Slab<Entry>> {
+    registry.lock().unwrap_or_else(PoisonError::into_inner)
+}
