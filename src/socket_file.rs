@@ -311,49 +311,33 @@ pub(crate) fn bound_for(bound: &Path, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::atomic::AtomicUsize;
 
     use socket2::{Domain, Type};
 
     use super::*;
 
-    /// A directory of its own under the system's temporary directory,
-    /// removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "switchboard-socket-file-{}-{name}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).expect("create the test directory");
-            TempDir(path)
-        }
-
-        /// The names in the directory, sorted.
-        fn entries(&self) -> Vec<String> {
-            let mut names: Vec<String> = std::fs::read_dir(&self.0)
-                .expect("read the test directory")
-                .map(|entry| {
-                    entry
-                        .expect("an entry")
-                        .file_name()
-                        .to_string_lossy()
-                        .into()
-                })
-                .collect();
-            names.sort();
-            names
-        }
+    /// A fresh directory for the test's sockets, removed when dropped.
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("switchboard-socket-file-{name}-"))
+            .tempdir()
+            .expect("create the test directory")
     }
 
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// The names in `dir`, sorted.
+    fn entries(dir: &tempfile::TempDir) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read the test directory")
+            .map(|entry| {
+                entry
+                    .expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into()
+            })
+            .collect();
+        names.sort();
+        names
     }
 
     fn unix_socket() -> Socket {
@@ -362,8 +346,8 @@ mod tests {
 
     #[test]
     fn a_created_socket_listens_at_the_path_with_its_mode() {
-        let dir = TempDir::new("create");
-        let path = dir.0.join("app.sock");
+        let dir = temp_dir("create");
+        let path = dir.path().join("app.sock");
         let socket = unix_socket();
         let id = create(&socket, &path, Some(0o640), 8).expect("create");
 
@@ -374,7 +358,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o7777, 0o640);
         std::os::unix::net::UnixStream::connect(&path).expect("it listens at the path");
-        assert_eq!(dir.entries(), ["app.sock"], "the staging directory is gone");
+        assert_eq!(entries(&dir), ["app.sock"], "the staging directory is gone");
         // The kernel keeps the address of the bind: the staging name.
         let bound = socket.local_addr().expect("local_addr");
         let bound = bound.as_pathname().expect("a path");
@@ -388,13 +372,13 @@ mod tests {
 
     #[test]
     fn nothing_that_appeared_at_the_path_is_replaced() {
-        let dir = TempDir::new("taken");
-        let path = dir.0.join("app.sock");
+        let dir = temp_dir("taken");
+        let path = dir.path().join("app.sock");
         std::fs::write(&path, b"keep me").expect("write");
         let err = create(&unix_socket(), &path, Some(0o600), 8).expect_err("a file is there");
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
         assert_eq!(std::fs::read(&path).expect("read"), b"keep me");
-        assert_eq!(dir.entries(), ["app.sock"], "the staging directory is gone");
+        assert_eq!(entries(&dir), ["app.sock"], "the staging directory is gone");
 
         std::fs::remove_file(&path).expect("remove");
         let live = unix_socket();
@@ -402,7 +386,7 @@ mod tests {
         let err = create(&unix_socket(), &path, None, 8).expect_err("a socket is there");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         assert_eq!(look(&path).expect("look"), Found::Socket(id), "untouched");
-        assert_eq!(dir.entries(), ["app.sock"], "the staging directory is gone");
+        assert_eq!(entries(&dir), ["app.sock"], "the staging directory is gone");
     }
 
     #[test]
@@ -413,13 +397,13 @@ mod tests {
 
     #[test]
     fn only_the_same_file_is_removed() {
-        let dir = TempDir::new("remove");
-        let path = dir.0.join("file");
+        let dir = temp_dir("remove");
+        let path = dir.path().join("file");
         std::fs::write(&path, b"first").expect("write");
         let first = FileId::of(&path).expect("stat");
         // Another file takes the name (created before the first goes, so
         // that it cannot reuse the first one's inode).
-        let other = dir.0.join("other");
+        let other = dir.path().join("other");
         std::fs::write(&other, b"second").expect("write");
         std::fs::rename(&other, &path).expect("rename");
         first.remove_if_at(&path).expect("remove_if_at");
@@ -435,13 +419,16 @@ mod tests {
 
     #[test]
     fn a_symlink_is_looked_at_not_followed() {
-        let dir = TempDir::new("symlink");
-        let target = dir.0.join("app.sock");
+        let dir = temp_dir("symlink");
+        let target = dir.path().join("app.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&target).expect("bind");
-        let link = dir.0.join("link.sock");
+        let link = dir.path().join("link.sock");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
         assert_eq!(look(&link).expect("look"), Found::Other);
-        assert_eq!(look(&dir.0.join("none")).expect("look"), Found::Nothing);
+        assert_eq!(
+            look(&dir.path().join("none")).expect("look"),
+            Found::Nothing
+        );
     }
 
     #[test]

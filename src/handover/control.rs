@@ -1,312 +1,39 @@
-//! Zero-downtime restart: a running server hands its listening sockets to
-//! the process that replaces it, over a Unix control socket with
-//! `SCM_RIGHTS`.
-//!
-//! # The model
-//!
-//! A listening socket is a kernel object, not a number in one process: its
-//! queue of connections waiting to be accepted belongs to the socket, and
-//! every process holding a descriptor of it may accept from that queue. So a
-//! restart needs no second bind and no moment without a listener: the
-//! running server (the predecessor) passes duplicates of its descriptors to
-//! the new process (the successor); for a while both accept from the same
-//! queues; then the predecessor closes its copies and drains. The socket
-//! stays open as long as one copy does, so no client is ever refused.
-//!
-//! ```text
-//! predecessor: offer(control, sockets)        successor: take_over(control)
-//!   accept a control connection  <────────── connect
-//!   read REQUEST                 <────────── REQUEST
-//!   send OFFER + descriptors     ──────────> check every descriptor, own them
-//!                                            start accepting on them
-//!   read READY, WATCH            <────────── Predecessor::ready: READY, WATCH
-//!   handed_over(): stop accepting, drain
-//!   send DONE                    ──────────> ready() returns
-//!   stand by: keep the sockets
-//!   read RELEASE                 <────────── Offering::finish (shutdown began)
-//!   (or EOF: the successor is gone;
-//!    serve on the sockets again)
-//! ```
-//!
-//! Standing by: a successor may die right after it took over (a new
-//! binary that crashes at start). So the predecessor keeps its copies of
-//! the sockets and the control connection while it drains; the successor
-//! keeps the connection open and says RELEASE when the predecessor is no
-//! longer needed (its own shutdown began, or it handed over in turn). If
-//! the connection closes without RELEASE before the predecessor's drain
-//! ends, the predecessor serves on the sockets again.
-//!
-//! The control socket itself travels with the listeners, so the successor
-//! offers them to *its* successor on the very same socket, without a rebind
-//! and without a moment when the control path answers nobody.
-//!
-//! # The wire protocol, version 1
-//!
-//! Every message is an 8-byte header and a body of at most
-//! [`MAX_DESCRIPTORS`] bytes:
-//!
-//! | bytes | field |
-//! | --- | --- |
-//! | 0..4 | magic `SBHO` |
-//! | 4 | protocol version, `1` |
-//! | 5 | message type: 1 REQUEST, 2 OFFER, 3 READY, 4 DONE, 5 REJECT, 6 WATCH, 7 RELEASE |
-//! | 6..8 | body length, big-endian `u16` |
-//!
-//! Only OFFER has a body: one byte per descriptor sent with it as
-//! `SCM_RIGHTS` ancillary data, in the same order (1 a TCP listener, 2 a
-//! Unix listener, 3 the control listener, which comes last and only there).
-//! REJECT answers a REQUEST of another version; its version field names the
-//! version the running server speaks. WATCH (right after READY) and RELEASE
-//! were added within version 1 so that either side may be older: an older
-//! predecessor never reads them, and one that reads no WATCH after READY
-//! (an older successor, which closes after DONE) does not stand by. The header layout is frozen across
-//! versions so that such a mismatch can always be reported.
-//!
-//! # Failure policy
-//!
-//! Every read and write of a handover is bounded by the caller's timeout;
-//! a malformed, unexpected or over-long message is an `InvalidData` error,
-//! never a panic or a hang. Descriptors become owned values the moment they
-//! are received, so every error path closes them; each one is checked (a
-//! stream socket, listening, of the family its kind says) before it is
-//! trusted. Only a process of the same user (or root) may take over: the
-//! control file is made owner-only (`0o600`) before it listens and before
-//! it appears at its path (in a private directory, so that no symlink can
-//! redirect the `chmod`; see `socket_file`), and on each connection the
-//! peer's credentials are checked as well.
-//!
-//! On the predecessor's side a failed handover (the successor vanished,
-//! timed out, sent garbage, speaks another version) changes nothing: it is
-//! logged at `warn` and the server keeps serving and offering. On the
-//! successor's side every failure is an error of [`take_over`] or
-//! [`Predecessor::ready`]; "nobody offers sockets at this path" is not one
-//! ([`take_over`] returns `Ok(None)` and the caller binds as usual).
+//! The control socket: binding it, taking over the sockets of the server
+//! that listens on it, and offering this server's sockets on it to a
+//! successor, with the checks of who is at the other end.
 
 use std::future::Future;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
-use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rustix::net::sockopt;
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketType,
-};
-use socket2::{Domain, SockRef, Socket, Type};
-use tokio::io::Interest;
+use socket2::{Domain, Socket, Type};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::Addr;
 use crate::backoff::Backoff;
-use crate::config::Config;
-use crate::shutdown::Fired;
 use crate::socket_file::{self, FileId};
 
-/// The most listening sockets one handover carries.
-pub(crate) const MAX_LISTENERS: usize = 64;
-
-/// The most descriptors in one message: the listeners and the control
-/// socket. Far below the kernel's own cap (`SCM_MAX_FD`, 253 on Linux).
-pub(crate) const MAX_DESCRIPTORS: usize = MAX_LISTENERS + 1;
-
-/// A listening socket handed over, with its kind.
-#[derive(Debug)]
-pub(crate) enum Inherited {
-    Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener),
-}
-
-impl Inherited {
-    /// A duplicate of a running listener's descriptor, as `kind`
-    /// (`Inherited::Tcp` or `Inherited::Unix`), to [`offer`]. It refers to
-    /// the same socket (same queue, same address), so the listener keeps
-    /// serving meanwhile.
-    ///
-    /// # Errors
-    ///
-    /// The process is out of descriptors.
-    pub(crate) fn duplicate<L: From<OwnedFd>>(
-        listener: &impl AsFd,
-        kind: fn(L) -> Inherited,
-    ) -> io::Result<Self> {
-        let fd = listener.as_fd().try_clone_to_owned()?;
-        Ok(kind(fd.into()))
-    }
-
-    fn kind(&self) -> u8 {
-        match self {
-            Inherited::Tcp(_) => KIND_TCP,
-            Inherited::Unix(_) => KIND_UNIX,
-        }
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Inherited::Tcp(listener) => listener.as_fd(),
-            Inherited::Unix(listener) => listener.as_fd(),
-        }
-    }
-}
-
-impl Inherited {
-    /// The address the socket is bound to: what a configured listener is
-    /// paired with (see [`pair`]).
-    pub(crate) fn addr(&self) -> io::Result<Addr> {
-        match self {
-            Inherited::Tcp(listener) => listener.local_addr().map(Addr::Tcp),
-            Inherited::Unix(listener) => Ok(Addr::Unix(
-                listener.local_addr()?.as_pathname().map(Path::to_path_buf),
-            )),
-        }
-    }
-
-    /// Gives a socket taken over the settings of this server's `config`
-    /// where they can still be given (the backlog: `listen` again), and
-    /// refuses, with an `InvalidInput` error naming the option, those that
-    /// were fixed when the predecessor bound it and differ.
-    ///
-    /// The permissions of a Unix socket's file are checked, not changed:
-    /// changing them by path, after the file has been there for the
-    /// predecessor's whole life, would follow whatever name has been put
-    /// there meanwhile.
-    pub(crate) fn reconfigure(&self, config: &Config, configured: Option<&Path>) -> io::Result<()> {
-        let refuse = |what: &str| {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{what} differs from the running server's socket, which keeps it; \
-                     change it with a restart without handover"
-                ),
-            ))
-        };
-        let socket = SockRef::from(self);
-        if let Inherited::Tcp(listener) = self {
-            if socket.reuse_port()? != config.reuse_port {
-                return refuse("reuse_port");
-            }
-            if let (Some(only), SocketAddr::V6(_)) = (config.ipv6_only, listener.local_addr()?) {
-                if socket.only_v6()? != only {
-                    return refuse("ipv6_only");
-                }
-            }
-        }
-        if let (Inherited::Unix(_), Some(mode), Some(path)) = (self, config.unix_mode, configured) {
-            {
-                let found = std::fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
-                if found != mode & 0o7777 {
-                    return refuse("unix_permissions");
-                }
-            }
-        }
-        // The kernel caps it anyway; saturate rather than wrap.
-        socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))
-    }
-}
-
-impl AsFd for Inherited {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd()
-    }
-}
-
-/// What a configured listener asks a handed-over socket to be, for [`pair`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Wanted<'a> {
-    /// A TCP listener on the first of these addresses that can be had.
-    Tcp(&'a [SocketAddr]),
-    /// A Unix listener at this path.
-    Unix(&'a Path),
-    /// A listener given ready-made: it takes no handed-over socket.
-    Nothing,
-}
-
-/// Pairs the configured listeners (`wanted`, in the successor's order) with
-/// the sockets a predecessor handed over (`held`, by their addresses): the
-/// index into `held` each configured listener takes, or `None` where it
-/// binds a socket of its own.
-///
-/// - A TCP address with a port, or a Unix path, takes the socket bound to
-///   exactly that address (IP and port; the path as written).
-/// - A TCP address with port 0 ("any free port") takes the one socket
-///   left on the same IP, if exactly one is left there and no other port-0
-///   listener asks for that IP; otherwise it binds a new port.
-///
-/// Each socket goes to one listener at most; the ones nobody takes are left
-/// to the predecessor, which closes them when it stops.
-pub(crate) fn pair(wanted: &[Wanted<'_>], held: &[Addr]) -> Vec<Option<usize>> {
-    let mut taken = vec![false; held.len()];
-    let mut paired = vec![None; wanted.len()];
-    for (slot, want) in paired.iter_mut().zip(wanted) {
-        let found = match *want {
-            Wanted::Tcp(addrs) => addrs.iter().filter(|a| a.port() != 0).find_map(|want| {
-                (0..held.len()).find(|&i| {
-                    !taken[i]
-                        && held[i]
-                            .as_tcp()
-                            .is_some_and(|h| h.ip() == want.ip() && h.port() == want.port())
-                })
-            }),
-            // Bound at the path, or at the staging name a socket file is
-            // created under (see `socket_file::create`).
-            Wanted::Unix(path) => (0..held.len()).find(|&i| {
-                !taken[i]
-                    && matches!(&held[i], Addr::Unix(Some(p)) if crate::socket_file::bound_for(p, path))
-            }),
-            Wanted::Nothing => None,
-        };
-        if let Some(i) = found {
-            taken[i] = true;
-            *slot = Some(i);
-        }
-    }
-    // Port 0: decided for all at once, so that the order does not matter.
-    let candidates: Vec<Vec<usize>> = wanted
-        .iter()
-        .zip(&paired)
-        .map(|(want, slot)| match (want, slot) {
-            (Wanted::Tcp(addrs), None) => (0..held.len())
-                .filter(|&i| {
-                    !taken[i]
-                        && held[i].as_tcp().is_some_and(|h| {
-                            addrs.iter().any(|a| a.port() == 0 && a.ip() == h.ip())
-                        })
-                })
-                .collect(),
-            _ => Vec::new(),
-        })
-        .collect();
-    for (index, mine) in candidates.iter().enumerate() {
-        if let [only] = mine[..] {
-            let contested = candidates
-                .iter()
-                .enumerate()
-                .any(|(other, theirs)| other != index && theirs.contains(&only));
-            if !contested {
-                paired[index] = Some(only);
-            }
-        }
-    }
-    paired
-}
+use super::Handover;
+use super::inherited::Inherited;
+use super::protocol::{
+    KIND_CONTROL, MAX_LISTENERS, Message, VERSION, expect, parse_offer, read_frame, send_frame,
+};
 
 /// The listening control socket at which a server offers its sockets to a
 /// successor: bound by [`Control::bind`], or received from a predecessor
 /// with [`take_over`].
 #[derive(Debug)]
 pub(crate) struct Control {
-    listener: std::os::unix::net::UnixListener,
-    path: PathBuf,
+    pub(super) listener: std::os::unix::net::UnixListener,
+    pub(super) path: PathBuf,
     /// The file at `path` when it was bound or connected to: a clean stop
     /// removes the file only if it is still that one, never a file another
     /// server has put there since.
-    file: FileId,
+    pub(super) file: FileId,
 }
 
 impl Control {
@@ -384,7 +111,9 @@ pub(crate) struct Predecessor {
     /// Shared with the [`Offering`], which says "release" on it when this
     /// server's shutdown begins; while it stays open without that, the
     /// predecessor stands by to take its sockets back.
-    stream: Arc<UnixStream>,
+    ///
+    /// [`Offering`]: super::Offering
+    pub(super) stream: Arc<UnixStream>,
     timeout: Duration,
 }
 
@@ -733,321 +462,9 @@ async fn stand_by(
     }
 }
 
-/// How long each step of a handover may take (connecting, the offer,
-/// "ready", the confirmation).
-pub(crate) const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A server's part in restarts: the control socket it offers its listeners
-/// on, and the predecessor it took them from, if any.
-#[derive(Debug)]
-pub(crate) struct Handover {
-    control: Control,
-    predecessor: Option<Predecessor>,
-}
-
-impl Handover {
-    /// Takes the listeners of the server running with this control socket,
-    /// if there is one; otherwise creates the control socket. The listeners
-    /// come back in the predecessor's order.
-    pub(crate) async fn acquire(path: &Path) -> io::Result<(Handover, Option<Vec<Inherited>>)> {
-        match take_over(path, HANDOVER_TIMEOUT).await? {
-            Some(TakeOver {
-                listeners,
-                control,
-                predecessor,
-            }) => {
-                tracing::info!(
-                    control = %path.display(),
-                    listeners = listeners.len(),
-                    "took over the listeners of the running server"
-                );
-                let handover = Handover {
-                    control,
-                    predecessor: Some(predecessor),
-                };
-                Ok((handover, Some(listeners)))
-            }
-            None => {
-                let control = Control::bind(path, HANDOVER_TIMEOUT).await?;
-                let handover = Handover {
-                    control,
-                    predecessor: None,
-                };
-                Ok((handover, None))
-            }
-        }
-    }
-
-    /// Once the server accepts on its listeners: tells the predecessor (if
-    /// any) to drain, and offers `sockets` (duplicates of the listeners) to
-    /// a successor until `stop` fires. A successor that takes them fires
-    /// `stop` itself, after setting the keep flag of every socket file in
-    /// `files` (its path and flag) so that this server leaves them in place
-    /// for the successor.
-    ///
-    /// While a predecessor stands by, the flags are set too: if this server
-    /// goes away without [`Offering::finish`], the predecessor serves on
-    /// these sockets again and needs their files; `finish` removes them
-    /// then instead, if they are still the files they were.
-    ///
-    /// If the control socket fails, the offer ends and the server serves on
-    /// without seamless restarts; that is logged at `error` when it happens.
-    pub(crate) fn start(
-        self,
-        sockets: Vec<Inherited>,
-        files: Vec<(PathBuf, Arc<AtomicBool>)>,
-        stop: &Arc<Fired>,
-    ) -> Offering {
-        let control = self.control.path().to_path_buf();
-        tracing::debug!(control = %control.display(), "offering the listeners to a successor");
-        let cancel = CancellationToken::new();
-        let triggered = Fired::wait(stop);
-        let fire = Arc::clone(stop);
-        let sent = Arc::new(AtomicBool::new(false));
-        let keep = |keepers: &[Arc<AtomicBool>], keep: bool| {
-            for keeper in keepers {
-                keeper.store(keep, Ordering::Relaxed);
-            }
-        };
-        let keepers: Vec<Arc<AtomicBool>> = files.iter().map(|(_, k)| Arc::clone(k)).collect();
-        // The files as they are now, to be removed at `finish` only if they
-        // still are.
-        let standing_files = match &self.predecessor {
-            Some(_) => {
-                keep(&keepers, true);
-                files
-                    .iter()
-                    .filter_map(|(path, _)| Some((path.clone(), FileId::of(path).ok()?)))
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        // Once the sockets are sent, the successor may serve on them: keep
-        // the Unix socket files even if this server stops first.
-        let offered = {
-            let (keepers, sent) = (keepers.clone(), Arc::clone(&sent));
-            move || {
-                sent.store(true, Ordering::Relaxed);
-                keep(&keepers, true);
-            }
-        };
-        let handed_over = move || {
-            tracing::info!("listeners handed over to a successor; draining");
-            fire.fire();
-        };
-        let offering = offer(
-            self.control,
-            sockets,
-            HANDOVER_TIMEOUT,
-            cancel.clone(),
-            offered,
-            handed_over,
-        );
-        let offer = tokio::spawn(async move {
-            tokio::pin!(offering);
-            // The offer stops when shutdown begins, whoever triggered it; a
-            // handover that triggered it runs on to its confirmation.
-            let offered = tokio::select! {
-                offered = &mut offering => offered,
-                () = triggered => {
-                    cancel.cancel();
-                    offering.await
-                }
-            };
-            // Reported when it happens, not at shutdown: the server serves
-            // on, and an operator must learn now that a restart would fail.
-            if let Err(err) = &offered {
-                tracing::error!(
-                    control = %control.display(),
-                    error = %err,
-                    "handover control socket failed; restarts will not be seamless"
-                );
-            }
-            offered
-        });
-        let link = self
-            .predecessor
-            .as_ref()
-            .map(|predecessor| Arc::clone(&predecessor.stream));
-        let ready = self.predecessor.map(|predecessor| {
-            tokio::spawn(async move {
-                match predecessor.ready().await {
-                    Ok(()) => tracing::info!("the previous server stopped accepting and is draining"),
-                    Err(err) => tracing::warn!(error = %err, "the previous server did not confirm the handover"),
-                }
-            })
-        });
-        Offering {
-            offer: Some(offer),
-            ready,
-            predecessor: link.map(|stream| Standing {
-                stream,
-                files: standing_files,
-                sent,
-            }),
-        }
-    }
-}
-
-/// The tasks [`Handover::start`] spawned; dropping it (with the `run`
-/// future, say) aborts them, so no copy of a listener outlives the server,
-/// and closes the control connection to a predecessor standing by without
-/// releasing it, so that it serves again.
-#[derive(Debug)]
-pub(crate) struct Offering {
-    offer: Option<tokio::task::JoinHandle<io::Result<Offered>>>,
-    ready: Option<tokio::task::JoinHandle<()>>,
-    predecessor: Option<Standing>,
-}
-
-/// A predecessor that may be standing by for this server.
-#[derive(Debug)]
-struct Standing {
-    stream: Arc<UnixStream>,
-    /// This server's socket files, kept for the predecessor until it is
-    /// released.
-    files: Vec<(PathBuf, FileId)>,
-    /// Whether the sockets went to a successor, which needs the files then.
-    sent: Arc<AtomicBool>,
-}
-
-/// How [`Offering::finish`] found the offer.
-#[derive(Debug)]
-pub(crate) enum Finished {
-    /// The server's own shutdown ended it.
-    Stopped,
-    /// A successor took the listeners over; with a [`Standby`] if the
-    /// successor asked this server to stand by.
-    HandedOver(Option<Standby>),
-}
-
-impl Offering {
-    /// Once shutdown has begun (the offer ends with it): whether the
-    /// listeners were handed over. A confirmation still awaited from a
-    /// predecessor is given up rather than waited for, and a predecessor
-    /// standing by is released: this server's shutdown is deliberate.
-    pub(crate) async fn finish(mut self) -> Finished {
-        if let Some(ready) = self.ready.take() {
-            ready.abort();
-            // It logs its own result if it had one.
-            let _ = ready.await;
-        }
-        if let Some(standing) = self.predecessor.take() {
-            standing.release().await;
-        }
-        let Some(offer) = self.offer.take() else {
-            return Finished::Stopped;
-        };
-        match offer.await {
-            Ok(Ok(Offered::HandedOver(standby))) => Finished::HandedOver(standby),
-            Ok(Ok(Offered::Stopped)) => Finished::Stopped,
-            // The task logged it when it happened.
-            Ok(Err(_)) => Finished::Stopped,
-            Err(join) => {
-                tracing::error!(error = %join, "the handover task ended abnormally");
-                Finished::Stopped
-            }
-        }
-    }
-}
-
-impl Standing {
-    /// Tells the predecessor that it need not stand by any longer (best
-    /// effort: it may be gone already), and removes this server's socket
-    /// files (kept for the predecessor while its listeners closed) unless a
-    /// successor has the sockets.
-    async fn release(self) {
-        let said = tokio::time::timeout(
-            HANDOVER_TIMEOUT,
-            send_frame(&self.stream, Message::Release, &[], &[]),
-        )
-        .await;
-        if let Ok(Err(err)) = said {
-            tracing::debug!(error = %err, "could not release the previous server (it may be gone)");
-        }
-        if !self.sent.load(Ordering::Relaxed) {
-            for (path, file) in &self.files {
-                file.clean_up(path);
-            }
-        }
-    }
-}
-
-impl Drop for Offering {
-    fn drop(&mut self) {
-        if let Some(offer) = &self.offer {
-            offer.abort();
-        }
-        if let Some(ready) = &self.ready {
-            ready.abort();
-        }
-    }
-}
-
 /// Connections waiting on the control socket: successors come one at a
 /// time, so a few are plenty.
 const CONTROL_BACKLOG: i32 = 8;
-
-const MAGIC: [u8; 4] = *b"SBHO";
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 8;
-/// The longest body: one kind byte per descriptor of an OFFER.
-const MAX_BODY: usize = MAX_DESCRIPTORS;
-// A body's length always fits the header's `u16`.
-const _: () = assert!(MAX_BODY <= u16::MAX as usize);
-
-const KIND_TCP: u8 = 1;
-const KIND_UNIX: u8 = 2;
-const KIND_CONTROL: u8 = 3;
-
-/// `MSG_NOSIGNAL`: a successor that vanished must cost an `EPIPE` error,
-/// not a `SIGPIPE` that kills the server. Where the flag does not exist the
-/// Rust runtime's default (`SIGPIPE` ignored) is relied on.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SEND_FLAGS: SendFlags = SendFlags::NOSIGNAL;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const SEND_FLAGS: SendFlags = SendFlags::empty();
-
-/// `MSG_CMSG_CLOEXEC`: received descriptors must not leak into programs this
-/// process starts.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const RECV_FLAGS: RecvFlags = RecvFlags::CMSG_CLOEXEC;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const RECV_FLAGS: RecvFlags = RecvFlags::empty();
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Message {
-    Request,
-    Offer,
-    Ready,
-    Done,
-    Reject,
-    Watch,
-    Release,
-}
-
-impl Message {
-    fn code(self) -> u8 {
-        match self {
-            Message::Request => 1,
-            Message::Offer => 2,
-            Message::Ready => 3,
-            Message::Done => 4,
-            Message::Reject => 5,
-            Message::Watch => 6,
-            Message::Release => 7,
-        }
-    }
-}
-
-/// One message as received, its descriptors already owned.
-#[derive(Debug)]
-struct Frame {
-    version: u8,
-    code: u8,
-    body: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
 
 /// The predecessor's half of one handover, up to the successor's "ready".
 async fn hand_over(
@@ -1095,115 +512,6 @@ async fn hand_over(
     )
     .await?;
     expect(ready, Message::Ready).map(drop)
-}
-
-/// Checks a received message's version and type, and that only an OFFER
-/// carries a body or descriptors.
-fn expect(frame: Frame, want: Message) -> io::Result<Frame> {
-    if frame.code == Message::Reject.code() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "the other server speaks handover protocol version {}, this one speaks {VERSION}",
-                frame.version
-            ),
-        ));
-    }
-    if frame.version != VERSION {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "handover protocol version {} is not supported (this server speaks {VERSION})",
-                frame.version
-            ),
-        ));
-    }
-    if frame.code != want.code() {
-        return Err(invalid(format!(
-            "expected a {want:?} message, received message type {}",
-            frame.code
-        )));
-    }
-    if want != Message::Offer && (!frame.body.is_empty() || !frame.fds.is_empty()) {
-        return Err(invalid(format!(
-            "a {want:?} message carries no body and no descriptors"
-        )));
-    }
-    Ok(frame)
-}
-
-/// Turns an OFFER into owned, checked listeners and the control listener.
-/// On any error every received descriptor is closed (dropped).
-fn parse_offer(frame: Frame) -> io::Result<(Vec<Inherited>, std::os::unix::net::UnixListener)> {
-    let Frame {
-        body: kinds, fds, ..
-    } = frame;
-    if kinds.len() != fds.len() {
-        return Err(invalid(format!(
-            "the offer names {} sockets but carries {} descriptors",
-            kinds.len(),
-            fds.len()
-        )));
-    }
-    let Some((&KIND_CONTROL, listener_kinds)) = kinds.split_last() else {
-        return Err(invalid("the offer does not end with the control socket"));
-    };
-    if listener_kinds.is_empty() {
-        return Err(invalid("the offer holds no listening socket"));
-    }
-    let mut fds = fds.into_iter();
-    let mut listeners = Vec::with_capacity(listener_kinds.len());
-    for (index, (&kind, fd)) in listener_kinds.iter().zip(&mut fds).enumerate() {
-        let listener = match kind {
-            KIND_TCP => Inherited::Tcp(checked_listener(fd, Family::Ip, index)?.into()),
-            KIND_UNIX => Inherited::Unix(checked_listener(fd, Family::Unix, index)?.into()),
-            KIND_CONTROL => return Err(invalid("the offer holds two control sockets")),
-            other => return Err(invalid(format!("unknown socket kind {other} in the offer"))),
-        };
-        listeners.push(listener);
-    }
-    let control = fds
-        .next()
-        .ok_or_else(|| invalid("the offer lacks the control socket"))?;
-    let control = checked_listener(control, Family::Unix, listener_kinds.len())?;
-    Ok((listeners, control.into()))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Ip,
-    Unix,
-}
-
-/// Checks that a received descriptor is what the offer says: a listening
-/// stream socket of the right family.
-fn checked_listener(fd: OwnedFd, family: Family, index: usize) -> io::Result<OwnedFd> {
-    let not_a_socket = |err: rustix::io::Errno| {
-        invalid(format!(
-            "descriptor {index} of the offer is not a socket: {err}"
-        ))
-    };
-    let socket_type = sockopt::socket_type(&fd).map_err(not_a_socket)?;
-    let found = rustix::net::getsockname(&fd)
-        .map_err(not_a_socket)?
-        .address_family();
-    let family_ok = match family {
-        Family::Ip => found == AddressFamily::INET || found == AddressFamily::INET6,
-        Family::Unix => found == AddressFamily::UNIX,
-    };
-    if socket_type != SocketType::STREAM || !family_ok {
-        return Err(invalid(format!(
-            "descriptor {index} of the offer is not a {family:?} stream socket"
-        )));
-    }
-    // Apple systems declare SO_ACCEPTCONN but do not implement it.
-    #[cfg(not(target_vendor = "apple"))]
-    if !sockopt::socket_acceptconn(&fd).map_err(not_a_socket)? {
-        return Err(invalid(format!(
-            "descriptor {index} of the offer is not listening"
-        )));
-    }
-    Ok(fd)
 }
 
 /// Only a process of our own user (or root) may hand over or take over
@@ -1277,139 +585,6 @@ impl Drop for ControlFile<'_> {
     }
 }
 
-/// Sends one message, its descriptors as `SCM_RIGHTS` with its first byte.
-async fn send_frame(
-    stream: &UnixStream,
-    message: Message,
-    body: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
-    // The one check of the size: within these limits the length fits the
-    // header (see `MAX_BODY`) and the descriptors `send_some`'s buffer.
-    if body.len() > MAX_BODY || fds.len() > MAX_DESCRIPTORS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "handover message over the size limit",
-        ));
-    }
-    let len = body.len() as u16;
-    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
-    bytes.extend_from_slice(&MAGIC);
-    bytes.push(VERSION);
-    bytes.push(message.code());
-    bytes.extend_from_slice(&len.to_be_bytes());
-    bytes.extend_from_slice(body);
-    let mut sent = 0;
-    while sent < bytes.len() {
-        // A stream socket may take part of the bytes; the descriptors went
-        // with the first part, so the rest goes without them.
-        let attach = if sent == 0 { fds } else { &[] };
-        let rest = &bytes[sent..];
-        let n = stream
-            .async_io(Interest::WRITABLE, || send_some(stream, rest, attach))
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        sent += n;
-    }
-    Ok(())
-}
-
-/// Sends what of `bytes` the socket takes, with `fds` (at most
-/// [`MAX_DESCRIPTORS`], as [`send_frame`] checked).
-fn send_some(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_DESCRIPTORS))];
-    let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        // The buffer has room for MAX_DESCRIPTORS. Were it short all the
-        // same, the message would go without descriptors, and the receiver
-        // refuses an offer whose descriptors are not all there.
-        let pushed = ancillary.push(SendAncillaryMessage::ScmRights(fds));
-        debug_assert!(pushed, "send_frame checks the number of descriptors");
-    }
-    Ok(rustix::net::sendmsg(
-        stream,
-        &[IoSlice::new(bytes)],
-        &mut ancillary,
-        SEND_FLAGS,
-    )?)
-}
-
-/// Reads one message: the header, then exactly the body it announces, so
-/// that nothing of the next message is consumed.
-async fn read_frame(stream: &UnixStream) -> io::Result<Frame> {
-    let mut fds = Vec::new();
-    let mut header = [0; HEADER_LEN];
-    read_exact(stream, &mut header, &mut fds).await?;
-    if header[..4] != MAGIC {
-        return Err(invalid("not a switchboard handover message (bad magic)"));
-    }
-    let len = usize::from(u16::from_be_bytes([header[6], header[7]]));
-    if len > MAX_BODY {
-        return Err(invalid(format!(
-            "a handover message body of {len} bytes exceeds the limit of {MAX_BODY}"
-        )));
-    }
-    let mut body = vec![0; len];
-    read_exact(stream, &mut body, &mut fds).await?;
-    Ok(Frame {
-        version: header[4],
-        code: header[5],
-        body,
-        fds,
-    })
-}
-
-/// Fills `buf`, keeping the descriptors that arrive on the way in `fds`
-/// (owned at once: closed if the caller fails).
-async fn read_exact(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let (n, batch) = stream
-            .async_io(Interest::READABLE, || recv_some(stream, &mut buf[filled..]))
-            .await?;
-        if !batch.is_empty() {
-            if !fds.is_empty() {
-                return Err(invalid("descriptors arrived twice in one handover message"));
-            }
-            *fds = batch;
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the other end closed the handover control connection",
-            ));
-        }
-        filled += n;
-    }
-    Ok(())
-}
-
-fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_DESCRIPTORS))];
-    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-    let received = rustix::net::recvmsg(
-        stream,
-        &mut [IoSliceMut::new(buf)],
-        &mut ancillary,
-        RECV_FLAGS,
-    )?;
-    let mut fds = Vec::new();
-    for message in ancillary.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = message {
-            fds.extend(rights);
-        }
-    }
-    if received.flags.contains(ReturnFlags::CTRUNC) {
-        // The kernel closed what did not fit; `fds` closes the rest.
-        return Err(invalid(
-            "more descriptors than a handover message may carry",
-        ));
-    }
-    Ok((received.bytes, fds))
-}
-
 /// `fut`, or a `TimedOut` error saying what took too long.
 async fn within<T>(
     timeout: Duration,
@@ -1425,62 +600,21 @@ async fn within<T>(
     }
 }
 
-fn invalid(message: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.into())
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use std::io::ErrorKind;
 
     use std::os::unix::fs::PermissionsExt;
 
-    use socket2::SockAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
 
     use super::*;
-
-    /// The handover timeout in tests: long enough for a loaded CI machine.
-    const STEP: Duration = Duration::from_secs(3);
-
-    /// A directory of its own under the system's temporary directory,
-    /// removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let unique = format!(
-                "switchboard-handover-{}-{name}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
-            let path = std::env::temp_dir().join(unique);
-            std::fs::create_dir_all(&path).expect("create the test directory");
-            TempDir(path)
-        }
-
-        fn join(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// Every await that could hang goes through this.
-    async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(10), fut)
-            .await
-            .unwrap_or_else(|_| panic!("timed out: {what}"))
-    }
+    use crate::handover::protocol::KIND_TCP;
+    use crate::handover::test_support::{STEP, bounded, copy_tcp, tcp_listener, temp_dir};
 
     /// A running predecessor: `offer` in a task, and a flag set by
     /// `handed_over`.
@@ -1533,14 +667,6 @@ mod tests {
         Stopped,
     }
 
-    fn tcp_listener() -> std::net::TcpListener {
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
-    }
-
-    fn copy_tcp(listener: &std::net::TcpListener) -> Inherited {
-        Inherited::Tcp(listener.try_clone().expect("dup"))
-    }
-
     async fn take(path: &Path) -> TakeOver {
         bounded("take_over", take_over(path, STEP))
             .await
@@ -1589,9 +715,9 @@ mod tests {
 
     #[tokio::test]
     async fn hands_over_tcp_and_unix_listeners_without_refusing_a_client() {
-        let dir = TempDir::new("basic");
-        let control_path = dir.join("control.sock");
-        let app_path = dir.join("app.sock");
+        let dir = temp_dir("basic");
+        let control_path = dir.path().join("control.sock");
+        let app_path = dir.path().join("app.sock");
         let tcp = tcp_listener();
         let addr = tcp.local_addr().expect("local_addr");
         let unix = std::os::unix::net::UnixListener::bind(&app_path).expect("bind unix");
@@ -1657,8 +783,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_third_generation_takes_over_from_the_second() {
-        let dir = TempDir::new("generations");
-        let control_path = dir.join("control.sock");
+        let dir = temp_dir("generations");
+        let control_path = dir.path().join("control.sock");
         let tcp = tcp_listener();
         let addr = tcp.local_addr().expect("local_addr");
         let control = bind_control(&control_path).await;
@@ -1706,8 +832,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_successor_that_vanishes_before_ready_leaves_the_old_server_serving() {
-        let dir = TempDir::new("vanish");
-        let control_path = dir.join("control.sock");
+        let dir = temp_dir("vanish");
+        let control_path = dir.path().join("control.sock");
         let tcp = into_tokio_tcp(tcp_listener());
         let addr = tcp.local_addr().expect("local_addr");
         let control = bind_control(&control_path).await;
@@ -1736,8 +862,8 @@ mod tests {
     /// later stop of this server must leave it.
     #[tokio::test]
     async fn a_failed_handover_after_the_offer_leaves_the_files_to_the_successor() {
-        let dir = TempDir::new("late");
-        let control_path = dir.join("control.sock");
+        let dir = temp_dir("late");
+        let control_path = dir.path().join("control.sock");
         let control = bind_control(&control_path).await;
         let tcp = tcp_listener();
         let old = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
@@ -1765,8 +891,8 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_and_silence_on_the_control_socket_are_rejected_and_serving_goes_on() {
-        let dir = TempDir::new("garbage");
-        let control_path = dir.join("control.sock");
+        let dir = temp_dir("garbage");
+        let control_path = dir.path().join("control.sock");
         let tcp = tcp_listener();
         let control = bind_control(&control_path).await;
         // A short timeout so that the silent client below costs little.
@@ -1843,12 +969,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_offer_is_an_error_and_its_descriptors_are_closed() {
-        let dir = TempDir::new("malformed");
-        let path = dir.join("control.sock");
+        let dir = temp_dir("malformed");
+        let path = dir.path().join("control.sock");
         // Declares a TCP listener and sends one end of a socket pair.
         let (pair_ours, mut pair_theirs) = UnixStream::pair().expect("pair");
         let fake_control =
-            std::os::unix::net::UnixListener::bind(dir.join("c2.sock")).expect("bind");
+            std::os::unix::net::UnixListener::bind(dir.path().join("c2.sock")).expect("bind");
         let fake = fake_predecessor(&path, move |conn| async move {
             read_frame(&conn).await.expect("request");
             let fds = [pair_ours.as_fd(), fake_control.as_fd()];
@@ -1876,16 +1002,16 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_or_silence_from_a_predecessor_is_an_error_not_a_hang() {
-        let dir = TempDir::new("bad-predecessor");
+        let dir = temp_dir("bad-predecessor");
 
-        let path = dir.join("garbage.sock");
+        let path = dir.path().join("garbage.sock");
         let fake = fake_predecessor(&path, |mut conn| async move {
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
         });
         take_over_fails(&path, ErrorKind::InvalidData, "garbage offer").await;
         bounded("fake", fake).await.expect("fake panicked");
 
-        let path = dir.join("count.sock");
+        let path = dir.path().join("count.sock");
         let fake = fake_predecessor(&path, |conn| async move {
             read_frame(&conn).await.expect("request");
             // Names two sockets, sends no descriptor.
@@ -1899,7 +1025,7 @@ mod tests {
         .await;
         bounded("fake", fake).await.expect("fake panicked");
 
-        let path = dir.join("reject.sock");
+        let path = dir.path().join("reject.sock");
         let fake = fake_predecessor(&path, |conn| async move {
             read_frame(&conn).await.expect("request");
             let _ = send_frame(&conn, Message::Reject, &[], &[]).await;
@@ -1907,7 +1033,7 @@ mod tests {
         take_over_fails(&path, ErrorKind::Unsupported, "a reject").await;
         bounded("fake", fake).await.expect("fake panicked");
 
-        let path = dir.join("silent.sock");
+        let path = dir.path().join("silent.sock");
         let (hold, held) = tokio::sync::oneshot::channel::<()>();
         let fake = fake_predecessor(&path, |conn| async move {
             let _ = held.await;
@@ -1925,11 +1051,11 @@ mod tests {
 
     #[tokio::test]
     async fn ready_fails_when_the_predecessor_vanishes_before_confirming() {
-        let dir = TempDir::new("no-done");
-        let path = dir.join("control.sock");
+        let dir = temp_dir("no-done");
+        let path = dir.path().join("control.sock");
         let tcp = tcp_listener();
         let fake_control =
-            std::os::unix::net::UnixListener::bind(dir.join("c2.sock")).expect("bind");
+            std::os::unix::net::UnixListener::bind(dir.path().join("c2.sock")).expect("bind");
         let fake = fake_predecessor(&path, move |conn| async move {
             read_frame(&conn).await.expect("request");
             let fds = [tcp.as_fd(), fake_control.as_fd()];
@@ -1950,11 +1076,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_predecessor_of_before_standing_by_confirms_and_closes_and_ready_succeeds() {
-        let dir = TempDir::new("old-done");
-        let path = dir.join("control.sock");
+        let dir = temp_dir("old-done");
+        let path = dir.path().join("control.sock");
         let tcp = tcp_listener();
         let fake_control =
-            std::os::unix::net::UnixListener::bind(dir.join("c2.sock")).expect("bind");
+            std::os::unix::net::UnixListener::bind(dir.path().join("c2.sock")).expect("bind");
         let fake = fake_predecessor(&path, move |conn| async move {
             read_frame(&conn).await.expect("request");
             let fds = [tcp.as_fd(), fake_control.as_fd()];
@@ -1977,8 +1103,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_successor_of_before_asks_no_standing_by() {
-        let dir = TempDir::new("old-successor");
-        let path = dir.join("control.sock");
+        let dir = temp_dir("old-successor");
+        let path = dir.path().join("control.sock");
         let old = Offering::start(
             bind_control(&path).await,
             vec![copy_tcp(&tcp_listener())],
@@ -2012,8 +1138,8 @@ mod tests {
 
     #[tokio::test]
     async fn nobody_offering_is_none_and_the_control_file_is_owner_only() {
-        let dir = TempDir::new("paths");
-        let path = dir.join("control.sock");
+        let dir = temp_dir("paths");
+        let path = dir.path().join("control.sock");
         let none = bounded("take_over", take_over(&path, STEP)).await;
         assert!(matches!(none, Ok(None)), "missing file: {none:?}");
 
@@ -2090,8 +1216,8 @@ mod tests {
     #[tokio::test]
     async fn a_stop_wins_over_a_successor_waiting_at_the_same_moment() {
         use std::io::Read;
-        let dir = TempDir::new("stop-first");
-        let path = dir.join("control.sock");
+        let dir = temp_dir("stop-first");
+        let path = dir.path().join("control.sock");
         let tcp = tcp_listener();
         // An unbiased wait would pick either at random: try it many times.
         for round in 0..32 {
@@ -2134,8 +1260,8 @@ mod tests {
     #[tokio::test]
     async fn a_handover_ended_before_the_offer_was_sent_removes_the_control_file() {
         use std::io::Read;
-        let dir = TempDir::new("stop-during");
-        let path = dir.join("control.sock");
+        let dir = temp_dir("stop-during");
+        let path = dir.path().join("control.sock");
         let tcp = tcp_listener();
         for end in [End::Stop, End::Drop] {
             let control = bind_control(&path).await;
@@ -2182,115 +1308,14 @@ mod tests {
         drop(taken);
     }
 
-    /// What a `tracing_subscriber::fmt` subscriber writes, and a wake-up at
-    /// each write.
-    #[derive(Clone, Default)]
-    struct Logs {
-        text: Arc<std::sync::Mutex<Vec<u8>>>,
-        written: Arc<tokio::sync::Notify>,
-    }
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.text.lock().unwrap().extend_from_slice(buf);
-            self.written.notify_one();
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Logs {
-        /// Collects what this thread logs (tasks of a current-thread
-        /// runtime included) until the guard is dropped.
-        fn capture(&self) -> tracing::subscriber::DefaultGuard {
-            let writer = self.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_max_level(tracing::Level::DEBUG)
-                .with_ansi(false)
-                .finish();
-            tracing::subscriber::set_default(subscriber)
-        }
-
-        fn lines_with(&self, needle: &str) -> Vec<String> {
-            String::from_utf8_lossy(&self.text.lock().unwrap())
-                .lines()
-                .filter(|line| line.contains(needle))
-                .map(str::to_owned)
-                .collect()
-        }
-
-        /// Waits (unbounded: wrap it in `bounded`) for a line with `needle`.
-        async fn logged(&self, needle: &str) -> String {
-            loop {
-                if let Some(line) = self.lines_with(needle).pop() {
-                    return line;
-                }
-                // A write since the look left a permit: no wake-up is lost.
-                self.written.notified().await;
-            }
-        }
-    }
-
-    /// An operator must learn that restarts stopped working when the
-    /// control socket fails, not when the server stops; and only once.
-    #[tokio::test]
-    async fn a_failing_control_socket_is_reported_at_once_and_only_once() {
-        let logs = Logs::default();
-        let _capture = logs.capture();
-        let dir = TempDir::new("failing");
-        let path = dir.join("control.sock");
-        // A socket that does not listen: its accept fails with EINVAL, an
-        // error that no retry cures, like that of a broken control socket.
-        let socket = Socket::new(Domain::UNIX, Type::STREAM, None).expect("socket");
-        socket
-            .bind(&SockAddr::unix(&path).expect("address"))
-            .expect("bind");
-        let control = Control {
-            listener: socket.into(),
-            file: FileId::of(&path).expect("the socket file"),
-            path: path.clone(),
-        };
-        let trigger = Arc::new(Fired::default());
-        let handover = Handover {
-            control,
-            predecessor: None,
-        };
-        let offering = handover.start(vec![copy_tcp(&tcp_listener())], Vec::new(), &trigger);
-
-        let failed = "handover control socket failed";
-        let line = bounded(
-            "the failure to be logged while the server runs",
-            logs.logged(failed),
-        )
-        .await;
-        assert!(line.contains("ERROR"), "not logged as an error: {line}");
-        assert!(
-            line.contains(&path.display().to_string()),
-            "the path is missing: {line}"
-        );
-        assert!(line.contains("os error 22"), "the error is missing: {line}");
-
-        trigger.fire();
-        assert!(matches!(
-            bounded("finish", offering.finish()).await,
-            Finished::Stopped
-        ));
-        let reports = logs.lines_with(failed);
-        assert_eq!(reports.len(), 1, "reported again at shutdown: {reports:#?}");
-    }
-
     /// The control file's owner-only mode is set without a step a symlink
     /// swapped onto the path could redirect: another thread swaps one to a
     /// `0o644` file onto the control path while control sockets are bound
     /// and removed in a loop; the file's mode never changes.
     #[tokio::test]
     async fn the_control_files_mode_never_follows_a_symlink() {
-        let dir = TempDir::new("symlink-race");
-        let (victim, path) = (dir.join("victim"), dir.join("control.sock"));
+        let dir = temp_dir("symlink-race");
+        let (victim, path) = (dir.path().join("victim"), dir.path().join("control.sock"));
         std::fs::write(&victim, b"secret").expect("write the victim");
         std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644))
             .expect("chmod the victim");
@@ -2347,8 +1372,8 @@ mod tests {
 
     #[tokio::test]
     async fn too_many_sockets_are_refused_up_front() {
-        let dir = TempDir::new("too-many");
-        let control = bind_control(&dir.join("control.sock")).await;
+        let dir = temp_dir("too-many");
+        let control = bind_control(&dir.path().join("control.sock")).await;
         let tcp = tcp_listener();
         let sockets = (0..=MAX_LISTENERS).map(|_| copy_tcp(&tcp)).collect();
         let err = bounded(
@@ -2365,63 +1390,5 @@ mod tests {
         .await
         .expect_err("more than MAX_LISTENERS");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
-    }
-
-    fn tcp(addr: &str) -> SocketAddr {
-        addr.parse().expect("a literal socket address")
-    }
-
-    fn held_tcp(addrs: &[&str]) -> Vec<Addr> {
-        addrs.iter().map(|a| Addr::Tcp(tcp(a))).collect()
-    }
-
-    #[test]
-    fn listeners_are_paired_by_address_whatever_their_order() {
-        let held = vec![
-            Addr::Tcp(tcp("127.0.0.1:8080")),
-            Addr::Unix(Some(PathBuf::from("/run/a.sock"))),
-            Addr::Tcp(tcp("127.0.0.1:8443")),
-        ];
-        let (tls, web) = ([tcp("127.0.0.1:8443")], [tcp("127.0.0.1:8080")]);
-        let moved = [tcp("127.0.0.2:8080")];
-        let wanted = [
-            Wanted::Tcp(&tls),
-            Wanted::Unix(Path::new("/run/b.sock")),
-            Wanted::Tcp(&moved),
-            Wanted::Nothing,
-            Wanted::Tcp(&web),
-        ];
-        assert_eq!(
-            pair(&wanted, &held),
-            vec![Some(2), None, None, None, Some(0)],
-            "same address: taken; another IP or path: bound anew; /run/a.sock: left"
-        );
-        assert_eq!(
-            pair(&[Wanted::Unix(Path::new("/run/a.sock"))], &held),
-            vec![Some(1)]
-        );
-    }
-
-    #[test]
-    fn port_zero_takes_the_one_socket_on_its_ip_and_binds_anew_when_in_doubt() {
-        let any_local = [tcp("127.0.0.1:0")];
-        let other_ip = [tcp("127.0.0.2:0")];
-        let one = held_tcp(&["127.0.0.1:4000"]);
-        assert_eq!(pair(&[Wanted::Tcp(&any_local)], &one), vec![Some(0)]);
-        assert_eq!(pair(&[Wanted::Tcp(&other_ip)], &one), vec![None]);
-        // Two sockets on the IP: which one is meant cannot be told.
-        let two = held_tcp(&["127.0.0.1:4000", "127.0.0.1:4001"]);
-        assert_eq!(pair(&[Wanted::Tcp(&any_local)], &two), vec![None]);
-        // Unless a listener with a port takes the other one first.
-        let fixed = [tcp("127.0.0.1:4001")];
-        assert_eq!(
-            pair(&[Wanted::Tcp(&any_local), Wanted::Tcp(&fixed)], &two),
-            vec![Some(0), Some(1)]
-        );
-        // Two port-0 listeners on one socket's IP: neither takes it.
-        assert_eq!(
-            pair(&[Wanted::Tcp(&any_local), Wanted::Tcp(&any_local)], &one),
-            vec![None, None]
-        );
     }
 }
