@@ -56,8 +56,15 @@ pub struct Builder {
     config: Config,
 }
 
+impl Server {
+    /// Starts configuring a server.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+}
+
 impl Builder {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Builder {
             listen: Vec::new(),
             #[cfg(unix)]

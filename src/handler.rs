@@ -148,6 +148,7 @@ pub(crate) mod sealed {
     use super::{Connection, HandleFuture, Handler};
     use crate::conn::Job;
     use crate::conn::registry::Tasks;
+    use crate::preamble::Preamble;
 
     /// The dyn-compatible form of [`Handler::handle`]; see the module docs.
     ///
@@ -176,8 +177,14 @@ pub(crate) mod sealed {
     /// nothing of the server.
     #[allow(unreachable_pub)] // public only so it can be a supertrait of a public trait
     pub trait SpawnConnection {
-        /// Spawns `job`'s task, registered in `tasks`.
+        /// Spawns `job`'s task, registered in `tasks`, which runs the
+        /// listener's `preamble` (if any) before the handler.
         #[allow(private_interfaces)] // sealed: `Job` is never named outside the crate
-        fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job);
+        fn spawn_connection(
+            self: Arc<Self>,
+            tasks: &Tasks,
+            job: Job,
+            preamble: Option<&Arc<Preamble>>,
+        );
     }
 }

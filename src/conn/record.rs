@@ -16,9 +16,8 @@ use std::sync::{Arc, OnceLock};
 use crate::admission::Limits;
 use crate::conn::ProxyInfo;
 use crate::conn::registry::Tasks;
-use crate::preamble::Preamble;
 use crate::stats::Counters;
-use crate::timeout::TimeoutKind;
+use crate::timeout::{TimeoutKind, Timeouts};
 use crate::{Addr, ShutdownSignal};
 
 /// The registry key of a connection not (yet) registered.
@@ -38,8 +37,6 @@ pub(crate) struct Home {
     pub(crate) tasks: Arc<Tasks>,
     /// The server's connection limits, whose places connections hold.
     pub(crate) limits: Arc<Limits>,
-    /// What the listener does before the handler, if anything.
-    pub(crate) preamble: Option<Arc<Preamble>>,
 }
 
 /// One connection's record.
@@ -138,7 +135,6 @@ impl ConnState {
             counters: Arc::default(),
             tasks: Arc::new(Tasks::new()),
             limits: Arc::new(Limits::new(crate::admission::MAX_CONNECTIONS_LIMIT, None)),
-            preamble: None,
         };
         ConnState::new(Arc::new(home), id, peer, 0, false)
     }
@@ -208,6 +204,14 @@ impl ConnState {
         }
     }
 
+    /// Whether the connection has expired at `now` under `timeouts`, and by
+    /// which; takes note of the activity since the sweeper's last look.
+    pub(crate) fn expired(&self, timeouts: &Timeouts, now: u64) -> Option<TimeoutKind> {
+        // First: it also takes note of activity since the last sweep.
+        let last_active = self.last_active(now);
+        timeouts.expired(now, self.accepted_at, last_active, self.has_read())
+    }
+
     pub(crate) fn has_read(&self) -> bool {
         self.has_read.load(Ordering::Relaxed)
     }
@@ -227,5 +231,52 @@ impl ConnState {
             4 => Some(TimeoutKind::Overload),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ShutdownSignal;
+
+    fn timeouts(idle: u64, first_read: u64, max_age: u64) -> Timeouts {
+        let opt = |ms| (ms > 0).then(|| Duration::from_millis(ms));
+        Timeouts {
+            idle: opt(idle),
+            first_read: opt(first_read),
+            max_age: opt(max_age),
+        }
+    }
+
+    #[test]
+    fn expiry_by_kind() {
+        let t = timeouts(100, 50, 1000);
+        let state = ConnState::detached(
+            1,
+            Addr::Unix(None),
+            Addr::Unix(None),
+            ShutdownSignal::new(Arc::default()),
+        );
+        // The handler waits for the peer throughout, but where it says.
+        state.waiting(true);
+        assert_eq!(state.expired(&t, 49), None);
+        assert_eq!(state.expired(&t, 50), Some(TimeoutKind::FirstRead));
+        state.read();
+        assert_eq!(state.expired(&t, 60), None, "read, seen at 60");
+        assert_eq!(state.expired(&t, 159), None, "idle until 160");
+        assert_eq!(state.expired(&t, 160), Some(TimeoutKind::Idle));
+        state.waiting(false);
+        assert_eq!(state.expired(&t, 200), None, "busy elsewhere, seen at 200");
+        state.waiting(true);
+        assert_eq!(state.expired(&t, 299), None, "idle until 300");
+        assert_eq!(state.expired(&t, 300), Some(TimeoutKind::Idle));
+        state.wrote();
+        assert_eq!(state.expired(&t, 990), None, "wrote, seen at 990");
+        assert_eq!(state.expired(&t, 1000), Some(TimeoutKind::MaxAge));
+        assert!(state.expire(TimeoutKind::MaxAge));
+        assert!(!state.expire(TimeoutKind::Idle), "expires once");
+        assert_eq!(state.expired_by(), Some(TimeoutKind::MaxAge));
     }
 }

@@ -108,7 +108,6 @@ pub(super) async fn accept_loop(
         counters,
         tasks: Arc::clone(&shared.tasks),
         limits: Arc::clone(&shared.limits),
-        preamble,
     });
     // Made once: registering a waiter on every iteration would cost a lock
     // per accepted connection.
@@ -186,9 +185,9 @@ pub(super) async fn accept_loop(
                 }
             }
         };
-        serve(&shared, stream, peer, &home, permit);
+        serve(&shared, stream, peer, &home, preamble.as_ref(), permit);
     };
-    close_listener(&shared, &home, listener, in_hand, closer).await;
+    close_listener(&shared, &home, preamble.as_ref(), listener, in_hand, closer).await;
     Ok(())
 }
 
@@ -206,6 +205,7 @@ pub(super) async fn accept_loop(
 async fn close_listener(
     shared: &Shared,
     home: &Arc<Home>,
+    preamble: Option<&Arc<Preamble>>,
     listener: Listener,
     mut in_hand: Option<InHand>,
     closer: Closer,
@@ -253,7 +253,7 @@ async fn close_listener(
                 }
             }
         };
-        serve(shared, stream, peer, home, permit);
+        serve(shared, stream, peer, home, preamble, permit);
     }
     if deadline || budget == 0 {
         let mut closed = u64::from(in_hand.is_some());
@@ -282,7 +282,14 @@ async fn close_listener(
 
 /// Admits an accepted stream and spawns its task, which runs the
 /// listener's preamble if it has one, then the handler.
-fn serve(shared: &Shared, stream: Stream, peer: Addr, home: &Arc<Home>, permit: Permit) {
+fn serve(
+    shared: &Shared,
+    stream: Stream,
+    peer: Addr,
+    home: &Arc<Home>,
+    preamble: Option<&Arc<Preamble>>,
+    permit: Permit,
+) {
     let Some(admission) = shared.limits.admit(permit, peer.ip()) else {
         home.counters.rejected();
         tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
@@ -310,7 +317,7 @@ fn serve(shared: &Shared, stream: Stream, peer: Addr, home: &Arc<Home>, permit: 
     };
     // Through the handler's vtable into `spawn_connection::<H>`, so that the
     // handler's future is a concrete type, polled without dynamic dispatch.
-    Arc::clone(&shared.handler).spawn_connection(&shared.tasks, job);
+    Arc::clone(&shared.handler).spawn_connection(&shared.tasks, job, preamble);
 }
 
 /// Per-connection TCP options. A failure is logged, not fatal: the peer may

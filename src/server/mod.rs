@@ -13,6 +13,7 @@
 
 mod accept;
 pub(crate) mod overload;
+mod sweeper;
 pub(crate) mod task;
 
 use std::fmt;
@@ -35,9 +36,10 @@ use crate::listen::bind::Listener;
 use crate::listen::open::Bound;
 use crate::preamble::Preamble;
 use crate::server::accept::{Closer, Closing, Listening, LoopResult, Shared, accept_loop};
+use crate::server::sweeper::Sweeper;
 use crate::shutdown::Fired;
-use crate::timeout::{Clock, Sweeper};
-use crate::{Addr, Builder, Error, Handler, ShutdownHandle, ShutdownSignal, Stats, StatsSnapshot};
+use crate::timeout::Clock;
+use crate::{Addr, Error, Handler, ShutdownHandle, ShutdownSignal, Stats, StatsSnapshot};
 
 /// A bound server, ready to [`run`](Server::run).
 ///
@@ -125,11 +127,6 @@ pub struct ShutdownReport {
 }
 
 impl Server {
-    /// Starts configuring a server.
-    pub fn builder() -> Builder {
-        Builder::new()
-    }
-
     pub(crate) fn new(
         bound: Vec<Bound>,
         handler: Arc<dyn Handler>,

@@ -22,6 +22,7 @@ use crate::conn::Job;
 use crate::conn::record::ConnState;
 use crate::conn::registry::Tasks;
 use crate::handler::sealed::SpawnConnection;
+use crate::preamble::Preamble;
 use crate::stats::Outcome;
 use crate::{BoxError, Connection, Handler};
 
@@ -81,8 +82,13 @@ where
 
 impl<H: Handler> SpawnConnection for H {
     #[allow(private_interfaces)] // see the declaration
-    fn spawn_connection(self: Arc<Self>, tasks: &Tasks, job: Job) {
-        spawn_connection(self, tasks, job);
+    fn spawn_connection(
+        self: Arc<Self>,
+        tasks: &Tasks,
+        job: Job,
+        preamble: Option<&Arc<Preamble>>,
+    ) {
+        spawn_connection(self, tasks, job, preamble);
     }
 }
 
@@ -101,7 +107,12 @@ const INLINE_FUTURE_LIMIT: usize = 512;
 /// handler, with panics caught and the outcome counted. Generic over the
 /// handler, so that its future is polled without dynamic dispatch and its
 /// error converted only when there is one.
-fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: Job) {
+fn spawn_connection<H: Handler>(
+    handler: Arc<H>,
+    tasks: &Tasks,
+    job: Job,
+    preamble: Option<&Arc<Preamble>>,
+) {
     // The size of `H::handle`'s future, from its type alone (a constant).
     fn future_size<'a, H: 'a, F>(_: impl FnOnce(&'a H, Connection) -> F) -> usize {
         std::mem::size_of::<F>()
@@ -112,15 +123,17 @@ fn spawn_connection<H: Handler>(handler: Arc<H>, tasks: &Tasks, job: Job) {
     // Only listeners with a preamble have the layer that runs it.
     // A handler's future is polled by the task's guard directly, or through
     // its box: no layer in between but the one that holds the handler.
-    match (inline, conn.state.home.preamble.is_some()) {
-        (true, false) => spawn(tasks, handle(handler, conn), span, state),
-        (false, false) => spawn(tasks, Box::pin(handle(handler, conn)), span, state),
-        (true, true) => {
-            let serve = after_preamble(conn, |conn| handle(handler, conn));
+    match (inline, preamble) {
+        (true, None) => spawn(tasks, handle(handler, conn), span, state),
+        (false, None) => spawn(tasks, Box::pin(handle(handler, conn)), span, state),
+        (true, Some(preamble)) => {
+            let serve = after_preamble(conn, Arc::clone(preamble), |conn| handle(handler, conn));
             spawn(tasks, serve, span, state);
         }
-        (false, true) => {
-            let serve = after_preamble(conn, |conn| Box::pin(handle(handler, conn)));
+        (false, Some(preamble)) => {
+            let serve = after_preamble(conn, Arc::clone(preamble), |conn| {
+                Box::pin(handle(handler, conn))
+            });
             spawn(tasks, serve, span, state);
         }
     }
@@ -135,13 +148,13 @@ async fn handle<H: Handler>(handler: Arc<H>, conn: Connection) -> Result<(), H::
 }
 
 /// Runs the listener's preamble on `conn`, then `serve` if it accepted it.
-async fn after_preamble<F, S, E>(conn: Connection, serve: S) -> Handled
+async fn after_preamble<F, S, E>(conn: Connection, preamble: Arc<Preamble>, serve: S) -> Handled
 where
     S: FnOnce(Connection) -> F,
     F: Future<Output = Result<(), E>>,
     E: Into<BoxError>,
 {
-    match prepare(conn).await {
+    match prepare(conn, &preamble).await {
         Ok(Some(conn)) => serve(conn).await.into(),
         Ok(None) => Handled::Refused,
         Err(payload) => Handled::PreamblePanicked(payload),
@@ -154,11 +167,11 @@ where
 /// The preamble's future is boxed, for the same reason as large handler
 /// futures: inline, its state (a header buffer, a TLS handshake) would make
 /// the task of every connection on the listener large.
-async fn prepare(conn: Connection) -> Result<Option<Connection>, Box<dyn Any + Send>> {
+async fn prepare(
+    conn: Connection,
+    preamble: &Preamble,
+) -> Result<Option<Connection>, Box<dyn Any + Send>> {
     let home = Arc::clone(&conn.state.home);
-    let Some(preamble) = home.preamble.as_ref() else {
-        return Ok(Some(conn));
-    };
     let mut running = Box::pin(preamble.run(conn, &home.counters));
     // Caught here rather than by the task's guard, to tell a panic before
     // the handler from the handler's own. AssertUnwindSafe: after a panic
@@ -318,7 +331,6 @@ mod tests {
             counters: Arc::default(),
             tasks: Arc::clone(tasks),
             limits: Arc::new(Limits::new(10_000, None)),
-            preamble: None,
         })
     }
 
