@@ -147,7 +147,7 @@ pub(crate) mod sealed {
 
     use super::{Connection, HandleFuture, Handler};
     use crate::conn::Job;
-    use crate::conn::registry::Tasks;
+    use crate::conn::record::Tasks;
     use crate::preamble::Preamble;
 
     /// The dyn-compatible form of [`Handler::handle`]; see the module docs.

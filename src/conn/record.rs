@@ -10,18 +10,18 @@
 //! per-connection work at accept to one allocation and a few reference
 //! counts.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::admission::Limits;
 use crate::conn::ProxyInfo;
-use crate::conn::registry::Tasks;
+use crate::conn::registry::{self, Registered, Slot};
 use crate::stats::Counters;
 use crate::timeout::{TimeoutKind, Timeouts};
 use crate::{Addr, ShutdownSignal};
 
-/// The registry key of a connection not (yet) registered.
-pub(crate) const UNREGISTERED: usize = usize::MAX;
+/// The registry of a server's live connections.
+pub(crate) type Tasks = registry::Tasks<ConnState>;
 
 /// What a listener's connections share.
 #[derive(Debug)]
@@ -49,12 +49,8 @@ pub(crate) struct ConnState {
     pub(crate) peer: Addr,
     /// When the connection was accepted, in the server clock's milliseconds.
     pub(crate) accepted_at: u64,
-    /// The connection's key in the registry, once registered (set under
-    /// the registry's lock).
-    pub(crate) key: AtomicUsize,
-    /// Set by the task's end guard before it removes the registry entry, so
-    /// that a task that ends before its registration is not registered.
-    pub(crate) ended: AtomicBool,
+    /// Its place in the registry of live connections.
+    slot: Slot,
     /// Whether the connection holds a place under the per-address limit
     /// (for its peer's address).
     pub(crate) per_ip: bool,
@@ -114,8 +110,7 @@ impl ConnState {
             id,
             peer,
             accepted_at,
-            key: AtomicUsize::new(UNREGISTERED),
-            ended: AtomicBool::new(false),
+            slot: Slot::new(),
             per_ip,
             touched: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
@@ -231,6 +226,16 @@ impl ConnState {
             4 => Some(TimeoutKind::Overload),
             _ => None,
         }
+    }
+}
+
+impl Registered for ConnState {
+    fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    fn expire(&self, kind: TimeoutKind) -> bool {
+        ConnState::expire(self, kind)
     }
 }
 

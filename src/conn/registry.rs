@@ -2,7 +2,8 @@
 //! the drain deadline, the timeout sweeper and the overload reclaimer end.
 //!
 //! Each entry is a connection task's abort handle and its record
-//! ([`ConnState`]: activity, acceptance time, id, peer). The registry also
+//! (`ConnState`: activity, acceptance time, id, peer; generic here, as
+//! [`Registered`], so that this module needs nothing of the record). The registry also
 //! counts the tasks spawned and not yet ended, so that the drain can wait for
 //! the last one.
 //!
@@ -20,23 +21,52 @@ use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-use crate::conn::record::ConnState;
 use crate::timeout::TimeoutKind;
 
-type Registry = Mutex<Slab<Entry>>;
+/// What the registry needs of a connection's record.
+pub(crate) trait Registered {
+    /// Where the registry keeps track of the record's entry.
+    fn slot(&self) -> &Slot;
+    /// Marks the connection as closed by a timeout of `kind`; `false` if it
+    /// already was.
+    fn expire(&self, kind: TimeoutKind) -> bool;
+}
+
+/// A record's place in the registry.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The record's key in the registry, once registered (set under the
+    /// registry's lock).
+    key: AtomicUsize,
+    /// Set by the task's end guard before it removes the registry entry, so
+    /// that a task that ends before its registration is not registered.
+    ended: AtomicBool,
+}
+
+impl Slot {
+    pub(crate) fn new() -> Self {
+        Slot {
+            // No key until registered.
+            key: AtomicUsize::new(usize::MAX),
+            ended: AtomicBool::new(false),
+        }
+    }
+}
+
+type Registry<T> = Mutex<Slab<Entry<T>>>;
 
 /// What the registry knows of a live connection.
 #[derive(Debug)]
-struct Entry {
+struct Entry<T> {
     abort: AbortHandle,
     /// Also the entry's identity: a slab key is reused once freed.
-    state: Arc<ConnState>,
+    state: Arc<T>,
 }
 
 /// Spawns, tracks and, at the deadline, aborts connection tasks.
 #[derive(Debug)]
-pub(crate) struct Tasks {
-    registry: Registry,
+pub(crate) struct Tasks<T> {
+    registry: Registry<T>,
     /// Tasks spawned and not yet ended (aborted ones included, which the
     /// drain takes out of the registry before they have unwound).
     live: AtomicUsize,
@@ -48,7 +78,7 @@ pub(crate) struct Tasks {
     ended: Notify,
 }
 
-impl Tasks {
+impl<T: Registered> Tasks<T> {
     pub(crate) fn new() -> Self {
         Tasks {
             registry: Registry::default(),
@@ -77,13 +107,13 @@ impl Tasks {
     /// unless the task has ended already (its guard marked it before it
     /// looked for the entry, under the same lock), or the registry was
     /// closed ([`Tasks::abort_all`]): then it is aborted at once.
-    pub(crate) fn register(&self, handle: &JoinHandle<()>, state: Arc<ConnState>) {
+    pub(crate) fn register(&self, handle: &JoinHandle<()>, state: Arc<T>) {
         let mut registry = lock(&self.registry);
         if self.closed.load(Ordering::Relaxed) {
             handle.abort();
-        } else if !state.ended.load(Ordering::Relaxed) {
+        } else if !state.slot().ended.load(Ordering::Relaxed) {
             let entry = registry.vacant_entry();
-            state.key.store(entry.key(), Ordering::Relaxed);
+            state.slot().key.store(entry.key(), Ordering::Relaxed);
             entry.insert(Entry {
                 abort: handle.abort_handle(),
                 state,
@@ -92,7 +122,7 @@ impl Tasks {
     }
 
     /// Aborts every connection for which `expired` names a timeout.
-    pub(crate) fn expire(&self, mut expired: impl FnMut(&ConnState) -> Option<TimeoutKind>) {
+    pub(crate) fn expire(&self, mut expired: impl FnMut(&T) -> Option<TimeoutKind>) {
         self.scan(|state, abort| {
             if let Some(kind) = expired(state) {
                 Self::close(state, abort, kind);
@@ -103,7 +133,7 @@ impl Tasks {
     /// Closes a connection for a timeout of `kind`: marked before the abort
     /// so that the guard, which runs when the aborted task is dropped,
     /// counts a timeout, not an abort; once only.
-    pub(crate) fn close(state: &ConnState, abort: &AbortHandle, kind: TimeoutKind) {
+    pub(crate) fn close(state: &T, abort: &AbortHandle, kind: TimeoutKind) {
         if state.expire(kind) {
             abort.abort();
         }
@@ -114,7 +144,7 @@ impl Tasks {
     /// A chunk of entries at a time, so that the lock, which the accept
     /// loops and ending tasks take too, is never held for long by the
     /// sweeper's thread (which the system may preempt while it holds it).
-    pub(crate) fn scan(&self, mut visit: impl FnMut(&Arc<ConnState>, &AbortHandle)) {
+    pub(crate) fn scan(&self, mut visit: impl FnMut(&Arc<T>, &AbortHandle)) {
         const CHUNK: usize = 512;
         let mut start: usize = 0;
         loop {
@@ -147,10 +177,10 @@ impl Tasks {
     }
 
     /// Removes the entry of a task that ended, if it was registered.
-    pub(crate) fn remove(&self, state: &Arc<ConnState>) {
-        state.ended.store(true, Ordering::Relaxed);
+    pub(crate) fn remove(&self, state: &Arc<T>) {
+        state.slot().ended.store(true, Ordering::Relaxed);
         let mut registry = lock(&self.registry);
-        let key = state.key.load(Ordering::Relaxed);
+        let key = state.slot().key.load(Ordering::Relaxed);
         if registry
             .get(key)
             .is_some_and(|entry| Arc::ptr_eq(&entry.state, state))
@@ -209,6 +239,6 @@ impl Tasks {
 
 /// The registry stays consistent even if a thread panicked while holding the
 /// lock (slab operations do not panic midway), so poisoning is ignored.
-fn lock(registry: &Registry) -> MutexGuard<'_, Slab<Entry>> {
+fn lock<T>(registry: &Registry<T>) -> MutexGuard<'_, Slab<Entry<T>>> {
     registry.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::admission::Limits;
 use crate::config::{Config, ExternalSignal, ShutdownFuture};
-use crate::conn::registry::Tasks;
+use crate::conn::record::Tasks;
 #[cfg(unix)]
 use crate::handover::{Finished, Handover, Offering, Standby};
 use crate::listen::bind::Listener;

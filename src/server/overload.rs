@@ -27,7 +27,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::conn::record::ConnState;
-use crate::conn::registry::Tasks;
+use crate::conn::record::Tasks;
 use crate::timeout::{Clock, TimeoutKind};
 
 /// The most connections one round closes: enough that a queue of a

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::conn::registry::Tasks;
+use crate::conn::record::Tasks;
 use crate::timeout::{Clock, Timeouts};
 
 /// A running sweeper; [`stop`](Sweeper::stop) ends it, and so does

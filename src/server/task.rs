@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::conn::Job;
 use crate::conn::record::ConnState;
-use crate::conn::registry::Tasks;
+use crate::conn::record::Tasks;
 use crate::handler::sealed::SpawnConnection;
 use crate::preamble::Preamble;
 use crate::stats::Outcome;
