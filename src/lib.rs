@@ -163,6 +163,44 @@
 //! running out of descriptors, panic isolation, exact accounting, and a
 //! shutdown that neither drops work in flight nor waits for idle clients.
 //!
+//! # Layout
+//!
+//! The source follows a connection's path; each line is one file's job.
+//!
+//! ```text
+//! bind      builder.rs            Builder: the options, their validation, build()
+//!           config.rs             the options the running server reads
+//!           listen/mod.rs         Listen: what to listen on, and its PROXY/TLS settings
+//!           listen/target.rs      ToBindAddr: what bind() accepts, resolved
+//!           listen/open.rs        opening each Listen: bind it, or take it over
+//!           listen/bind.rs        Listener: TCP and Unix sockets, std and systemd ones
+//!           socket_file.rs        Unix socket files made without races, removed if ours
+//! accept    server/accept.rs      one loop per listener: accept, admit, spawn; close
+//!           backoff.rs            accept errors: skip, back off, or stop
+//! admission admission.rs          the connection limit and the per-address limit
+//!           server/overload.rs    a full server takes places back (Slowloris)
+//! task      server/task.rs        a connection's task: panics caught, outcome counted
+//!           preamble.rs           before the handler: the PROXY header, the TLS handshake
+//!           proxy/                PROXY protocol: parse.rs, tlv.rs, read.rs
+//!           tls.rs                TLS settings and the handshake (feature `tls`)
+//!           handler.rs            the Handler trait
+//!           conn/mod.rs           Connection: the stream a handler gets, and its facts
+//!           conn/record.rs        a connection's record; its listener's shared part
+//!           conn/registry.rs      the live connections: drained, expired, aborted
+//!           timeout.rs            the timeouts' rules
+//!           server/sweeper.rs     the thread that applies them every tick
+//! drain     shutdown.rs           the trigger and the connections' signal
+//!           signal.rs             Ctrl-C and SIGTERM
+//!           server/mod.rs         Server::run: the two phases, the drain, the report
+//! report    stats.rs              live counters; the report's arithmetic
+//! restart   handover/             zero-downtime restart: protocol.rs, control.rs,
+//!                                 inherited.rs, pair.rs, and the server glue in mod.rs
+//! support   addr.rs, error.rs, log_limit.rs, testing.rs
+//! ```
+//!
+//! Modules depend downwards only: `conn` knows nothing of `server`, `handler`
+//! nothing of the task that runs it, `handover` nothing of `listen`.
+//!
 //! # Runtime
 //!
 //! switchboard runs on the caller's tokio runtime, multi-thread or
@@ -174,24 +212,6 @@
 //! never prints; it
 //! speaks through `tracing` (`info` for lifecycle, `debug` per connection,
 //! `warn` for accept and handler errors, `error` for panics).
-
-// Module map (DESIGN.md's layout, grown with the transports):
-//   builder, listen     options; what to listen on, per-listener settings
-//   listener            binding TCP/Unix sockets, std and systemd listeners
-//   server              the accept loops, spawning a connection's task, the drain
-//   preamble            per connection before the handler: PROXY header, TLS
-//   task                the task boundary: outcomes, panics, abort registry
-//   connection, addr    what a handler gets
-//   record              a connection's record, its listener's shared part
-//   handler             the Handler trait and its erased form
-//   shutdown, signal    the cancellation channel; Ctrl-C/SIGTERM
-//   limit, timeout      admission control; idle/first-read/age timeouts
-//   overload            reclaiming places on a full server (Slowloris)
-//   accept, stats       accept-error classification; counters
-//   log_limit           at most one line per interval for what peers cause
-//   proxy, tls          PROXY protocol parser; TLS acceptor (feature `tls`)
-//   handover            zero-downtime restart (listeners passed by SCM_RIGHTS)
-//   testing             in-memory connections for handler tests
 
 // Library code states the invariant behind every unwrap (as an `expect`);
 // unit tests may unwrap.
