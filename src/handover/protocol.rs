@@ -88,33 +88,26 @@ pub(super) struct Frame {
 /// carries a body or descriptors.
 pub(super) fn expect(frame: Frame, want: Message) -> io::Result<Frame> {
     if frame.code == Message::Reject.code() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "the other server speaks handover protocol version {}, this one speaks {VERSION}",
-                frame.version
-            ),
-        ));
+        return Err(ProtocolError::Rejected {
+            theirs: frame.version,
+        }
+        .into());
     }
     if frame.version != VERSION {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "handover protocol version {} is not supported (this server speaks {VERSION})",
-                frame.version
-            ),
-        ));
+        return Err(ProtocolError::Version {
+            theirs: frame.version,
+        }
+        .into());
     }
     if frame.code != want.code() {
-        return Err(invalid(format!(
-            "expected a {want:?} message, received message type {}",
-            frame.code
-        )));
+        return Err(ProtocolError::Unexpected {
+            want,
+            got: frame.code,
+        }
+        .into());
     }
     if want != Message::Offer && (!frame.body.is_empty() || !frame.fds.is_empty()) {
-        return Err(invalid(format!(
-            "a {want:?} message carries no body and no descriptors"
-        )));
+        return Err(ProtocolError::Payload(want).into());
     }
     Ok(frame)
 }
@@ -128,17 +121,17 @@ pub(super) fn parse_offer(
         body: kinds, fds, ..
     } = frame;
     if kinds.len() != fds.len() {
-        return Err(invalid(format!(
-            "the offer names {} sockets but carries {} descriptors",
-            kinds.len(),
-            fds.len()
-        )));
+        return Err(ProtocolError::OfferCount {
+            named: kinds.len(),
+            carried: fds.len(),
+        }
+        .into());
     }
     let Some((&KIND_CONTROL, listener_kinds)) = kinds.split_last() else {
-        return Err(invalid("the offer does not end with the control socket"));
+        return Err(ProtocolError::Offer("the offer does not end with the control socket").into());
     };
     if listener_kinds.is_empty() {
-        return Err(invalid("the offer holds no listening socket"));
+        return Err(ProtocolError::Offer("the offer holds no listening socket").into());
     }
     let mut fds = fds.into_iter();
     let mut listeners = Vec::with_capacity(listener_kinds.len());
@@ -146,20 +139,22 @@ pub(super) fn parse_offer(
         let listener = match kind {
             KIND_TCP => Inherited::Tcp(checked_listener(fd, Family::Ip, index)?.into()),
             KIND_UNIX => Inherited::Unix(checked_listener(fd, Family::Unix, index)?.into()),
-            KIND_CONTROL => return Err(invalid("the offer holds two control sockets")),
-            other => return Err(invalid(format!("unknown socket kind {other} in the offer"))),
+            KIND_CONTROL => {
+                return Err(ProtocolError::Offer("the offer holds two control sockets").into());
+            }
+            other => return Err(ProtocolError::Kind(other).into()),
         };
         listeners.push(listener);
     }
     let control = fds
         .next()
-        .ok_or_else(|| invalid("the offer lacks the control socket"))?;
+        .ok_or(ProtocolError::Offer("the offer lacks the control socket"))?;
     let control = checked_listener(control, Family::Unix, listener_kinds.len())?;
     Ok((listeners, control.into()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
+pub(super) enum Family {
     Ip,
     Unix,
 }
@@ -167,10 +162,9 @@ enum Family {
 /// Checks that a received descriptor is what the offer says: a listening
 /// stream socket of the right family.
 fn checked_listener(fd: OwnedFd, family: Family, index: usize) -> io::Result<OwnedFd> {
-    let not_a_socket = |err: rustix::io::Errno| {
-        invalid(format!(
-            "descriptor {index} of the offer is not a socket: {err}"
-        ))
+    let not_a_socket = |err: rustix::io::Errno| ProtocolError::NotASocket {
+        index,
+        source: err.into(),
     };
     let socket_type = sockopt::socket_type(&fd).map_err(not_a_socket)?;
     let found = rustix::net::getsockname(&fd)
@@ -181,16 +175,12 @@ fn checked_listener(fd: OwnedFd, family: Family, index: usize) -> io::Result<Own
         Family::Unix => found == AddressFamily::UNIX,
     };
     if socket_type != SocketType::STREAM || !family_ok {
-        return Err(invalid(format!(
-            "descriptor {index} of the offer is not a {family:?} stream socket"
-        )));
+        return Err(ProtocolError::NotAStreamSocket { index, family }.into());
     }
     // Apple systems declare SO_ACCEPTCONN but do not implement it.
     #[cfg(not(target_vendor = "apple"))]
     if !sockopt::socket_acceptconn(&fd).map_err(not_a_socket)? {
-        return Err(invalid(format!(
-            "descriptor {index} of the offer is not listening"
-        )));
+        return Err(ProtocolError::NotListening { index }.into());
     }
     Ok(fd)
 }
@@ -261,13 +251,11 @@ pub(super) async fn read_frame(stream: &UnixStream) -> io::Result<Frame> {
     let mut header = [0; HEADER_LEN];
     read_exact(stream, &mut header, &mut fds).await?;
     if header[..4] != MAGIC {
-        return Err(invalid("not a switchboard handover message (bad magic)"));
+        return Err(ProtocolError::Magic.into());
     }
     let len = usize::from(u16::from_be_bytes([header[6], header[7]]));
     if len > MAX_BODY {
-        return Err(invalid(format!(
-            "a handover message body of {len} bytes exceeds the limit of {MAX_BODY}"
-        )));
+        return Err(ProtocolError::BodyTooLong(len).into());
     }
     let mut body = vec![0; len];
     read_exact(stream, &mut body, &mut fds).await?;
@@ -289,15 +277,12 @@ async fn read_exact(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>)
             .await?;
         if !batch.is_empty() {
             if !fds.is_empty() {
-                return Err(invalid("descriptors arrived twice in one handover message"));
+                return Err(ProtocolError::DescriptorsTwice.into());
             }
             *fds = batch;
         }
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the other end closed the handover control connection",
-            ));
+            return Err(ProtocolError::Closed.into());
         }
         filled += n;
     }
@@ -321,13 +306,59 @@ fn recv_some(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<Owne
     }
     if received.flags.contains(ReturnFlags::CTRUNC) {
         // The kernel closed what did not fit; `fds` closes the rest.
-        return Err(invalid(
-            "more descriptors than a handover message may carry",
-        ));
+        return Err(ProtocolError::TooManyDescriptors.into());
     }
     Ok((received.bytes, fds))
 }
 
-pub(super) fn invalid(message: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.into())
+/// What can be wrong with what the other end of a handover sent. Carried
+/// as the source of an `io::Error` of the kind its [`From`] conversion
+/// names, so that callers handle every I/O failure of a handover alike.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ProtocolError {
+    #[error(
+        "the other server speaks handover protocol version {theirs}, this one speaks {VERSION}"
+    )]
+    Rejected { theirs: u8 },
+    #[error("handover protocol version {theirs} is not supported (this server speaks {VERSION})")]
+    Version { theirs: u8 },
+    #[error("expected a {want:?} message, received message type {got}")]
+    Unexpected { want: Message, got: u8 },
+    #[error("a {0:?} message carries no body and no descriptors")]
+    Payload(Message),
+    #[error("the offer names {named} sockets but carries {carried} descriptors")]
+    OfferCount { named: usize, carried: usize },
+    #[error("{0}")]
+    Offer(&'static str),
+    #[error("unknown socket kind {0} in the offer")]
+    Kind(u8),
+    #[error("descriptor {index} of the offer is not a socket: {source}")]
+    NotASocket { index: usize, source: io::Error },
+    #[error("descriptor {index} of the offer is not a {family:?} stream socket")]
+    NotAStreamSocket { index: usize, family: Family },
+    #[error("descriptor {index} of the offer is not listening")]
+    NotListening { index: usize },
+    #[error("not a switchboard handover message (bad magic)")]
+    Magic,
+    #[error("a handover message body of {0} bytes exceeds the limit of {MAX_BODY}")]
+    BodyTooLong(usize),
+    #[error("descriptors arrived twice in one handover message")]
+    DescriptorsTwice,
+    #[error("more descriptors than a handover message may carry")]
+    TooManyDescriptors,
+    #[error("the other end closed the handover control connection")]
+    Closed,
+}
+
+impl From<ProtocolError> for io::Error {
+    fn from(err: ProtocolError) -> Self {
+        let kind = match err {
+            ProtocolError::Rejected { .. } | ProtocolError::Version { .. } => {
+                io::ErrorKind::Unsupported
+            }
+            ProtocolError::Closed => io::ErrorKind::UnexpectedEof,
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, err)
+    }
 }
