@@ -10,12 +10,12 @@
 //! per-connection work at accept to one allocation and a few reference
 //! counts.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::admission::Limits;
 use crate::conn::ProxyInfo;
-use crate::conn::registry::{self, Registered, Slot};
+use crate::conn::registry::{self, Registered};
 use crate::stats::Counters;
 use crate::timeout::{TimeoutKind, Timeouts};
 use crate::{Addr, ShutdownSignal};
@@ -49,8 +49,10 @@ pub(crate) struct ConnState {
     pub(crate) peer: Addr,
     /// When the connection was accepted, in the server clock's milliseconds.
     pub(crate) accepted_at: u64,
-    /// Its place in the registry of live connections.
-    slot: Slot,
+    /// Its key in the registry of live connections (see [`Registered`]).
+    key: AtomicUsize,
+    /// Whether its task has ended (see [`Registered`]).
+    ended: AtomicBool,
     /// Whether the connection holds a place under the per-address limit
     /// (for its peer's address).
     pub(crate) per_ip: bool,
@@ -110,7 +112,8 @@ impl ConnState {
             id,
             peer,
             accepted_at,
-            slot: Slot::new(),
+            key: AtomicUsize::new(usize::MAX),
+            ended: AtomicBool::new(false),
             per_ip,
             touched: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
@@ -230,8 +233,12 @@ impl ConnState {
 }
 
 impl Registered for ConnState {
-    fn slot(&self) -> &Slot {
-        &self.slot
+    fn key(&self) -> &AtomicUsize {
+        &self.key
+    }
+
+    fn ended(&self) -> &AtomicBool {
+        &self.ended
     }
 
     fn expire(&self, kind: TimeoutKind) -> bool {

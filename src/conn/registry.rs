@@ -23,34 +23,19 @@ use tokio::time::Instant;
 
 use crate::timeout::TimeoutKind;
 
-/// What the registry needs of a connection's record.
+/// What the registry needs of a connection's record: the two fields it
+/// keeps there (fields of the record itself rather than a struct of their
+/// own, which would pad every record by a word).
 pub(crate) trait Registered {
-    /// Where the registry keeps track of the record's entry.
-    fn slot(&self) -> &Slot;
+    /// The record's key in the registry, once registered (set under the
+    /// registry's lock; `usize::MAX` until then).
+    fn key(&self) -> &AtomicUsize;
+    /// Set by the task's end guard before it removes the registry entry, so
+    /// that a task that ends before its registration is not registered.
+    fn ended(&self) -> &AtomicBool;
     /// Marks the connection as closed by a timeout of `kind`; `false` if it
     /// already was.
     fn expire(&self, kind: TimeoutKind) -> bool;
-}
-
-/// A record's place in the registry.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    /// The record's key in the registry, once registered (set under the
-    /// registry's lock).
-    key: AtomicUsize,
-    /// Set by the task's end guard before it removes the registry entry, so
-    /// that a task that ends before its registration is not registered.
-    ended: AtomicBool,
-}
-
-impl Slot {
-    pub(crate) fn new() -> Self {
-        Slot {
-            // No key until registered.
-            key: AtomicUsize::new(usize::MAX),
-            ended: AtomicBool::new(false),
-        }
-    }
 }
 
 type Registry<T> = Mutex<Slab<Entry<T>>>;
@@ -111,9 +96,9 @@ impl<T: Registered> Tasks<T> {
         let mut registry = lock(&self.registry);
         if self.closed.load(Ordering::Relaxed) {
             handle.abort();
-        } else if !state.slot().ended.load(Ordering::Relaxed) {
+        } else if !state.ended().load(Ordering::Relaxed) {
             let entry = registry.vacant_entry();
-            state.slot().key.store(entry.key(), Ordering::Relaxed);
+            state.key().store(entry.key(), Ordering::Relaxed);
             entry.insert(Entry {
                 abort: handle.abort_handle(),
                 state,
@@ -178,9 +163,9 @@ impl<T: Registered> Tasks<T> {
 
     /// Removes the entry of a task that ended, if it was registered.
     pub(crate) fn remove(&self, state: &Arc<T>) {
-        state.slot().ended.store(true, Ordering::Relaxed);
+        state.ended().store(true, Ordering::Relaxed);
         let mut registry = lock(&self.registry);
-        let key = state.slot().key.load(Ordering::Relaxed);
+        let key = state.key().load(Ordering::Relaxed);
         if registry
             .get(key)
             .is_some_and(|entry| Arc::ptr_eq(&entry.state, state))
