@@ -8,20 +8,27 @@
 //!
 //! The counter is an atomic rather than tokio's `Semaphore`, whose release
 //! takes a lock on every connection's end; a full server's accept loops,
-//! the only waiters, are woken through a `Notify` only when one is waiting.
+//! the only waiters, are woken through a `Notify` only when one is waiting:
+//! they mark that in the counter's own word, so that a release learns it
+//! from its one read-modify-write.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
-use tokio::sync::Notify;
+use crate::sync::{AtomicUsize, Mutex, Notify};
 
 /// Default for [`Builder::max_connections`](crate::Builder::max_connections).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
-/// The largest `max_connections` accepted (the counter must not overflow).
+/// The largest `max_connections` accepted (the counter must not overflow
+/// into [`WAITING`]).
 pub(crate) const MAX_CONNECTIONS_LIMIT: usize = usize::MAX >> 1;
+
+/// The flag in `Live::count` that an accept loop waits for a place: the top
+/// bit, above every count.
+const WAITING: usize = !MAX_CONNECTIONS_LIMIT;
 
 /// The server's admission limits.
 #[derive(Debug)]
@@ -34,9 +41,12 @@ pub(crate) struct Limits {
 #[derive(Debug)]
 struct Live {
     max: usize,
+    /// The places taken, with [`WAITING`] set while an accept loop may be
+    /// waiting for one: only then does a release notify. One word, so that
+    /// a waiter's mark and a release are ordered and one of them sees the
+    /// other (with two words, only a store-load order across them would do
+    /// it, which loom cannot check: it models `SeqCst` as `AcqRel`).
     count: AtomicUsize,
-    /// Accept loops waiting for a place: only then does a release notify.
-    waiters: AtomicUsize,
     freed: Notify,
 }
 
@@ -57,10 +67,13 @@ impl Drop for Permit {
 
 impl Live {
     fn release(&self) {
-        // SeqCst, with the waiter's increment and re-check: either the
-        // waiter sees this place free, or this sees the waiter and wakes it.
-        self.count.fetch_sub(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
+        // Either the waiter's mark comes first, and this sees it and wakes
+        // the waiter, or the mark sees this place free.
+        if self.count.fetch_sub(1, Ordering::AcqRel) & WAITING != 0 {
+            // Cleared before the wake-up: a loop that marks again after
+            // this is woken by it (its `Notified` is older) or sees the
+            // place free.
+            self.count.fetch_and(!WAITING, Ordering::AcqRel);
             self.freed.notify_waiters();
         }
     }
@@ -91,7 +104,6 @@ impl Limits {
             live: Arc::new(Live {
                 max: max_connections,
                 count: AtomicUsize::new(0),
-                waiters: AtomicUsize::new(0),
                 freed: Notify::new(),
             }),
             per_ip: max_per_ip.map(|limit| {
@@ -105,16 +117,18 @@ impl Limits {
 
     /// A place under the global limit if one is free now.
     pub(crate) fn try_permit(&self) -> Option<Permit> {
-        let mut count = self.live.count.load(Ordering::SeqCst);
+        let mut count = self.live.count.load(Ordering::Acquire);
         loop {
-            if count >= self.live.max {
+            if count & !WAITING >= self.live.max {
                 return None;
             }
+            // The count below WAITING (at most MAX_CONNECTIONS_LIMIT):
+            // the increment leaves the flag as it is.
             match self.live.count.compare_exchange_weak(
                 count,
                 count + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
+                Ordering::AcqRel,
+                Ordering::Acquire,
             ) {
                 Ok(_) => {
                     return Some(Permit {
@@ -129,7 +143,7 @@ impl Limits {
     /// Whether a place under the global limit is free now (without taking
     /// it).
     pub(crate) fn has_room(&self) -> bool {
-        self.live.count.load(Ordering::SeqCst) < self.live.max
+        self.live.count.load(Ordering::Acquire) & !WAITING < self.live.max
     }
 
     /// Waits until a place is free, without taking it.
@@ -145,8 +159,10 @@ impl Limits {
             let freed = self.live.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let _waiting = Waiting::new(&self.live);
-            if self.has_room() {
+            // Left set if this returns or is dropped: it costs the next
+            // release one needless wake-up.
+            let count = self.live.count.fetch_or(WAITING, Ordering::AcqRel);
+            if count & !WAITING < self.live.max {
                 return;
             }
             freed.await;
@@ -185,22 +201,6 @@ impl Limits {
         if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
             per_ip.leave(ip);
         }
-    }
-}
-
-/// Counts an accept loop as waiting for as long as it lives.
-struct Waiting<'a>(&'a Live);
-
-impl<'a> Waiting<'a> {
-    fn new(live: &'a Live) -> Self {
-        live.waiters.fetch_add(1, Ordering::SeqCst);
-        Waiting(live)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -314,5 +314,95 @@ mod tests {
         assert!(limits.try_permit().is_none());
         drop(held);
         assert!(limits.try_permit().is_some());
+    }
+}
+
+/// Model checks of the global limit (see [`crate::sync`] for how to run
+/// them).
+#[cfg(all(test, switchboard_loom))]
+mod loom_models {
+    use loom::future::block_on;
+    use loom::thread;
+
+    use super::*;
+
+    #[test]
+    fn racing_accept_loops_never_take_more_than_max_places() {
+        loom::model(|| {
+            let limits = Arc::new(Limits::new(1, None));
+            // Places held at once, counted by their holders.
+            let held = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+            let loops: Vec<_> = (0..2)
+                .map(|_| {
+                    let (limits, held) = (Arc::clone(&limits), Arc::clone(&held));
+                    thread::spawn(move || {
+                        let permit = limits.try_permit()?;
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        assert!(now <= 1, "{now} places taken under a limit of 1");
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        drop(permit);
+                        Some(())
+                    })
+                })
+                .collect();
+            // This one holds its place until the others are done.
+            let mine = limits.try_permit();
+            if mine.is_some() {
+                let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                assert!(now <= 1, "{now} places taken under a limit of 1");
+            }
+            for accept in loops {
+                accept.join().expect("accept loop");
+            }
+            drop(mine);
+            assert_eq!(
+                limits.live.count.load(Ordering::Acquire),
+                0,
+                "a place leaked"
+            );
+            assert!(limits.try_permit().is_some(), "the place was not freed");
+        });
+    }
+
+    #[test]
+    fn an_accept_loop_waiting_for_a_place_is_woken_when_one_frees() {
+        loom::model(|| {
+            let limits = Arc::new(Limits::new(1, None));
+            let held = limits.try_permit().expect("a free place");
+            let releasing = thread::spawn(move || drop(held));
+            // Hangs (a deadlock for loom) if the wake-up is lost.
+            let permit = block_on(limits.permit());
+            releasing.join().expect("release");
+            assert!(
+                limits.try_permit().is_none(),
+                "the place went to the waiter"
+            );
+            drop(permit);
+            let taken = limits.live.count.load(Ordering::Acquire) & !WAITING;
+            assert_eq!(taken, 0, "a place leaked");
+        });
+    }
+
+    #[test]
+    fn every_accept_loop_waiting_for_room_is_woken_by_a_kept_admission_released() {
+        loom::model(|| {
+            let limits = Arc::new(Limits::new(1, None));
+            let kept = limits
+                .admit(limits.try_permit().expect("a free place"), None)
+                .expect("no per-address limit");
+            assert!(!kept.keep(), "no per-address place");
+            let waiting = {
+                let limits = Arc::clone(&limits);
+                thread::spawn(move || block_on(limits.room()))
+            };
+            let releasing = {
+                let limits = Arc::clone(&limits);
+                thread::spawn(move || limits.release(None))
+            };
+            block_on(limits.room());
+            waiting.join().expect("the other accept loop");
+            releasing.join().expect("release");
+            assert_eq!(limits.live.count.load(Ordering::Acquire) & !WAITING, 0);
+        });
     }
 }

@@ -237,6 +237,7 @@ mod signal;
 #[cfg(unix)]
 mod socket_file;
 mod stats;
+mod sync;
 pub mod testing;
 mod timeout;
 #[cfg(feature = "tls")]

@@ -18,11 +18,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
+
+use crate::sync::{AtomicBool, Mutex, MutexGuard};
 
 /// Triggers a server's graceful shutdown.
 ///
@@ -249,5 +251,82 @@ mod tests {
         assert_eq!(fired.waiters().len(), 1);
         drop(waiting);
         assert!(fired.waiters().is_empty());
+    }
+}
+
+/// Model checks of the signal (see [`crate::sync`] for how to run them).
+#[cfg(all(test, switchboard_loom))]
+mod loom_models {
+    use loom::future::block_on;
+    use loom::thread;
+
+    use super::*;
+
+    /// Polls `waiting` once, as a task's first look at the signal.
+    fn poll_once(waiting: &mut ShutdownRequested) -> Poll<()> {
+        block_on(std::future::poll_fn(|cx| {
+            Poll::Ready(Pin::new(&mut *waiting).poll(cx))
+        }))
+    }
+
+    #[test]
+    fn a_waiter_registering_while_fire_runs_is_woken() {
+        loom::model(|| {
+            let fired = Arc::new(Fired::default());
+            let firing = {
+                let fired = Arc::clone(&fired);
+                thread::spawn(move || fired.fire())
+            };
+            // Hangs (a deadlock for loom) if the wake-up is lost.
+            block_on(Fired::wait(&fired));
+            assert!(fired.is_fired());
+            firing.join().expect("fire");
+            assert!(fired.waiters().is_empty(), "a waker left behind");
+        });
+    }
+
+    #[test]
+    fn a_waiter_polled_from_a_new_task_while_fire_runs_is_woken() {
+        loom::model(|| {
+            let fired = Arc::new(Fired::default());
+            let mut waiting = Fired::wait(&fired);
+            // Registered with one waker, then moved to another task (a new
+            // `block_on` has a waker of its own): the slot's waker is
+            // replaced while `fire` may be taking the slab.
+            let first = poll_once(&mut waiting);
+            let firing = {
+                let fired = Arc::clone(&fired);
+                thread::spawn(move || fired.fire())
+            };
+            if first.is_pending() {
+                block_on(&mut waiting);
+            }
+            firing.join().expect("fire");
+            assert!(fired.waiters().is_empty(), "a waker left behind");
+        });
+    }
+
+    #[test]
+    fn a_waiter_dropped_while_fire_runs_breaks_nothing() {
+        loom::model(|| {
+            let fired = Arc::new(Fired::default());
+            let dropping = {
+                let fired = Arc::clone(&fired);
+                thread::spawn(move || {
+                    let mut waiting = Fired::wait(&fired);
+                    let _ = poll_once(&mut waiting);
+                    drop(waiting);
+                })
+            };
+            let waiting = {
+                let fired = Arc::clone(&fired);
+                thread::spawn(move || block_on(Fired::wait(&fired)))
+            };
+            fired.fire();
+            dropping.join().expect("the dropped waiter");
+            waiting.join().expect("the other waiter");
+            assert!(fired.waiters().is_empty(), "a waker left behind");
+            block_on(Fired::wait(&fired)); // made after: ready at once
+        });
     }
 }

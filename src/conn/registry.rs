@@ -13,14 +13,14 @@
 //! timeout, at least 5 ms) for a scan of the live connections, 512 entries
 //! per lock. A connection's reads and writes never take it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
 use slab::Slab;
-use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Notify};
 use crate::timeout::TimeoutKind;
 
 /// What the registry needs of a connection's record: the two fields it
@@ -40,6 +40,10 @@ pub(crate) trait Registered {
 
 type Registry<T> = Mutex<Slab<Entry<T>>>;
 
+/// The flag in `Tasks::live` that the drain has begun: the top bit, which
+/// a count of tasks never reaches.
+const DRAINING: usize = 1 << (usize::BITS - 1);
+
 /// What the registry knows of a live connection.
 #[derive(Debug)]
 struct Entry<T> {
@@ -53,10 +57,13 @@ struct Entry<T> {
 pub(crate) struct Tasks<T> {
     registry: Registry<T>,
     /// Tasks spawned and not yet ended (aborted ones included, which the
-    /// drain takes out of the registry before they have unwound).
+    /// drain takes out of the registry before they have unwound), with
+    /// `DRAINING` set once the drain begins: from then on the last task to
+    /// end wakes it. One word, so that the drain's and the last task's
+    /// read-modify-writes are ordered and each sees the other's (with two,
+    /// only a store-load order across them would be, which loom cannot
+    /// check: it models `SeqCst` as `AcqRel`).
     live: AtomicUsize,
-    /// Set when the drain begins: from then on the last task to end wakes it.
-    draining: AtomicBool,
     /// Set (under the registry's lock) by [`Tasks::abort_all`]: a task
     /// spawned after it is aborted at once instead of registered.
     closed: AtomicBool,
@@ -68,7 +75,6 @@ impl<T: Registered> Tasks<T> {
         Tasks {
             registry: Registry::default(),
             live: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             ended: Notify::new(),
         }
@@ -83,7 +89,7 @@ impl<T: Registered> Tasks<T> {
     /// Counts a task about to be spawned: before the spawn, since the
     /// guard that uncounts it may run in it.
     pub(crate) fn spawning(&self) {
-        self.live.fetch_add(1, Ordering::SeqCst);
+        self.live.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Registers a spawned task with its abort handle, under one lock
@@ -176,11 +182,20 @@ impl<T: Registered> Tasks<T> {
 
     /// Counts a task's end, waking the drain after the last one.
     pub(crate) fn ended(&self) {
-        // SeqCst with the drain's store and load: either the drain sees no
-        // task left, or the last task sees the drain and wakes it.
-        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 && self.draining.load(Ordering::SeqCst) {
+        // Either the drain's mark comes first, and the last task sees it
+        // and wakes the drain, or the drain's mark sees no task left.
+        if self.live.fetch_sub(1, Ordering::AcqRel) == DRAINING | 1 {
             self.ended.notify_waiters();
         }
+    }
+
+    /// Marks the drain as begun, so that the last task to end wakes it,
+    /// then waits until no task is left.
+    async fn drained(&self) {
+        if self.live.fetch_or(DRAINING, Ordering::AcqRel) & !DRAINING == 0 {
+            return;
+        }
+        self.all_ended().await;
     }
 
     /// Waits until no task is left.
@@ -189,7 +204,9 @@ impl<T: Registered> Tasks<T> {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            if self.live.load(Ordering::SeqCst) == 0 {
+            // A task that ended after this was made wakes it; one that ended
+            // before it shows here.
+            if self.live.load(Ordering::Acquire) & !DRAINING == 0 {
                 return;
             }
             ended.await;
@@ -202,8 +219,7 @@ impl<T: Registered> Tasks<T> {
     /// A handler that blocks its thread without ever yielding cannot be
     /// aborted; the drain then waits for it.
     pub(crate) async fn drain(&self, deadline: Instant) {
-        self.draining.store(true, Ordering::SeqCst);
-        if tokio::time::timeout_at(deadline, self.all_ended())
+        if tokio::time::timeout_at(deadline, self.drained())
             .await
             .is_err()
         {
@@ -226,4 +242,60 @@ impl<T: Registered> Tasks<T> {
 /// lock (slab operations do not panic midway), so poisoning is ignored.
 fn lock<T>(registry: &Registry<T>) -> MutexGuard<'_, Slab<Entry<T>>> {
     registry.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Model checks of the drain's wake-up (see [`crate::sync`] for how to run
+/// them).
+#[cfg(all(test, switchboard_loom))]
+mod loom_models {
+    use loom::future::block_on;
+    use loom::thread;
+
+    use super::*;
+
+    /// A record with nothing but its slot: the drain needs no more.
+    #[derive(Debug)]
+    struct Record(Slot);
+
+    impl Registered for Record {
+        fn slot(&self) -> &Slot {
+            &self.0
+        }
+
+        fn expire(&self, _: TimeoutKind) -> bool {
+            false
+        }
+    }
+
+    /// `tasks` live tasks end on threads of their own while the drain
+    /// begins; the drain must see the last one end.
+    fn drain_while_tasks_end(tasks: usize) {
+        loom::model(move || {
+            let registry = Arc::new(Tasks::<Record>::new());
+            let ending: Vec<_> = (0..tasks)
+                .map(|_| {
+                    registry.spawning();
+                    let registry = Arc::clone(&registry);
+                    thread::spawn(move || registry.ended())
+                })
+                .collect();
+            // Hangs (a deadlock for loom) if the last end is missed.
+            block_on(registry.drained());
+            let left = registry.live.load(Ordering::Acquire) & !DRAINING;
+            assert_eq!(left, 0, "drained with tasks left");
+            for task in ending {
+                task.join().expect("task");
+            }
+        });
+    }
+
+    #[test]
+    fn the_last_task_ending_as_the_drain_begins_wakes_it() {
+        drain_while_tasks_end(1);
+    }
+
+    #[test]
+    fn the_last_of_two_tasks_ending_as_the_drain_begins_wakes_it() {
+        drain_while_tasks_end(2);
+    }
 }

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::shutdown::Fired;
 use crate::socket_file::{self, FileId};
 
 use super::Handover;
@@ -166,7 +166,7 @@ pub(crate) enum Offered {
     /// With a [`Standby`] if the successor asked this server to stand by
     /// (an older successor does not).
     HandedOver(Option<Standby>),
-    /// `stop` was cancelled first.
+    /// `stop` fired first.
     Stopped,
 }
 
@@ -273,7 +273,7 @@ pub(crate) async fn take_over(control: &Path, timeout: Duration) -> io::Result<O
 }
 
 /// Predecessor side: serves handover requests on `control` until `stop` is
-/// cancelled or one handover succeeds.
+/// fired or one handover succeeds.
 ///
 /// To each successor it sends duplicates of `sockets` and of the control
 /// listener, then waits for its "ready" (each step bounded by `timeout`).
@@ -284,12 +284,12 @@ pub(crate) async fn take_over(control: &Path, timeout: Duration) -> io::Result<O
 /// next one is served. Requests are served one at a time; others wait in
 /// the control socket's backlog.
 ///
-/// `sockets` are held until this returns: cancel `stop` when the server's
+/// `sockets` are held until this returns: fire `stop` when the server's
 /// shutdown begins, or these copies keep the listening sockets open (and
 /// clients queued) after the server has closed its own.
 ///
 /// `stop` wins over a successor connecting at the same moment: once it is
-/// cancelled, no handover begins and none in progress goes on.
+/// fired, no handover begins and none in progress goes on.
 ///
 /// However this ends (stopped, failed, or the future dropped), the control
 /// file is removed if it is still ours: unless the sockets were sent to a
@@ -310,7 +310,7 @@ pub(crate) async fn offer(
     control: Control,
     sockets: Vec<Inherited>,
     timeout: Duration,
-    stop: CancellationToken,
+    stop: Arc<Fired>,
     offered: impl Fn() + Send + Sync,
     handed_over: impl FnOnce() + Send,
 ) -> io::Result<Offered> {
@@ -361,7 +361,7 @@ pub(crate) async fn offer(
             // A stop that has come wins over a successor waiting in the
             // backlog: the handover would be cut short at once anyway.
             biased;
-            () = stop.cancelled() => return Ok(Offered::Stopped),
+            () = Fired::wait(&stop) => return Ok(Offered::Stopped),
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -373,7 +373,7 @@ pub(crate) async fn offer(
                 // Stopped during the wait or not, the loop's own look at
                 // `stop` comes next.
                 backoff
-                    .on_error(err, &listener_name, stop.cancelled())
+                    .on_error(err, &listener_name, Fired::wait(&stop))
                     .await?;
                 continue;
             }
@@ -383,7 +383,7 @@ pub(crate) async fn offer(
             // A stop cuts the handover short; `_file` leaves the file to the
             // successor if the sockets were sent already.
             biased;
-            () = stop.cancelled() => return Ok(Offered::Stopped),
+            () = Fired::wait(&stop) => return Ok(Offered::Stopped),
             session = hand_over(&stream, &sockets, &listener, timeout, &mark_sent) => session,
         };
         match session {
@@ -621,19 +621,19 @@ mod tests {
     struct Offering {
         task: JoinHandle<io::Result<Offered>>,
         handed_over: Arc<AtomicBool>,
-        stop: CancellationToken,
+        stop: Arc<Fired>,
     }
 
     impl Offering {
         fn start(control: Control, sockets: Vec<Inherited>, timeout: Duration) -> Offering {
             let handed_over = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&handed_over);
-            let stop = CancellationToken::new();
+            let stop = Arc::new(Fired::default());
             let task = tokio::spawn(offer(
                 control,
                 sockets,
                 timeout,
-                stop.clone(),
+                Arc::clone(&stop),
                 || {},
                 move || flag.store(true, Ordering::SeqCst),
             ));
@@ -822,7 +822,7 @@ mod tests {
 
         // The last generation stops without a successor: the file goes.
         let third_offers = Offering::start(third.control, Vec::new(), STEP);
-        third_offers.stop.cancel();
+        third_offers.stop.fire();
         assert_eq!(third_offers.ended().await, Ended::Stopped);
         assert!(
             !control_path.exists(),
@@ -880,7 +880,7 @@ mod tests {
         let ended = bounded("the session's end", read_frame(stream)).await;
         assert!(ended.is_err() || ended.is_ok_and(|f| f.code != Message::Done.code()));
         assert!(!old.handed_over());
-        old.stop.cancel();
+        old.stop.fire();
         assert_eq!(old.ended().await, Ended::Stopped);
         assert!(
             control_path.exists(),
@@ -1167,7 +1167,7 @@ mod tests {
 
         // A stop with no handover removes the file.
         let offering = Offering::start(control, vec![copy_tcp(&tcp_listener())], STEP);
-        offering.stop.cancel();
+        offering.stop.fire();
         assert_eq!(offering.ended().await, Ended::Stopped);
         assert!(!path.exists(), "a clean stop left the control file");
 
@@ -1222,16 +1222,22 @@ mod tests {
         // An unbiased wait would pick either at random: try it many times.
         for round in 0..32 {
             let control = bind_control(&path).await;
-            let stop = CancellationToken::new();
+            let stop = Arc::new(Fired::default());
             let sockets = vec![copy_tcp(&tcp)];
-            let mut offering =
-                std::pin::pin!(offer(control, sockets, STEP, stop.clone(), || {}, || {}));
+            let mut offering = std::pin::pin!(offer(
+                control,
+                sockets,
+                STEP,
+                Arc::clone(&stop),
+                || {},
+                || {}
+            ));
             let woken = Arc::new(Woken::default());
             assert!(poll_once(offering.as_mut(), &woken).is_pending());
             let mut successor = connect_raw(&path);
             // The runtime saw the connection waiting: accept would succeed.
             bounded("the control socket to be readable", woken.0.notified()).await;
-            stop.cancel();
+            stop.fire();
             let std::task::Poll::Ready(offered) = poll_once(offering.as_mut(), &woken) else {
                 panic!("round {round}: the offer went on after the stop");
             };
@@ -1265,9 +1271,16 @@ mod tests {
         let tcp = tcp_listener();
         for end in [End::Stop, End::Drop] {
             let control = bind_control(&path).await;
-            let stop = CancellationToken::new();
+            let stop = Arc::new(Fired::default());
             let sockets = vec![copy_tcp(&tcp)];
-            let mut offering = Box::pin(offer(control, sockets, STEP, stop.clone(), || {}, || {}));
+            let mut offering = Box::pin(offer(
+                control,
+                sockets,
+                STEP,
+                Arc::clone(&stop),
+                || {},
+                || {},
+            ));
             let woken = Arc::new(Woken::default());
             assert!(poll_once(offering.as_mut(), &woken).is_pending());
             // A successor that has not asked yet.
@@ -1277,7 +1290,7 @@ mod tests {
             assert!(poll_once(offering.as_mut(), &woken).is_pending());
             match end {
                 End::Stop => {
-                    stop.cancel();
+                    stop.fire();
                     let offered = poll_once(offering.as_mut(), &woken);
                     assert!(
                         matches!(offered, std::task::Poll::Ready(Ok(Offered::Stopped))),
@@ -1299,7 +1312,7 @@ mod tests {
         let control = bind_control(&path).await;
         let old = Offering::start(control, vec![copy_tcp(&tcp)], STEP);
         let taken = take(&path).await;
-        old.stop.cancel();
+        old.stop.fire();
         assert_eq!(old.ended().await, Ended::Stopped);
         assert!(
             path.exists(),
@@ -1382,7 +1395,7 @@ mod tests {
                 control,
                 sockets,
                 STEP,
-                CancellationToken::new(),
+                Arc::new(Fired::default()),
                 || {},
                 || {},
             ),

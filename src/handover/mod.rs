@@ -96,7 +96,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::shutdown::Fired;
 use crate::socket_file::FileId;
@@ -176,8 +175,6 @@ impl Handover {
     ) -> Offering {
         let control = self.control.path().to_path_buf();
         tracing::debug!(control = %control.display(), "offering the listeners to a successor");
-        let cancel = CancellationToken::new();
-        let triggered = Fired::wait(stop);
         let fire = Arc::clone(stop);
         let sent = Arc::new(AtomicBool::new(false));
         let keep = |keepers: &[Arc<AtomicBool>], keep: bool| {
@@ -215,21 +212,14 @@ impl Handover {
             self.control,
             sockets,
             HANDOVER_TIMEOUT,
-            cancel.clone(),
+            // The offer stops when shutdown begins, whoever triggered it; a
+            // handover that triggered it runs on to its confirmation.
+            Arc::clone(stop),
             offered,
             handed_over,
         );
         let offer = tokio::spawn(async move {
-            tokio::pin!(offering);
-            // The offer stops when shutdown begins, whoever triggered it; a
-            // handover that triggered it runs on to its confirmation.
-            let offered = tokio::select! {
-                offered = &mut offering => offered,
-                () = triggered => {
-                    cancel.cancel();
-                    offering.await
-                }
-            };
+            let offered = offering.await;
             // Reported when it happens, not at shutdown: the server serves
             // on, and an operator must learn now that a restart would fail.
             if let Err(err) = &offered {
