@@ -195,7 +195,7 @@
 //! report    stats.rs              live counters; the report's arithmetic
 //! restart   handover/             zero-downtime restart: protocol.rs, control.rs,
 //!                                 inherited.rs, pair.rs, and the server glue in mod.rs
-//! support   addr.rs, error.rs, log_limit.rs, testing.rs
+//! support   addr.rs, error.rs, log_limit.rs, testing.rs, sync.rs (std or loom)
 //! ```
 //!
 //! Modules depend downwards only: `conn` knows nothing of `server`, `handler`

@@ -10,13 +10,14 @@
 //! per-connection work at accept to one allocation and a few reference
 //! counts.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::admission::Limits;
 use crate::conn::ProxyInfo;
 use crate::conn::registry::{self, Registered};
 use crate::stats::Counters;
+use crate::sync;
 use crate::timeout::{TimeoutKind, Timeouts};
 use crate::{Addr, ShutdownSignal};
 
@@ -49,10 +50,11 @@ pub(crate) struct ConnState {
     pub(crate) peer: Addr,
     /// When the connection was accepted, in the server clock's milliseconds.
     pub(crate) accepted_at: u64,
-    /// Its key in the registry of live connections (see [`Registered`]).
-    key: AtomicUsize,
+    /// Its key in the registry of live connections (see [`Registered`];
+    /// `crate::sync`'s, so that the registry's loom models can share it).
+    key: sync::AtomicUsize,
     /// Whether its task has ended (see [`Registered`]).
-    ended: AtomicBool,
+    ended: sync::AtomicBool,
     /// Whether the connection holds a place under the per-address limit
     /// (for its peer's address).
     pub(crate) per_ip: bool,
@@ -112,8 +114,8 @@ impl ConnState {
             id,
             peer,
             accepted_at,
-            key: AtomicUsize::new(usize::MAX),
-            ended: AtomicBool::new(false),
+            key: sync::AtomicUsize::new(usize::MAX),
+            ended: sync::AtomicBool::new(false),
             per_ip,
             touched: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
@@ -233,11 +235,11 @@ impl ConnState {
 }
 
 impl Registered for ConnState {
-    fn key(&self) -> &AtomicUsize {
+    fn key(&self) -> &sync::AtomicUsize {
         &self.key
     }
 
-    fn ended(&self) -> &AtomicBool {
+    fn ended(&self) -> &sync::AtomicBool {
         &self.ended
     }
 

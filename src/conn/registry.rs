@@ -253,13 +253,21 @@ mod loom_models {
 
     use super::*;
 
-    /// A record with nothing but its slot: the drain needs no more.
+    /// A record with nothing but the registry's fields: the drain needs no
+    /// more.
     #[derive(Debug)]
-    struct Record(Slot);
+    struct Record {
+        key: AtomicUsize,
+        ended: AtomicBool,
+    }
 
     impl Registered for Record {
-        fn slot(&self) -> &Slot {
-            &self.0
+        fn key(&self) -> &AtomicUsize {
+            &self.key
+        }
+
+        fn ended(&self) -> &AtomicBool {
+            &self.ended
         }
 
         fn expire(&self, _: TimeoutKind) -> bool {
