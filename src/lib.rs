@@ -196,6 +196,8 @@
 // Library code states the invariant behind every unwrap (as an `expect`);
 // unit tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
+// docs.rs marks each item that needs a feature with the feature's name.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod addr;
 mod admission;
@@ -205,11 +207,20 @@ mod config;
 mod conn;
 mod error;
 mod handler;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 mod handover;
 mod listen;
+#[cfg(feature = "proxy-protocol")]
 mod log_limit;
+#[cfg(any(feature = "proxy-protocol", feature = "tls"))]
 mod preamble;
+// Without PROXY and TLS no listener has work before its handler: a
+// `Preamble` that cannot exist, so that the server's code reads the same.
+#[cfg(not(any(feature = "proxy-protocol", feature = "tls")))]
+#[path = "preamble_none.rs"]
+mod preamble;
+#[cfg(feature = "proxy-protocol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
 pub mod proxy;
 mod server;
 mod shutdown;
@@ -228,14 +239,18 @@ pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT};
 pub use conn::{Connection, READ_CHUNK_MAX, ReadChunk};
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
+pub use listen::Listen;
 pub use listen::target::ToBindAddr;
-pub use listen::{DEFAULT_PROXY_HEADER_TIMEOUT, Listen, ProxyProtocol};
+#[cfg(feature = "proxy-protocol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
+pub use listen::{DEFAULT_PROXY_HEADER_TIMEOUT, ProxyProtocol};
 pub use server::{Server, ShutdownReport};
 pub use shutdown::{ShutdownHandle, ShutdownRequested, ShutdownSignal};
 pub use signal::termination;
 pub use stats::{Stats, StatsSnapshot};
 pub use timeout::DEFAULT_IDLE_TIMEOUT;
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::{
     DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
     TlsConfig, TlsConfigError, TlsInfo,
@@ -243,6 +258,7 @@ pub use tls::{
 /// The `rustls` version this crate's TLS is built on, for
 /// [`TlsConfig::new`] and [`TlsInfo`].
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tokio_rustls::rustls;
 
 /// The README's examples, compiled as doctests.

@@ -209,6 +209,7 @@ impl Counters {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
     pub(crate) fn proxy_rejected(&self) {
         self.proxy_rejected.fetch_add(1, Ordering::Release);
     }
