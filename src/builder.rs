@@ -99,7 +99,7 @@ impl Builder {
     }
 
     /// An address to listen on: `"127.0.0.1:8080"`, `"localhost:8080"`,
-    /// `("::", 8080)`, a [`SocketAddr`], ... Port 0 asks the system for a
+    /// `("::", 8080)`, a [`SocketAddr`](std::net::SocketAddr), ... Port 0 asks the system for a
     /// free port; [`Server::local_addr`] tells which.
     ///
     /// Call it again (or with [`bind_unix`](Builder::bind_unix),

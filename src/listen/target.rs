@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use crate::Error;
 
-/// An address switchboard can bind, given to [`Builder::bind`].
+/// An address switchboard can bind, given to [`Builder::bind`](crate::Builder::bind).
 ///
 /// Implemented for `&str` and `String` (`"host:port"`), `(&str, u16)`,
 /// `(String, u16)`, `(IpAddr, u16)`, [`SocketAddr`] and its V4/V6 forms, and

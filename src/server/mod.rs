@@ -45,7 +45,7 @@ use crate::{Addr, Error, Handler, ShutdownHandle, ShutdownSignal, Stats, StatsSn
 /// A bound server, ready to [`run`](Server::run).
 ///
 /// Made by [`Server::builder`]. The listening sockets are open from
-/// [`Builder::build`] on, so [`local_addr`](Server::local_addr) is known and
+/// [`Builder::build`](crate::Builder::build) on, so [`local_addr`](Server::local_addr) is known and
 /// clients may connect (they wait in the backlog) before `run` starts.
 /// Dropping a `Server` that never ran closes the sockets and frees the ports
 /// (and removes the Unix socket files it created).
@@ -200,15 +200,16 @@ impl Server {
     /// drains them and reports.
     ///
     /// Shutdown is triggered by [`ShutdownHandle::shutdown`] or by the
-    /// future given to [`Builder::shutdown_signal`]. Then:
+    /// future given to
+    /// [`Builder::shutdown_signal`](crate::Builder::shutdown_signal). Then:
     ///
     /// 1. the listeners stop taking new clients, but the clients already
     ///    waiting in their queues are accepted as places free;
-    /// 2. every connection's [shutdown signal](Connection::shutdown_requested)
+    /// 2. every connection's [shutdown signal](crate::Connection::shutdown_requested)
     ///    fires (also for those accepted from the queues);
     /// 3. each listener closes once its queue is empty, so new connects are
     ///    refused;
-    /// 4. `run` waits up to the [drain timeout](Builder::drain_timeout) for
+    /// 4. `run` waits up to the [drain timeout](crate::Builder::drain_timeout) for
     ///    the handlers to return, then closes the clients still waiting in
     ///    the queues and aborts the rest;
     /// 5. `run` returns the [`ShutdownReport`].
