@@ -141,7 +141,49 @@
 //! feature (`Listen::tls`, `TlsConfig`); and a server can hand its listening
 //! sockets to a new process for a restart that refuses no client
 //! ([`Builder::handover`]). When shutdown begins the listeners close at once,
-//! so a balancer's health checks fail over while connections drain.
+//! so a balancer's health checks fail over while connections drain. Each of
+//! the three is a cargo feature (see [Features](#features)).
+//!
+// Without a feature its items are missing: their links lead to the
+// Features section instead.
+#![cfg_attr(
+    feature = "proxy-protocol",
+    doc = "[`Listen::proxy_protocol`]: Listen::proxy_protocol\n[`ProxyProtocol`]: ProxyProtocol"
+)]
+#![cfg_attr(
+    not(feature = "proxy-protocol"),
+    doc = "[`Listen::proxy_protocol`]: #features\n[`ProxyProtocol`]: #features"
+)]
+#![cfg_attr(
+    all(unix, feature = "handover"),
+    doc = "[`Builder::handover`]: Builder::handover"
+)]
+#![cfg_attr(
+    not(all(unix, feature = "handover")),
+    doc = "[`Builder::handover`]: #features"
+)]
+//!
+//! # Features
+//!
+//! The optional parts are cargo features, so that a server that needs none
+//! of them compiles none of their code or dependencies:
+//!
+//! | feature | default | what it adds | dependencies it adds |
+//! | --- | --- | --- | --- |
+//! | `proxy-protocol` | on | `Listen::proxy_protocol`, `ProxyProtocol`, the `proxy` module's header types, `Connection::proxy_header` and `balancer_addr` | none |
+//! | `handover` | on | `Builder::handover`: zero-downtime restarts (Unix; nothing elsewhere) | 3 (`tokio-util`, `futures-core`, `futures-sink`) and `rustix`'s `net` part |
+//! | `tls` | off | `Listen::tls`, `TlsConfig`, `TlsInfo`, `Connection::tls_info`, the `rustls` re-export | 10 (`tokio-rustls`, `rustls`, `ring`, ...) |
+//!
+//! The defaults keep what switchboard offered before these parts were
+//! optional; TLS stays opt-in for its build cost. A server that needs none:
+//! `switchboard = { version = "0.1", default-features = false }`. Its
+//! dependency graph has 25 packages instead of 28 (38 with every feature);
+//! a clean release build of the crate and its dependencies took BUILD_NONE
+//! instead of BUILD_DEFAULT (BUILD_ALL with every feature), on 2 cores.
+//! Without PROXY and TLS no listener does anything before its handler, and
+//! that code is left out. [`StatsSnapshot::proxy_rejected`],
+//! [`StatsSnapshot::tls_failed`] and [`ShutdownReport::handed_over`] are
+//! always there, and stay 0 (`false`) without their feature.
 //!
 //! # Testing handlers
 //!
@@ -189,8 +231,10 @@
 //   overload            reclaiming places on a full server (Slowloris)
 //   accept, stats       accept-error classification; counters
 //   log_limit           at most one line per interval for what peers cause
-//   proxy, tls          PROXY protocol parser; TLS acceptor (feature `tls`)
-//   handover            zero-downtime restart (listeners passed by SCM_RIGHTS)
+//   proxy, tls          PROXY protocol parser (feature `proxy-protocol`);
+//                       TLS acceptor (feature `tls`)
+//   handover            zero-downtime restart (listeners passed by SCM_RIGHTS;
+//                       feature `handover`)
 //   testing             in-memory connections for handler tests
 
 // Library code states the invariant behind every unwrap (as an `expect`);

@@ -71,7 +71,7 @@ pub struct StatsSnapshot {
     pub aborted: u64,
     /// Connections closed before the handler ran because their PROXY
     /// protocol header was missing, malformed, late or untrusted (see
-    /// [`ProxyProtocol`](crate::ProxyProtocol)).
+    /// `ProxyProtocol`, feature `proxy-protocol`; always 0 without it).
     pub proxy_rejected: u64,
     /// Connections closed before the handler ran because their TLS
     /// handshake failed or timed out (see `Listen::tls`, feature `tls`;
