@@ -4,17 +4,23 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 #[cfg(unix)]
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(all(unix, feature = "handover"))]
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admission::DEFAULT_MAX_CONNECTIONS;
 use crate::config::{Config, ExternalSignal};
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 use crate::handover::Handover;
-use crate::listen::open::{open_all, take_over};
+use crate::listen::Listen;
+#[cfg(all(unix, feature = "handover"))]
+use crate::listen::ListenOn;
+use crate::listen::open::open_all;
+#[cfg(all(unix, feature = "handover"))]
+use crate::listen::open::take_over;
 use crate::listen::target::ToBindAddr;
-use crate::listen::{Listen, ListenOn};
 use crate::timeout::{DEFAULT_IDLE_TIMEOUT, Timeouts};
 use crate::{Error, Handler, Server};
 
@@ -49,7 +55,7 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 pub struct Builder {
     listen: Vec<Listen>,
     /// The control socket for zero-downtime restarts, if any.
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
     handover: Option<PathBuf>,
     handler: Option<Arc<dyn Handler>>,
     shutdown_signal: Option<ExternalSignal>,
@@ -67,7 +73,7 @@ impl Builder {
     fn new() -> Self {
         Builder {
             listen: Vec::new(),
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             handover: None,
             handler: None,
             shutdown_signal: None,
@@ -228,7 +234,8 @@ impl Builder {
     /// Not with [`systemd_listeners`](Builder::systemd_listeners).
     ///
     /// Default: off.
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
+    #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "handover"))))]
     pub fn handover(mut self, path: impl AsRef<Path>) -> Self {
         self.handover = Some(path.as_ref().to_path_buf());
         self
@@ -473,7 +480,7 @@ impl Builder {
         for listen in &self.listen {
             listen.validate()?;
         }
-        #[cfg(unix)]
+        #[cfg(all(unix, feature = "handover"))]
         if self.handover.is_some() {
             if self
                 .listen
@@ -500,7 +507,7 @@ impl Builder {
         for listen in self.listen {
             resolved.push(listen.resolve().await?);
         }
-        #[cfg(unix)]
+        #[cfg(all(unix, feature = "handover"))]
         let (handover, inherited) = match &self.handover {
             Some(path) => {
                 let (handover, inherited) =
@@ -514,19 +521,19 @@ impl Builder {
             }
             None => (None, None),
         };
-        #[cfg(unix)]
+        #[cfg(all(unix, feature = "handover"))]
         let bound = match inherited {
             Some(inherited) => take_over(resolved, inherited, &self.config)?,
             None => open_all(resolved, &self.config)?,
         };
-        #[cfg(not(unix))]
+        #[cfg(not(all(unix, feature = "handover")))]
         let bound = open_all(resolved, &self.config)?;
         Server::new(
             bound,
             handler,
             self.config,
             self.shutdown_signal,
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             handover,
         )
     }

@@ -4,25 +4,34 @@
 //! holds up nobody else.
 
 use std::sync::Arc;
+#[cfg(feature = "proxy-protocol")]
 use std::time::Duration;
 
+use crate::Connection;
+use crate::conn::Stream;
 use crate::conn::record::Extra;
-use crate::conn::{ProxyInfo, Stream};
-use crate::listen::{ProxyProtocol, Refusal};
-use crate::log_limit::LogLimit;
 use crate::stats::Counters;
-use crate::{Addr, Connection};
+#[cfg(feature = "proxy-protocol")]
+use crate::{
+    Addr,
+    conn::ProxyInfo,
+    listen::{ProxyProtocol, Refusal},
+    log_limit::LogLimit,
+};
 
 /// How often a listener may log a refused PROXY header at `warn`: refusals
 /// are something a peer causes at will, so one line per interval stands for
 /// all of them, with their count (the others go to `debug`).
+#[cfg(feature = "proxy-protocol")]
 pub(crate) const PROXY_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A listener's per-connection work before the handler.
 #[derive(Debug)]
 pub(crate) struct Preamble {
+    #[cfg(feature = "proxy-protocol")]
     proxy: Option<ProxyProtocol>,
     /// Shared by the listener's connections: the bound on its refusal lines.
+    #[cfg(feature = "proxy-protocol")]
     proxy_refusals: LogLimit,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsAcceptor>,
@@ -32,16 +41,22 @@ impl Preamble {
     /// `None` when the listener has nothing to do before the handler, so
     /// that plain listeners pay nothing.
     pub(crate) fn new(
-        proxy: Option<ProxyProtocol>,
+        #[cfg(feature = "proxy-protocol")] proxy: Option<ProxyProtocol>,
         #[cfg(feature = "tls")] tls: Option<crate::tls::TlsAcceptor>,
     ) -> Option<Arc<Self>> {
+        #[cfg(feature = "proxy-protocol")]
+        let proxy_nothing = proxy.is_none();
+        #[cfg(not(feature = "proxy-protocol"))]
+        let proxy_nothing = true;
         #[cfg(feature = "tls")]
-        let nothing = proxy.is_none() && tls.is_none();
+        let tls_nothing = tls.is_none();
         #[cfg(not(feature = "tls"))]
-        let nothing = proxy.is_none();
-        (!nothing).then(|| {
+        let tls_nothing = true;
+        (!(proxy_nothing && tls_nothing)).then(|| {
             Arc::new(Preamble {
+                #[cfg(feature = "proxy-protocol")]
                 proxy,
+                #[cfg(feature = "proxy-protocol")]
                 proxy_refusals: LogLimit::new(PROXY_REFUSAL_LOG_INTERVAL),
                 #[cfg(feature = "tls")]
                 tls,
@@ -51,7 +66,11 @@ impl Preamble {
 
     /// Whether connections on this listener have a PROXY header read.
     pub(crate) fn reads_proxy_header(&self) -> bool {
-        self.proxy.is_some()
+        #[cfg(feature = "proxy-protocol")]
+        let reads = self.proxy.is_some();
+        #[cfg(not(feature = "proxy-protocol"))]
+        let reads = false;
+        reads
     }
 
     /// Runs the preamble on `conn`, a TCP connection: reads the PROXY header
@@ -63,12 +82,13 @@ impl Preamble {
         mut conn: Connection,
         counters: &Counters,
     ) -> Result<Connection, ()> {
-        // The builder allows a preamble on TCP listeners only.
-        let Some(socket_peer) = conn.state.peer.as_tcp() else {
-            unreachable!("a preamble runs on TCP connections only");
-        };
         let mut extra = Extra::default();
+        #[cfg(feature = "proxy-protocol")]
         if let Some(protocol) = &self.proxy {
+            // The builder allows a preamble on TCP listeners only.
+            let Some(socket_peer) = conn.state.peer.as_tcp() else {
+                unreachable!("a preamble runs on TCP connections only");
+            };
             let Stream::Tcp(tcp) = &mut conn.stream else {
                 unreachable!("a preamble runs on TCP connections only");
             };
@@ -104,7 +124,10 @@ impl Preamble {
                     extra.tls = Some(info);
                 }
                 Err(err) => {
+                    #[cfg(feature = "proxy-protocol")]
                     let peer = extra.client().unwrap_or(&conn.state.peer);
+                    #[cfg(not(feature = "proxy-protocol"))]
+                    let peer = &conn.state.peer;
                     if matches!(err, crate::tls::HandshakeError::QueueTimeout) {
                         tracing::warn!(
                             %peer,
@@ -131,6 +154,7 @@ impl Preamble {
     /// [`PROXY_REFUSAL_LOG_INTERVAL`], that line saying how many more were
     /// refused since the last one; the others, and peers that closed before
     /// sending anything (health checks), at `debug`.
+    #[cfg(feature = "proxy-protocol")]
     fn log_refusal(&self, peer: std::net::SocketAddr, refusal: &Refusal) {
         if matches!(refusal, Refusal::ClosedEarly) {
             tracing::debug!(%peer, "PROXY protocol: {refusal}");

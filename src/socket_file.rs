@@ -294,7 +294,8 @@ fn random_u32() -> u32 {
 
 /// Whether a Unix socket whose bound address is `bound` has its file at
 /// `path`, as far as names tell: bound there, or bound at the staging name
-/// [`create`] uses for `path`.
+/// [`create`] uses for `path`. For taking over a handed-over socket.
+#[cfg(any(test, feature = "handover"))]
 pub(crate) fn bound_for(bound: &Path, path: &Path) -> bool {
     if bound == path {
         return true;

@@ -71,7 +71,7 @@ pub struct StatsSnapshot {
     pub aborted: u64,
     /// Connections closed before the handler ran because their PROXY
     /// protocol header was missing, malformed, late or untrusted (see
-    /// [`ProxyProtocol`](crate::ProxyProtocol)).
+    /// `ProxyProtocol`, feature `proxy-protocol`; always 0 without it).
     pub proxy_rejected: u64,
     /// Connections closed before the handler ran because their TLS
     /// handshake failed or timed out (see `Listen::tls`, feature `tls`;
@@ -209,6 +209,7 @@ impl Counters {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
     pub(crate) fn proxy_rejected(&self) {
         self.proxy_rejected.fetch_add(1, Ordering::Release);
     }

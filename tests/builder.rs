@@ -90,7 +90,7 @@ async fn missing_options_and_bad_values_are_errors_not_panics() {
 
     // More listeners than a handover can pass: refused at build, not
     // found out at the first restart.
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
     {
         let dir = common::temp_dir("too-many");
         let control = dir.path().join("control.sock");

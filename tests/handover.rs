@@ -210,6 +210,8 @@ async fn a_successor_configured_on_another_address_binds_it_and_leaves_the_old_o
     new.stop().await;
 }
 
+// The setting that tells the listeners apart is the PROXY protocol.
+#[cfg(feature = "proxy-protocol")]
 #[tokio::test]
 async fn a_reordered_configuration_keeps_each_listeners_settings_on_its_address() {
     use switchboard::{Listen, ProxyProtocol, Server};

@@ -10,9 +10,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use common::{Example, assert_adds_up, start_on, temp_dir, within};
+#[cfg(feature = "proxy-protocol")]
+use switchboard::ProxyProtocol;
 use switchboard::rustls::pki_types::ServerName;
 use switchboard::rustls::{ClientConfig, RootCertStore};
-use switchboard::{Addr, Connection, Listen, ProxyProtocol, TlsConfig, handler_fn};
+use switchboard::{Addr, Connection, Listen, TlsConfig, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -50,6 +52,8 @@ fn connector(cert: &Cert, alpn: &[&str]) -> TlsConnector {
 /// What the handler saw.
 #[derive(Debug)]
 struct Seen {
+    // Checked by the PROXY-then-TLS test only.
+    #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
     peer: Addr,
     transport: &'static str,
     sni: Option<String>,
@@ -121,6 +125,7 @@ async fn the_handler_sees_the_decrypted_stream_sni_and_alpn() {
     assert_adds_up(&report);
 }
 
+#[cfg(feature = "proxy-protocol")]
 #[tokio::test]
 async fn a_proxy_header_then_tls() {
     let cert = cert();

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{greeter, greeting, noop, run, temp_dir, within};
+#[cfg(feature = "handover")]
+use common::run;
+use common::{greeter, greeting, noop, temp_dir, within};
 use switchboard::Server;
 
 /// The mode of `path` itself (not of what a symlink there points to).
@@ -151,6 +153,7 @@ async fn a_stopping_server_leaves_another_servers_socket_file_alone() {
     assert!(!path.exists(), "B's stop removes its own file");
 }
 
+#[cfg(feature = "handover")]
 #[tokio::test]
 async fn a_successor_removes_only_the_socket_file_it_took_over() {
     let dir = temp_dir("unix-not-mine-handover");

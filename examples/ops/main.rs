@@ -19,7 +19,7 @@
 //! | `SWITCHBOARD_TLS_CERT`, `SWITCHBOARD_TLS_KEY` | PEM files: every TCP listener serves TLS (needs `--features tls`) |
 //! | `SWITCHBOARD_TLS_ALPN` | the ALPN protocols offered, comma-separated |
 //! | `SWITCHBOARD_REUSE_PORT=1` | `SO_REUSEPORT`: several instances share one port |
-//! | `SWITCHBOARD_HANDOVER=PATH` | a new instance started with the same `PATH` takes over the listeners, and this one drains and exits |
+//! | `SWITCHBOARD_HANDOVER=PATH` | a new instance started with the same `PATH` takes over the listeners, and this one drains and exits (feature `handover`, on by default; Unix) |
 //!
 //! Like the others, it prints `listening on ADDR[, ADDR...]` first and
 //! `shutdown report: ...` at exit, after Ctrl-C or SIGTERM.
@@ -63,7 +63,18 @@ async fn main() -> Result<(), Box<dyn Error>> {
         builder = builder.reuse_port(true);
     }
     if let Some(control) = env::var_os("SWITCHBOARD_HANDOVER") {
-        builder = builder.handover(control);
+        #[cfg(all(unix, feature = "handover"))]
+        {
+            builder = builder.handover(control);
+        }
+        // Without the feature, asking for a handover is an error, not a
+        // restart that would refuse clients.
+        #[cfg(not(all(unix, feature = "handover")))]
+        return Err(format!(
+            "SWITCHBOARD_HANDOVER={} is set, but the example was built without the `handover` feature (or not for Unix)",
+            control.to_string_lossy()
+        )
+        .into());
     }
     let server = builder
         .handler(http::Hello::default())

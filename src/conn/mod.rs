@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::net::UnixStream;
 
 use crate::conn::record::ConnState;
+#[cfg(feature = "proxy-protocol")]
 use crate::proxy::ProxyHeader;
 use crate::{Addr, ShutdownRequested, ShutdownSignal};
 
@@ -75,6 +76,7 @@ pub struct Job {
 }
 
 /// A PROXY protocol header and the client it names.
+#[cfg(feature = "proxy-protocol")]
 #[derive(Debug)]
 pub(crate) struct ProxyInfo {
     pub(crate) header: ProxyHeader,
@@ -124,6 +126,7 @@ impl Connection {
     /// What the TLS handshake negotiated (ALPN protocol, SNI server name,
     /// version, cipher suite), on a [TLS listener](crate::Listen::tls).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_info(&self) -> Option<&crate::TlsInfo> {
         self.state.extra.get()?.tls.as_ref()
     }
@@ -135,16 +138,17 @@ impl Connection {
     }
 
     /// The address of the remote end: the client. Behind a load balancer
-    /// that sends a PROXY protocol header (see
-    /// [`Listen::proxy_protocol`](crate::Listen::proxy_protocol)), the client
-    /// the header names; the balancer's own address is then
-    /// [`balancer_addr`](Connection::balancer_addr).
+    /// that sends a PROXY protocol header (see `Listen::proxy_protocol`,
+    /// feature `proxy-protocol`), the client the header names; the
+    /// balancer's own address is then `balancer_addr`.
     pub fn peer_addr(&self) -> Addr {
         self.state.client_addr().clone()
     }
 
     /// The address of the load balancer that sent a PROXY protocol header
     /// for this connection, if one did.
+    #[cfg(feature = "proxy-protocol")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
     pub fn balancer_addr(&self) -> Option<&Addr> {
         self.state.proxy().map(|_| &self.state.peer)
     }
@@ -152,6 +156,8 @@ impl Connection {
     /// The PROXY protocol header the load balancer sent, if one did: the
     /// addresses, and for version 2 the TLVs (ALPN, authority, TLS details,
     /// unique id, ...), read-only.
+    #[cfg(feature = "proxy-protocol")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
     pub fn proxy_header(&self) -> Option<&ProxyHeader> {
         self.state.proxy().map(|proxy| &proxy.header)
     }

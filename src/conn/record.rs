@@ -10,10 +10,13 @@
 //! per-connection work at accept to one allocation and a few reference
 //! counts.
 
+use std::sync::Arc;
+#[cfg(any(feature = "proxy-protocol", feature = "tls"))]
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use crate::admission::Limits;
+#[cfg(feature = "proxy-protocol")]
 use crate::conn::ProxyInfo;
 use crate::conn::registry::{self, Registered};
 use crate::stats::Counters;
@@ -73,18 +76,23 @@ pub(crate) struct ConnState {
     /// The sweeper's time of the last activity it saw (the clock's ms).
     last_active: AtomicU64,
     /// What the preamble learnt (PROXY header, TLS), set once before the
-    /// handler runs; boxed, as most connections have none.
+    /// handler runs; boxed, as most connections have none. Not there
+    /// without those features.
+    #[cfg(any(feature = "proxy-protocol", feature = "tls"))]
     pub(crate) extra: OnceLock<Box<Extra>>,
 }
 
 /// What a listener's preamble learnt of a connection.
+#[cfg(any(feature = "proxy-protocol", feature = "tls"))]
 #[derive(Debug, Default)]
 pub(crate) struct Extra {
+    #[cfg(feature = "proxy-protocol")]
     pub(crate) proxy: Option<ProxyInfo>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::TlsInfo>,
 }
 
+#[cfg(any(feature = "proxy-protocol", feature = "tls"))]
 impl Extra {
     /// Whether the preamble learnt nothing worth keeping.
     pub(crate) fn is_empty(&self) -> bool {
@@ -92,10 +100,15 @@ impl Extra {
         let tls = self.tls.is_some();
         #[cfg(not(feature = "tls"))]
         let tls = false;
-        self.proxy.is_none() && !tls
+        #[cfg(feature = "proxy-protocol")]
+        let proxy = self.proxy.is_some();
+        #[cfg(not(feature = "proxy-protocol"))]
+        let proxy = false;
+        !proxy && !tls
     }
 
     /// The client a PROXY header named, if any.
+    #[cfg(feature = "proxy-protocol")]
     pub(crate) fn client(&self) -> Option<&Addr> {
         self.proxy.as_ref()?.client.as_ref()
     }
@@ -122,6 +135,7 @@ impl ConnState {
             has_read: AtomicBool::new(false),
             expired: AtomicU8::new(0),
             last_active: AtomicU64::new(accepted_at),
+            #[cfg(any(feature = "proxy-protocol", feature = "tls"))]
             extra: OnceLock::new(),
         }
     }
@@ -140,6 +154,7 @@ impl ConnState {
     }
 
     /// What the PROXY header said, when the listener reads one.
+    #[cfg(feature = "proxy-protocol")]
     pub(crate) fn proxy(&self) -> Option<&ProxyInfo> {
         self.extra.get()?.proxy.as_ref()
     }
@@ -147,10 +162,11 @@ impl ConnState {
     /// The client's address: the one a PROXY header named, else the
     /// socket's peer.
     pub(crate) fn client_addr(&self) -> &Addr {
-        self.extra
-            .get()
-            .and_then(|extra| extra.client())
-            .unwrap_or(&self.peer)
+        #[cfg(feature = "proxy-protocol")]
+        if let Some(client) = self.extra.get().and_then(|extra| extra.client()) {
+            return client;
+        }
+        &self.peer
     }
 
     /// Records that bytes were read.

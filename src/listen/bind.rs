@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::Addr;
 use crate::config::Config;
 use crate::conn::Stream;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 use crate::handover::Inherited;
 #[cfg(unix)]
 use crate::socket_file::{self, FileId};
@@ -36,6 +36,8 @@ pub(crate) enum Listener {
         /// listener given ready-made. Declared before `listener`, so removed
         /// before the socket closes: until then another server finds it
         /// live, not stale, and does not replace it while this removes it.
+        // Only a handover reads it; otherwise it is held for its `Drop`.
+        #[cfg_attr(not(feature = "handover"), allow(dead_code))]
         file: Option<SocketFile>,
         listener: UnixListener,
         /// The path clients connect to. Not the socket's own address: a
@@ -88,7 +90,7 @@ impl Listener {
     }
 
     /// A duplicate of this listener's descriptor, to hand to a successor.
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
     pub(crate) fn duplicate(&self) -> io::Result<Inherited> {
         match self {
             Listener::Tcp(listener) => Inherited::duplicate(listener, Inherited::Tcp),
@@ -98,7 +100,7 @@ impl Listener {
 
     /// The flag that, once set, keeps this listener's socket file when it is
     /// dropped (it was handed over).
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
     pub(crate) fn file_keeper(&self) -> Option<Arc<AtomicBool>> {
         match self {
             Listener::Unix {
@@ -120,7 +122,7 @@ impl Listener {
     /// see), that the file at the path is this very socket's rather than
     /// one put there since the predecessor bound it; so a file replaced
     /// *before* the takeover is adopted. Otherwise the file is left alone.
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
     pub(crate) fn from_inherited(
         inherited: Inherited,
         configured: Option<&Path>,

@@ -6,14 +6,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::config::Config;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 use crate::handover::{Inherited, Wanted};
+#[cfg(feature = "proxy-protocol")]
+use crate::listen::ProxyProtocol;
 use crate::listen::bind::{self, Listener};
-use crate::listen::{Listen, ListenOn, ProxyProtocol};
+use crate::listen::{Listen, ListenOn};
 use crate::{Addr, Error};
 
 impl Listen {
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        #[cfg(feature = "proxy-protocol")]
         if let Some(proxy) = &self.proxy {
             proxy.validate().map_err(|reason| Error::InvalidConfig {
                 option: "proxy_protocol",
@@ -116,7 +119,7 @@ impl Resolved {
     }
 
     /// What this asks a handed-over socket to be.
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
     fn wanted(&self) -> Wanted<'_> {
         match &self.on {
             Target::Tcp(addrs) => Wanted::Tcp(addrs),
@@ -127,7 +130,7 @@ impl Resolved {
 
     /// Takes `socket`, handed over by a predecessor and paired with this
     /// listener, with this listener's settings.
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
     fn take(self, socket: Inherited, addr: &Addr, config: &Config) -> Result<Bound, Error> {
         let refused = |source| Error::Bind {
             addr: addr.clone(),
@@ -156,10 +159,10 @@ pub(crate) fn open_all(resolved: Vec<Resolved>, config: &Config) -> Result<Vec<B
 
 /// A successor's listeners: each configured listener takes the socket the
 /// predecessor handed over for its address, if there is one (see
-/// [`handover::pair`](crate::handover::pair)), and binds one of its own
+/// `handover::pair`), and binds one of its own
 /// otherwise; the sockets no listener takes are dropped here, and closed by
 /// the predecessor when it stops.
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 pub(crate) fn take_over(
     resolved: Vec<Resolved>,
     inherited: Vec<Inherited>,
@@ -195,14 +198,21 @@ pub(crate) fn take_over(
 
 /// What a `Listen` asks of each of its connections before the handler.
 struct Settings {
+    #[cfg(feature = "proxy-protocol")]
     proxy: Option<ProxyProtocol>,
     #[cfg(feature = "tls")]
     tls: Option<crate::TlsConfig>,
 }
 
 impl Settings {
+    // Without PROXY and TLS a listener has no such settings.
+    #[cfg_attr(
+        not(any(feature = "proxy-protocol", feature = "tls")),
+        allow(unused_variables)
+    )]
     fn of(listen: &Listen) -> Self {
         Settings {
+            #[cfg(feature = "proxy-protocol")]
             proxy: listen.proxy.clone(),
             #[cfg(feature = "tls")]
             tls: listen.tls.clone(),
@@ -211,7 +221,9 @@ impl Settings {
 
     /// A listener with these settings, checked against each other.
     fn bound(&self, listener: Listener) -> Result<Bound, Error> {
+        #[cfg(any(feature = "proxy-protocol", feature = "tls"))]
         let tcp = matches!(listener, Listener::Tcp(_));
+        #[cfg(feature = "proxy-protocol")]
         if self.proxy.is_some() && !tcp {
             return Err(Error::InvalidConfig {
                 option: "proxy_protocol",
@@ -227,6 +239,7 @@ impl Settings {
         }
         Ok(Bound {
             listener,
+            #[cfg(feature = "proxy-protocol")]
             proxy: self.proxy.clone(),
             // One acceptor per listener: the cap on handshakes is per listener.
             #[cfg(feature = "tls")]
@@ -239,6 +252,7 @@ impl Settings {
 #[derive(Debug)]
 pub(crate) struct Bound {
     pub(crate) listener: Listener,
+    #[cfg(feature = "proxy-protocol")]
     pub(crate) proxy: Option<ProxyProtocol>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsAcceptor>,

@@ -30,8 +30,9 @@ use tokio::time::Instant;
 use crate::admission::Limits;
 use crate::config::{Config, ExternalSignal, ShutdownFuture};
 use crate::conn::record::Tasks;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 use crate::handover::{Finished, Handover, Offering, Standby};
+#[cfg(all(unix, feature = "handover"))]
 use crate::listen::bind::Listener;
 use crate::listen::open::Bound;
 use crate::preamble::Preamble;
@@ -60,7 +61,7 @@ pub struct Server {
     shutdown_signal: Option<ExternalSignal>,
     stats: Stats,
     /// Zero-downtime restarts: the control socket and the predecessor.
-    #[cfg(unix)]
+    #[cfg(all(unix, feature = "handover"))]
     handover: Option<Handover>,
 }
 
@@ -121,8 +122,9 @@ pub struct ShutdownReport {
     /// configured (their sum is the rest of this report).
     pub by_listener: Vec<(Addr, StatsSnapshot)>,
     /// Whether the shutdown came from a successor taking the listeners over
-    /// (see [`Builder::handover`](crate::Builder::handover)): they stayed open, served by the
-    /// successor, while this server drained.
+    /// (see `Builder::handover`, feature `handover`): they stayed open,
+    /// served by the successor, while this server drained. Always `false`
+    /// without that feature.
     pub handed_over: bool,
 }
 
@@ -132,11 +134,12 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: Config,
         shutdown_signal: Option<ExternalSignal>,
-        #[cfg(unix)] handover: Option<Handover>,
+        #[cfg(all(unix, feature = "handover"))] handover: Option<Handover>,
     ) -> Result<Self, Error> {
         let mut listeners = Vec::with_capacity(bound.len());
         for Bound {
             listener,
+            #[cfg(feature = "proxy-protocol")]
             proxy,
             #[cfg(feature = "tls")]
             tls,
@@ -150,6 +153,7 @@ impl Server {
                 listener,
                 addr,
                 preamble: Preamble::new(
+                    #[cfg(feature = "proxy-protocol")]
                     proxy,
                     #[cfg(feature = "tls")]
                     tls,
@@ -164,7 +168,7 @@ impl Server {
             trigger: Arc::default(),
             shutdown_signal,
             stats,
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             handover,
         })
     }
@@ -196,7 +200,8 @@ impl Server {
     /// drains them and reports.
     ///
     /// Shutdown is triggered by [`ShutdownHandle::shutdown`] or by the
-    /// future given to [`Builder::shutdown_signal`](crate::Builder::shutdown_signal). Then:
+    /// future given to
+    /// [`Builder::shutdown_signal`](crate::Builder::shutdown_signal). Then:
     ///
     /// 1. the listeners stop taking new clients, but the clients already
     ///    waiting in their queues are accepted as places free;
@@ -231,7 +236,7 @@ impl Server {
             trigger,
             shutdown_signal,
             stats,
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             handover,
         } = self;
         let tasks = Arc::new(Tasks::new());
@@ -257,10 +262,12 @@ impl Server {
         let next_id = Arc::new(AtomicU64::new(1));
         let mut external = shutdown_signal.map(ExternalSignal::into_future);
         let mut listeners = listeners;
-        #[cfg(unix)]
+        #[cfg(all(unix, feature = "handover"))]
         let mut handover = handover;
         // Once, or again each time a successor that took the listeners over
         // goes away while this server drains (see `Builder::handover`).
+        // Without handovers, only once.
+        #[cfg_attr(not(all(unix, feature = "handover")), allow(clippy::never_loop))]
         let (fatal, handed_over, at_shutdown, stopped_at) = loop {
             // A signal of their own for the connections accepted from here:
             // those of before may have been told to shut down already.
@@ -278,9 +285,9 @@ impl Server {
             // which (unlike the trigger) may yet be taken back.
             let stop = Arc::new(Fired::default());
 
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             let kept = kept_for_taking_back(&listeners, handover.is_some());
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             let offering = handover
                 .take()
                 .and_then(|handover| offer_listeners(handover, &listeners, &stop));
@@ -310,14 +317,14 @@ impl Server {
             let mut fatal = supervise(&mut loops, &trigger, &stop, &mut external).await;
             let stopped_at = Instant::now();
             let deadline = stopped_at + config.drain_timeout;
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             let finished = match offering {
                 Some(offering) => offering.finish().await,
                 None => Finished::Stopped,
             };
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             let handed_over = matches!(finished, Finished::HandedOver(_));
-            #[cfg(not(unix))]
+            #[cfg(not(all(unix, feature = "handover")))]
             let handed_over = false;
             let at_shutdown = stats.snapshot();
 
@@ -356,7 +363,7 @@ impl Server {
                 closing_tx.send_replace(Closing::Deadline);
                 join_loops(&mut loops, &mut fatal).await;
             }
-            #[cfg(unix)]
+            #[cfg(all(unix, feature = "handover"))]
             if let Finished::HandedOver(Some(standby)) = finished {
                 match drain_or_take_back(&tasks, deadline, standby, &trigger, kept).await {
                     Ok(()) => break (fatal, handed_over, at_shutdown, stopped_at),
@@ -416,7 +423,7 @@ impl Drop for AbortOnDrop {
 /// Starts offering duplicates of `listeners` to a successor (and tells the
 /// predecessor, if any, that this server is ready). Without descriptors to
 /// spare for the duplicates the server runs on without handovers.
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 fn offer_listeners(
     handover: Handover,
     listeners: &[Listening],
@@ -444,7 +451,7 @@ fn offer_listeners(
 /// What a server needs of its listeners to serve on them again after a
 /// handover its successor did not live through: each one's address and
 /// preamble, in order. Nothing without a handover.
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 fn kept_for_taking_back(
     listeners: &[Listening],
     handover: bool,
@@ -464,7 +471,7 @@ fn kept_for_taking_back(
 /// listeners (made from `kept` and the sockets it kept) and its part in
 /// restarts come back, to serve again; the drain is abandoned, its
 /// connections served on.
-#[cfg(unix)]
+#[cfg(all(unix, feature = "handover"))]
 async fn drain_or_take_back(
     tasks: &Tasks,
     deadline: Instant,
