@@ -25,6 +25,12 @@ use crate::{
 #[cfg(feature = "proxy-protocol")]
 pub(crate) const PROXY_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Why a preamble ended a connection before its handler: its PROXY header
+/// was refused or its TLS handshake failed. Already logged and counted where
+/// it was decided; the connection is dropped without its handler.
+#[derive(Debug)]
+pub(crate) struct Refused;
+
 /// A listener's per-connection work before the handler.
 #[derive(Debug)]
 pub(crate) struct Preamble {
@@ -75,13 +81,12 @@ impl Preamble {
 
     /// Runs the preamble on `conn`, a TCP connection: reads the PROXY header
     /// (then `conn.peer_addr()` is the client it names), performs the TLS
-    /// handshake (then `conn` carries the TLS stream). `Err(())`: refused,
-    /// logged and counted here; drop the connection without its handler.
+    /// handshake (then `conn` carries the TLS stream); or [`Refused`].
     pub(crate) async fn run(
         &self,
         mut conn: Connection,
         counters: &Counters,
-    ) -> Result<Connection, ()> {
+    ) -> Result<Connection, Refused> {
         let mut extra = Extra::default();
         #[cfg(feature = "proxy-protocol")]
         if let Some(protocol) = &self.proxy {
@@ -96,6 +101,7 @@ impl Preamble {
             let header = read.map_err(|refusal| {
                 self.log_refusal(socket_peer, &refusal);
                 counters.proxy_rejected();
+                Refused
             })?;
             if let Some(header) = header {
                 let client = header.source_addr();
@@ -139,7 +145,7 @@ impl Preamble {
                         tracing::debug!(%peer, kind = err.kind(), error = %err, "TLS handshake failed");
                     }
                     counters.tls_failed();
-                    return Err(());
+                    return Err(Refused);
                 }
             }
         }

@@ -28,7 +28,7 @@ impl Preamble {
         &self,
         _conn: Connection,
         _counters: &Counters,
-    ) -> Result<Connection, ()> {
+    ) -> Result<Connection, std::convert::Infallible> {
         match *self {}
     }
 }

@@ -120,10 +120,11 @@ impl Clock {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn timeouts(idle: u64, first_read: u64, max_age: u64) -> Timeouts {
+    /// Timeouts in milliseconds, 0 for none.
+    pub(crate) fn timeouts(idle: u64, first_read: u64, max_age: u64) -> Timeouts {
         let opt = |ms| (ms > 0).then(|| Duration::from_millis(ms));
         Timeouts {
             idle: opt(idle),

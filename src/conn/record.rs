@@ -266,19 +266,9 @@ impl Registered for ConnState {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::ShutdownSignal;
-
-    fn timeouts(idle: u64, first_read: u64, max_age: u64) -> Timeouts {
-        let opt = |ms| (ms > 0).then(|| Duration::from_millis(ms));
-        Timeouts {
-            idle: opt(idle),
-            first_read: opt(first_read),
-            max_age: opt(max_age),
-        }
-    }
+    use crate::timeout::tests::timeouts;
 
     #[test]
     fn expiry_by_kind() {
