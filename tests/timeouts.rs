@@ -170,8 +170,10 @@ async fn a_client_that_never_speaks_is_closed_at_the_first_read_timeout() {
         b.idle_timeout(None).first_read_timeout(FIRST_READ)
     })
     .await;
-    let mute = running.connect().await;
+    // Taken before the connect: no later than the server's acceptance,
+    // however long this task waits to run again.
     let since = Instant::now();
+    let mute = running.connect().await;
     let mut talker = running.connect().await;
     assert_echoes("the first echo", &mut talker, b"x").await;
 
@@ -192,8 +194,9 @@ async fn a_client_that_never_speaks_is_closed_at_the_first_read_timeout() {
 async fn a_busy_connection_is_closed_at_the_maximum_age() {
     const AGE: Duration = Duration::from_millis(400);
     let running = start(stubborn_echo(), |b| b.max_connection_age(AGE)).await;
-    let mut client = running.connect().await;
+    // Before the connect, as above.
     let since = Instant::now();
+    let mut client = running.connect().await;
     let mut back = [0u8; 1];
     // Busy all along: one round trip after another until the server closes.
     let lived = within("the maximum age", async {
