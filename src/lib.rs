@@ -324,6 +324,13 @@ pub use tls::{
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tokio_rustls::rustls;
 
+/// The benchmarks' view of the per-connection bookkeeping: not part of the
+/// API, no semver guarantees.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::server::bench::{Bookkeeping, Open};
+}
+
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

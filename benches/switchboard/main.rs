@@ -17,6 +17,7 @@ use std::alloc::System;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 mod client;
+mod contention;
 #[allow(dead_code)] // the example's module has more than the bench uses
 #[path = "../../examples/echo/echo.rs"]
 mod echo;

@@ -13,6 +13,7 @@
 //! | idle-memory   | switchboard echo, lean, naive, threads   | server RSS per idle connection at 1k/5k/10k |
 //! | shutdown      | switchboard echo                         | trigger to `run()` returning, 10k idle connections |
 //! | allocations   | all tokio servers                        | per connection / round trip / request: two runs, differenced |
+//! | contention    | the bookkeeping alone (`contention.rs`)  | time per connection: 2 threads on one server against 2 on a server each, and a handoff between threads |
 //! | instructions  | all tokio servers, under callgrind       | per connection / round trip / request: two runs, differenced (1 client); the naive echo's code under switchboard and by hand |
 //!
 //! Idle memory also reports the server's live heap per connection (bytes
@@ -126,6 +127,9 @@ pub(crate) fn main() {
     }
     if cfg.wants("instructions") {
         instructions(&cfg, &rt, &mut res);
+    }
+    if cfg.wants("contention") {
+        crate::contention::run(cfg.rounds, &mut res);
     }
 
     let table = res.table();

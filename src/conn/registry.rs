@@ -47,7 +47,8 @@ const DRAINING: usize = 1 << (usize::BITS - 1);
 /// What the registry knows of a live connection.
 #[derive(Debug)]
 struct Entry<T> {
-    abort: AbortHandle,
+    /// `None` for an entry without a task (the benchmarks' bookkeeping).
+    abort: Option<AbortHandle>,
     /// Also the entry's identity: a slab key is reused once freed.
     state: Arc<T>,
 }
@@ -99,14 +100,21 @@ impl<T: Registered> Tasks<T> {
     /// looked for the entry, under the same lock), or the registry was
     /// closed ([`Tasks::abort_all`]): then it is aborted at once.
     pub(crate) fn register(&self, handle: &JoinHandle<()>, state: Arc<T>) {
+        self.register_entry(Some(handle), state);
+    }
+
+    /// [`Tasks::register`], with or without a task.
+    pub(crate) fn register_entry(&self, handle: Option<&JoinHandle<()>>, state: Arc<T>) {
         let mut registry = lock(&self.registry);
         if self.closed.load(Ordering::Relaxed) {
-            handle.abort();
+            if let Some(handle) = handle {
+                handle.abort();
+            }
         } else if !state.ended().load(Ordering::Relaxed) {
             let entry = registry.vacant_entry();
             state.key().store(entry.key(), Ordering::Relaxed);
             entry.insert(Entry {
-                abort: handle.abort_handle(),
+                abort: handle.map(JoinHandle::abort_handle),
                 state,
             });
         }
@@ -142,8 +150,12 @@ impl<T: Registered> Tasks<T> {
             let registry = lock(&self.registry);
             let end = start.saturating_add(CHUNK).min(registry.capacity());
             for key in start..end {
-                if let Some(entry) = registry.get(key) {
-                    visit(&entry.state, &entry.abort);
+                if let Some(Entry {
+                    abort: Some(abort),
+                    state,
+                }) = registry.get(key)
+                {
+                    visit(state, abort);
                 }
             }
             if end >= registry.capacity() {
@@ -163,7 +175,9 @@ impl<T: Registered> Tasks<T> {
             std::mem::take(&mut *registry)
         };
         for (_, entry) in entries {
-            entry.abort.abort();
+            if let Some(abort) = entry.abort {
+                abort.abort();
+            }
         }
     }
 
@@ -231,7 +245,9 @@ impl<T: Registered> Tasks<T> {
                 "drain timeout reached, aborting remaining connections"
             );
             for (_, entry) in stragglers {
-                entry.abort.abort();
+                if let Some(abort) = entry.abort {
+                    abort.abort();
+                }
             }
             self.all_ended().await;
         }

@@ -19,7 +19,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::admission::{Limits, Permit};
+use crate::admission::{Admission, Limits, Permit};
 use crate::backoff::{Backoff, Resume};
 use crate::config::Config;
 use crate::conn::record::Tasks;
@@ -299,18 +299,8 @@ fn serve(
     if let Stream::Tcp(tcp) = &stream {
         set_tcp_options(&shared.config, tcp, id);
     }
-    home.counters.accepted();
     let span = tracing::debug_span!("conn", id, %peer, client = tracing::field::Empty);
-    let accepted_at = shared.clock.read();
-    // From here the connection's record frees its places when its task ends.
-    let per_ip = admission.keep();
-    let state = Arc::new(ConnState::new(
-        Arc::clone(home),
-        id,
-        peer,
-        accepted_at,
-        per_ip,
-    ));
+    let state = opened(home, admission, id, peer, shared.clock.read());
     let job = Job {
         conn: Connection::new(stream, state),
         span,
@@ -318,6 +308,27 @@ fn serve(
     // Through the handler's vtable into `spawn_connection::<H>`, so that the
     // handler's future is a concrete type, polled without dynamic dispatch.
     Arc::clone(&shared.handler).spawn_connection(&shared.tasks, job, preamble);
+}
+
+/// The bookkeeping of a connection's start: counts it and makes its
+/// record, which from here frees its places when its task ends
+/// ([`ended`](crate::server::task::ended)).
+pub(super) fn opened(
+    home: &Arc<Home>,
+    admission: Admission,
+    id: u64,
+    peer: Addr,
+    accepted_at: u64,
+) -> Arc<ConnState> {
+    home.counters.accepted();
+    let per_ip = admission.keep();
+    Arc::new(ConnState::new(
+        Arc::clone(home),
+        id,
+        peer,
+        accepted_at,
+        per_ip,
+    ))
 }
 
 /// Per-connection TCP options. A failure is logged, not fatal: the peer may

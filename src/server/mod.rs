@@ -12,6 +12,7 @@
 //! 4. return a [`ShutdownReport`] of what happened.
 
 mod accept;
+pub(crate) mod bench;
 pub(crate) mod overload;
 mod sweeper;
 pub(crate) mod task;

@@ -279,17 +279,7 @@ impl EndGuard {
 impl Drop for EndGuard {
     fn drop(&mut self) {
         let state = &self.state;
-        let home = &state.home;
-        home.tasks.remove(state);
-        let expired = state.expired_by();
-        if let (Outcome::Aborted, Some(kind)) = (self.outcome, expired) {
-            self.outcome = Outcome::TimedOut(kind);
-        }
-        home.counters.ended(self.outcome);
-        // After the count: the place is free once the outcome is counted.
-        home.limits
-            .release(if state.per_ip { state.peer.ip() } else { None });
-        home.tasks.ended();
+        self.outcome = ended(state, self.outcome);
         // Logging last: a subscriber that panics cannot leave the place
         // taken or the drain waiting.
         if let Outcome::TimedOut(kind) = self.outcome {
@@ -302,6 +292,23 @@ impl Drop for EndGuard {
         }
         tracing::debug!(outcome = ?self.outcome, "connection closed");
     }
+}
+
+/// The bookkeeping of a connection's end, `outcome` its task's: counts the
+/// outcome (a timeout's, if the task was aborted for one, which is
+/// returned), frees its places under the limits and its registry entry.
+pub(crate) fn ended(state: &Arc<ConnState>, mut outcome: Outcome) -> Outcome {
+    let home = &state.home;
+    home.tasks.remove(state);
+    if let (Outcome::Aborted, Some(kind)) = (outcome, state.expired_by()) {
+        outcome = Outcome::TimedOut(kind);
+    }
+    home.counters.ended(outcome);
+    // After the count: the place is free once the outcome is counted.
+    home.limits
+        .release(if state.per_ip { state.peer.ip() } else { None });
+    home.tasks.ended();
+    outcome
 }
 
 /// The message of a panic payload, when it has one.
