@@ -45,6 +45,9 @@ const HANDOFF_BOX: &str = "handoff, a box";
 /// contention, whatever the code.
 const CORES: &str = "cores busy";
 
+/// A way to run the bookkeeping, and its name.
+type Mode = (&'static str, fn() -> Run);
+
 /// What one run measured.
 struct Run {
     /// Wall time per connection, per thread.
@@ -82,7 +85,7 @@ fn thread_cpu() -> Duration {
 
 /// Runs the scenario's rounds.
 pub(crate) fn run(rounds: usize, res: &mut Results) {
-    let modes: [(&'static str, fn() -> Run); 5] = [
+    let modes: [Mode; 5] = [
         (ONE, one_thread),
         (OWN, own_servers),
         (SHARED, one_server),
