@@ -1,33 +1,39 @@
 //! Admission control: the connection limit and the per-peer-IP limit.
 //!
-//! The global limit is a counter whose place is taken *before* `accept`: a
-//! full server stops accepting, so further clients wait in the kernel's
-//! backlog (and beyond it are refused by the kernel) instead of costing a
-//! descriptor and a task each. The per-IP limit can only be checked once the
-//! peer is known, after `accept`: an extra connection is closed at once.
+//! The global limit's place is taken *before* `accept`: a full server stops
+//! accepting, so further clients wait in the kernel's backlog (and beyond it
+//! are refused by the kernel) instead of costing a descriptor and a task
+//! each. The per-IP limit can only be checked once the peer is known, after
+//! `accept`: an extra connection is closed at once.
 //!
-//! The counter is an atomic rather than tokio's `Semaphore`, whose release
-//! takes a lock on every connection's end; a full server's accept loops,
-//! the only waiters, are woken through a `Notify` only when one is waiting:
-//! they mark that in the counter's own word, so that a release learns it
-//! from its one read-modify-write.
+//! The free places are counted in shards (see [`crate::shard`]) rather than
+//! in one counter, which every connection's start and end would write from
+//! every core: a connection's end puts its place back in the shard of the
+//! thread it ends on, and an accept loop takes places from its own shard,
+//! and when that is empty takes every free place of the other shards at
+//! once. Places move between shards but are never made or lost, so the
+//! limit stays exact. A full server's accept loops, the only waiters, are
+//! woken through a `Notify` only when one is waiting: a waiter marks that in
+//! each shard's own word, so that a release learns it from its one
+//! read-modify-write.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
+use crate::shard::{self, Padded};
 use crate::sync::{AtomicUsize, Mutex, Notify};
 
 /// Default for [`Builder::max_connections`](crate::Builder::max_connections).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
-/// The largest `max_connections` accepted (the counter must not overflow
+/// The largest `max_connections` accepted (no shard's count may overflow
 /// into [`WAITING`]).
 pub(crate) const MAX_CONNECTIONS_LIMIT: usize = usize::MAX >> 1;
 
-/// The flag in `Live::count` that an accept loop waits for a place: the top
-/// bit, above every count.
+/// The flag in a shard's count that an accept loop waits for a place: the
+/// top bit, above every count.
 const WAITING: usize = !MAX_CONNECTIONS_LIMIT;
 
 /// The server's admission limits.
@@ -37,16 +43,17 @@ pub(crate) struct Limits {
     per_ip: Option<Arc<PerIp>>,
 }
 
-/// The connections under the global limit.
+/// The places under the global limit.
 #[derive(Debug)]
 struct Live {
-    max: usize,
-    /// The places taken, with [`WAITING`] set while an accept loop may be
-    /// waiting for one: only then does a release notify. One word, so that
-    /// a waiter's mark and a release are ordered and one of them sees the
-    /// other (with two words, only a store-load order across them would do
-    /// it, which loom cannot check: it models `SeqCst` as `AcqRel`).
-    count: AtomicUsize,
+    /// The free places of each shard (together, `max_connections` minus the
+    /// places taken), with [`WAITING`] set while an accept loop may be
+    /// waiting for one: only then does a release there notify. One word a
+    /// shard, so that a waiter's mark and a release are ordered and one of
+    /// them sees the other (with two words, only a store-load order across
+    /// them would do it, which loom cannot check: it models `SeqCst` as
+    /// `AcqRel`).
+    free: Box<[Padded<AtomicUsize>]>,
     freed: Notify,
 }
 
@@ -60,22 +67,84 @@ pub(crate) struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(live) = self.live.take() {
-            live.release();
+            live.put(shard::thread_index(), 1);
         }
     }
 }
 
 impl Live {
-    fn release(&self) {
+    fn new(max: usize, shards: usize) -> Live {
+        debug_assert!(shards.is_power_of_two() && max <= MAX_CONNECTIONS_LIMIT);
+        let free: Box<[Padded<AtomicUsize>]> = (0..shards)
+            .map(|i| Padded(AtomicUsize::new(if i == 0 { max } else { 0 })))
+            .collect();
+        Live {
+            free,
+            freed: Notify::new(),
+        }
+    }
+
+    fn shard(&self, index: usize) -> &AtomicUsize {
+        &self.free[index & (self.free.len() - 1)]
+    }
+
+    /// Puts `places` in shard `index`, waking the waiters if one is marked
+    /// there.
+    fn put(&self, index: usize, places: usize) {
+        let shard = self.shard(index);
         // Either the waiter's mark comes first, and this sees it and wakes
-        // the waiter, or the mark sees this place free.
-        if self.count.fetch_sub(1, Ordering::AcqRel) & WAITING != 0 {
+        // the waiter, or the mark sees these places free.
+        if shard.fetch_add(places, Ordering::AcqRel) & WAITING != 0 {
             // Cleared before the wake-up: a loop that marks again after
             // this is woken by it (its `Notified` is older) or sees the
             // place free.
-            self.count.fetch_and(!WAITING, Ordering::AcqRel);
+            shard.fetch_and(!WAITING, Ordering::AcqRel);
             self.freed.notify_waiters();
         }
+    }
+
+    /// Takes a place from shard `index`, else every free place of the first
+    /// other shard that has some (one of them taken, the rest put in shard
+    /// `index`).
+    fn take(&self, index: usize) -> bool {
+        let mine = self.shard(index);
+        let mut count = mine.load(Ordering::Acquire);
+        while count & !WAITING > 0 {
+            // The flag stays as it is.
+            match mine.compare_exchange_weak(count, count - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => count = now,
+            }
+        }
+        for step in 1..self.free.len() {
+            let other = self.shard(index.wrapping_add(step));
+            if other.load(Ordering::Acquire) & !WAITING == 0 {
+                continue;
+            }
+            // Every place, the flag left as it is.
+            let taken = other.fetch_and(WAITING, Ordering::AcqRel) & !WAITING;
+            if taken > 0 {
+                if taken > 1 {
+                    self.put(index, taken - 1);
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether any shard has a free place (shard `index` looked at first).
+    fn has_room(&self, index: usize) -> bool {
+        (0..self.free.len())
+            .any(|step| self.shard(index.wrapping_add(step)).load(Ordering::Acquire) & !WAITING > 0)
+    }
+
+    /// Marks every shard as waited on; whether one had a free place.
+    fn mark_waiting(&self) -> bool {
+        self.free
+            .iter()
+            .any(|shard| shard.fetch_or(WAITING, Ordering::AcqRel) & !WAITING > 0)
     }
 }
 
@@ -100,12 +169,18 @@ impl Admission {
 
 impl Limits {
     pub(crate) fn new(max_connections: usize, max_per_ip: Option<usize>) -> Self {
+        Self::with_shards(max_connections, max_per_ip, shard::count())
+    }
+
+    /// Limits whose free places are counted in `shards` shards (a power of
+    /// two).
+    pub(crate) fn with_shards(
+        max_connections: usize,
+        max_per_ip: Option<usize>,
+        shards: usize,
+    ) -> Self {
         Limits {
-            live: Arc::new(Live {
-                max: max_connections,
-                count: AtomicUsize::new(0),
-                freed: Notify::new(),
-            }),
+            live: Arc::new(Live::new(max_connections, shards)),
             per_ip: max_per_ip.map(|limit| {
                 Arc::new(PerIp {
                     limit,
@@ -117,33 +192,20 @@ impl Limits {
 
     /// A place under the global limit if one is free now.
     pub(crate) fn try_permit(&self) -> Option<Permit> {
-        let mut count = self.live.count.load(Ordering::Acquire);
-        loop {
-            if count & !WAITING >= self.live.max {
-                return None;
-            }
-            // The count below WAITING (at most MAX_CONNECTIONS_LIMIT):
-            // the increment leaves the flag as it is.
-            match self.live.count.compare_exchange_weak(
-                count,
-                count + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Some(Permit {
-                        live: Some(Arc::clone(&self.live)),
-                    });
-                }
-                Err(now) => count = now,
-            }
-        }
+        self.try_permit_at(shard::thread_index())
+    }
+
+    /// [`Limits::try_permit`] for a thread of index `index`.
+    fn try_permit_at(&self, index: usize) -> Option<Permit> {
+        self.live.take(index).then(|| Permit {
+            live: Some(Arc::clone(&self.live)),
+        })
     }
 
     /// Whether a place under the global limit is free now (without taking
     /// it).
     pub(crate) fn has_room(&self) -> bool {
-        self.live.count.load(Ordering::Acquire) & !WAITING < self.live.max
+        self.live.has_room(shard::thread_index())
     }
 
     /// Waits until a place is free, without taking it.
@@ -160,9 +222,8 @@ impl Limits {
             tokio::pin!(freed);
             freed.as_mut().enable();
             // Left set if this returns or is dropped: it costs the next
-            // release one needless wake-up.
-            let count = self.live.count.fetch_or(WAITING, Ordering::AcqRel);
-            if count & !WAITING < self.live.max {
+            // release in each shard one needless wake-up.
+            if self.live.mark_waiting() {
                 return;
             }
             freed.await;
@@ -197,10 +258,25 @@ impl Limits {
     /// Frees the places of a connection whose [`Admission`] was kept; `ip`
     /// is its address if it holds a place under the per-address limit.
     pub(crate) fn release(&self, ip: Option<IpAddr>) {
-        self.live.release();
+        self.release_at(shard::thread_index(), ip);
+    }
+
+    /// [`Limits::release`] on a thread of index `index`.
+    fn release_at(&self, index: usize, ip: Option<IpAddr>) {
+        self.live.put(index, 1);
         if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
             per_ip.leave(ip);
         }
+    }
+
+    /// The places free now, in all shards (for tests).
+    #[cfg(test)]
+    fn free(&self) -> usize {
+        self.live
+            .free
+            .iter()
+            .map(|shard| shard.load(Ordering::Acquire) & !WAITING)
+            .sum()
     }
 }
 
@@ -318,7 +394,8 @@ mod tests {
 }
 
 /// Model checks of the global limit (see [`crate::sync`] for how to run
-/// them).
+/// them). Two shards, and each thread on a shard of its own index, so that
+/// places move between shards as they do between cores.
 #[cfg(all(test, switchboard_loom))]
 mod loom_models {
     use loom::future::block_on;
@@ -326,83 +403,84 @@ mod loom_models {
 
     use super::*;
 
+    /// A place taken on the thread of index `index`, freed on the same.
+    fn hold(limits: &Limits, index: usize) -> Option<()> {
+        let permit = limits.try_permit_at(index)?;
+        let kept = limits.admit(permit, None).expect("no per-address limit");
+        assert!(!kept.keep(), "no per-address place");
+        Some(())
+    }
+
     #[test]
     fn racing_accept_loops_never_take_more_than_max_places() {
         loom::model(|| {
-            let limits = Arc::new(Limits::new(1, None));
+            let limits = Arc::new(Limits::with_shards(1, None, 2));
             // Places held at once, counted by their holders.
             let held = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
             let loops: Vec<_> = (0..2)
-                .map(|_| {
+                .map(|index| {
                     let (limits, held) = (Arc::clone(&limits), Arc::clone(&held));
                     thread::spawn(move || {
-                        let permit = limits.try_permit()?;
+                        hold(&limits, index)?;
                         let now = held.fetch_add(1, Ordering::SeqCst) + 1;
                         assert!(now <= 1, "{now} places taken under a limit of 1");
                         held.fetch_sub(1, Ordering::SeqCst);
-                        drop(permit);
+                        limits.release_at(index, None);
                         Some(())
                     })
                 })
                 .collect();
-            // This one holds its place until the others are done.
-            let mine = limits.try_permit();
-            if mine.is_some() {
-                let now = held.fetch_add(1, Ordering::SeqCst) + 1;
-                assert!(now <= 1, "{now} places taken under a limit of 1");
-            }
             for accept in loops {
                 accept.join().expect("accept loop");
             }
-            drop(mine);
-            assert_eq!(
-                limits.live.count.load(Ordering::Acquire),
-                0,
-                "a place leaked"
-            );
-            assert!(limits.try_permit().is_some(), "the place was not freed");
+            assert_eq!(limits.free(), 1, "a place leaked or was made");
+            assert!(limits.try_permit_at(1).is_some(), "the place was not freed");
         });
     }
 
     #[test]
-    fn an_accept_loop_waiting_for_a_place_is_woken_when_one_frees() {
+    fn an_accept_loop_waiting_for_a_place_is_woken_when_one_frees_in_another_shard() {
         loom::model(|| {
-            let limits = Arc::new(Limits::new(1, None));
-            let held = limits.try_permit().expect("a free place");
-            let releasing = thread::spawn(move || drop(held));
-            // Hangs (a deadlock for loom) if the wake-up is lost.
-            let permit = block_on(limits.permit());
-            releasing.join().expect("release");
-            assert!(
-                limits.try_permit().is_none(),
-                "the place went to the waiter"
-            );
-            drop(permit);
-            let taken = limits.live.count.load(Ordering::Acquire) & !WAITING;
-            assert_eq!(taken, 0, "a place leaked");
-        });
-    }
-
-    #[test]
-    fn every_accept_loop_waiting_for_room_is_woken_by_a_kept_admission_released() {
-        loom::model(|| {
-            let limits = Arc::new(Limits::new(1, None));
-            let kept = limits
-                .admit(limits.try_permit().expect("a free place"), None)
-                .expect("no per-address limit");
-            assert!(!kept.keep(), "no per-address place");
-            let waiting = {
+            let limits = Arc::new(Limits::with_shards(1, None, 2));
+            hold(&limits, 0).expect("a free place");
+            let releasing = {
                 let limits = Arc::clone(&limits);
-                thread::spawn(move || block_on(limits.room()))
+                thread::spawn(move || limits.release_at(1, None))
+            };
+            // Hangs (a deadlock for loom) if the wake-up is lost.
+            block_on(limits.room());
+            releasing.join().expect("release");
+            let permit = limits.try_permit_at(0);
+            assert!(permit.is_some(), "the place is free");
+            assert_eq!(limits.free(), 0, "and was taken");
+            drop(permit);
+        });
+    }
+
+    #[test]
+    fn a_waiting_accept_loop_is_woken_by_places_another_loop_moved() {
+        loom::model(|| {
+            // Two places: one held, one free in shard 1, which the other
+            // loop moves to its shard 0 (taking one, none left to move) or
+            // not; then the held one is released in shard 1.
+            let limits = Arc::new(Limits::with_shards(2, None, 2));
+            hold(&limits, 1).expect("a free place");
+            let mover = {
+                let limits = Arc::clone(&limits);
+                thread::spawn(move || {
+                    if hold(&limits, 0).is_some() {
+                        limits.release_at(0, None);
+                    }
+                })
             };
             let releasing = {
                 let limits = Arc::clone(&limits);
-                thread::spawn(move || limits.release(None))
+                thread::spawn(move || limits.release_at(1, None))
             };
             block_on(limits.room());
-            waiting.join().expect("the other accept loop");
+            mover.join().expect("the other accept loop");
             releasing.join().expect("release");
-            assert_eq!(limits.live.count.load(Ordering::Acquire) & !WAITING, 0);
+            assert_eq!(limits.free(), 2);
         });
     }
 }

@@ -237,7 +237,8 @@
 //! report    stats.rs              live counters; the report's arithmetic
 //! restart   handover/             zero-downtime restart: protocol.rs, control.rs,
 //!                                 inherited.rs, pair.rs, and the server glue in mod.rs
-//! support   addr.rs, error.rs, log_limit.rs, testing.rs, sync.rs (std or loom)
+//! support   addr.rs, error.rs, log_limit.rs, testing.rs, sync.rs (std or loom),
+//!           shard.rs (per-core copies of the shared counters, places, registry)
 //! ```
 //!
 //! Modules depend downwards only: `conn` knows nothing of `server`, `handler`
@@ -285,6 +286,7 @@ mod preamble;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
 pub mod proxy;
 mod server;
+mod shard;
 mod shutdown;
 mod signal;
 #[cfg(unix)]

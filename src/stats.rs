@@ -1,8 +1,10 @@
 //! Live counters and their snapshot.
 //!
 //! Every counter is an atomic bumped once per event (release ordering for
-//! the ends, so that a snapshot that sees an end sees its acceptance too);
-//! nothing on the hot path takes a lock. The number of live connections is not a counter of its
+//! the ends, so that a snapshot that sees an end sees its acceptance too),
+//! in the shard of the thread that counts it (see [`crate::shard`]), so
+//! that the cores that start and end connections never write one cache
+//! line; a snapshot sums the shards. Nothing on the hot path takes a lock. The number of live connections is not a counter of its
 //! own: it is `accepted` minus the connections that ended, which saves two
 //! atomic operations per connection and makes the identity
 //! `accepted = active + completed + failed + panicked + timed_out + aborted + refused`
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Addr;
+use crate::shard::{self, Padded};
 use crate::timeout::TimeoutKind;
 
 /// A cheap, cloneable view of a server's live counters.
@@ -182,8 +185,18 @@ pub(crate) enum Outcome {
     Refused,
 }
 
-#[derive(Debug, Default)]
+/// A listener's counters: a [`Tally`] per shard (see [`crate::shard`]),
+/// each written by the threads of its index and summed by
+/// [`Counters::snapshot`], so that no counter's cache line is shared by the
+/// cores that start and end connections.
+#[derive(Debug)]
 pub(crate) struct Counters {
+    shards: Box<[Padded<Tally>]>,
+}
+
+/// One shard's counters.
+#[derive(Debug, Default)]
+struct Tally {
     accepted: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
@@ -200,55 +213,94 @@ pub(crate) struct Counters {
     backlog_closed: AtomicU64,
 }
 
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            shards: (0..shard::count()).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
 impl Counters {
+    /// This thread's shard.
+    fn mine(&self) -> &Tally {
+        // The count is a power of two.
+        &self.shards[shard::thread_index() & (self.shards.len() - 1)]
+    }
+
     pub(crate) fn accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.mine().accepted.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn rejected(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.mine().rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
     pub(crate) fn proxy_rejected(&self) {
-        self.proxy_rejected.fetch_add(1, Ordering::Release);
+        self.mine().proxy_rejected.fetch_add(1, Ordering::Release);
     }
 
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn tls_failed(&self) {
-        self.tls_failed.fetch_add(1, Ordering::Release);
+        self.mine().tls_failed.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn accept_error(&self) {
-        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+        self.mine().accept_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn backlog_closed(&self, closed: u64) {
-        self.backlog_closed.fetch_add(closed, Ordering::Relaxed);
+        self.mine()
+            .backlog_closed
+            .fetch_add(closed, Ordering::Relaxed);
     }
 
     pub(crate) fn ended(&self, outcome: Outcome) {
+        let tally = self.mine();
         let counter = match outcome {
-            Outcome::Completed => &self.completed,
-            Outcome::Failed => &self.failed,
-            Outcome::Panicked => &self.panicked,
-            Outcome::TimedOut(TimeoutKind::Idle) => &self.timed_out_idle,
-            Outcome::TimedOut(TimeoutKind::FirstRead) => &self.timed_out_first_read,
-            Outcome::TimedOut(TimeoutKind::MaxAge) => &self.timed_out_max_age,
-            Outcome::TimedOut(TimeoutKind::Overload) => &self.timed_out_overload,
-            Outcome::Aborted => &self.aborted,
+            Outcome::Completed => &tally.completed,
+            Outcome::Failed => &tally.failed,
+            Outcome::Panicked => &tally.panicked,
+            Outcome::TimedOut(TimeoutKind::Idle) => &tally.timed_out_idle,
+            Outcome::TimedOut(TimeoutKind::FirstRead) => &tally.timed_out_first_read,
+            Outcome::TimedOut(TimeoutKind::MaxAge) => &tally.timed_out_max_age,
+            Outcome::TimedOut(TimeoutKind::Overload) => &tally.timed_out_overload,
+            Outcome::Aborted => &tally.aborted,
             // Counted where the refusal was decided, with its reason.
             Outcome::Refused => return,
         };
         // Release pairs with the Acquire loads in `snapshot`: whoever sees
-        // this end also sees the `accepted` increment that preceded the spawn.
+        // this end also sees the `accepted` increment that preceded the
+        // spawn (on whichever thread, in whichever shard).
         counter.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
-        // Ended counters first, `accepted` last: `accepted` only grows, so
-        // reading it last keeps `active` from going negative.
-        let mut s = StatsSnapshot {
+        // Every shard's ended counters first, then every shard's `accepted`:
+        // `accepted` only grows, and an end seen implies its acceptance
+        // seen, so reading it last keeps `active` from going negative.
+        let mut s = self
+            .shards
+            .iter()
+            .map(|tally| tally.ends())
+            .fold(StatsSnapshot::default(), Add::add);
+        s.accepted = self
+            .shards
+            .iter()
+            .map(|tally| tally.accepted.load(Ordering::Relaxed))
+            .sum();
+        let ended = s.completed + s.failed + s.panicked + s.timed_out() + s.aborted + s.refused();
+        // Never negative (see above); saturate rather than trust it blindly.
+        s.active = s.accepted.saturating_sub(ended);
+        s
+    }
+}
+
+impl Tally {
+    /// Every counter but `accepted` (and `active`, which is computed).
+    fn ends(&self) -> StatsSnapshot {
+        StatsSnapshot {
             completed: self.completed.load(Ordering::Acquire),
             failed: self.failed.load(Ordering::Acquire),
             panicked: self.panicked.load(Ordering::Acquire),
@@ -263,12 +315,7 @@ impl Counters {
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             backlog_closed: self.backlog_closed.load(Ordering::Relaxed),
             ..StatsSnapshot::default()
-        };
-        s.accepted = self.accepted.load(Ordering::Relaxed);
-        let ended = s.completed + s.failed + s.panicked + s.timed_out() + s.aborted + s.refused();
-        // Never negative (see above); saturate rather than trust it blindly.
-        s.active = s.accepted.saturating_sub(ended);
-        s
+        }
     }
 }
 

@@ -56,8 +56,6 @@ pub(crate) struct ConnState {
     /// Its key in the registry of live connections (see [`Registered`];
     /// `crate::sync`'s, so that the registry's loom models can share it).
     key: sync::AtomicUsize,
-    /// Whether its task has ended (see [`Registered`]).
-    ended: sync::AtomicBool,
     /// Whether the connection holds a place under the per-address limit
     /// (for its peer's address).
     pub(crate) per_ip: bool,
@@ -128,7 +126,6 @@ impl ConnState {
             peer,
             accepted_at,
             key: sync::AtomicUsize::new(usize::MAX),
-            ended: sync::AtomicBool::new(false),
             per_ip,
             touched: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
@@ -251,12 +248,13 @@ impl ConnState {
 }
 
 impl Registered for ConnState {
-    fn key(&self) -> &sync::AtomicUsize {
-        &self.key
+    fn shard(&self) -> usize {
+        // Truncated on 32-bit targets: only the low bits choose.
+        self.id as usize
     }
 
-    fn ended(&self) -> &sync::AtomicBool {
-        &self.ended
+    fn key(&self) -> &sync::AtomicUsize {
+        &self.key
     }
 
     fn expire(&self, kind: TimeoutKind) -> bool {

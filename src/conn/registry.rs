@@ -3,15 +3,18 @@
 //!
 //! Each entry is a connection task's abort handle and its record
 //! (`ConnState`: activity, acceptance time, id, peer; generic here, as
-//! [`Registered`], so that this module needs nothing of the record). The registry also
-//! counts the tasks spawned and not yet ended, so that the drain can wait for
-//! the last one.
+//! [`Registered`], so that this module needs nothing of the record). An
+//! entry is made before its task is spawned and removed by the task's end
+//! guard, so the entries are the tasks not yet ended: the drain waits until
+//! there are none.
 //!
-//! It is the one lock on a connection's path: taken briefly by the accept
-//! loop after the spawn (slab insert) and by the task's end guard (slab
-//! remove), and by the timeout sweeper once a tick (a tenth of the shortest
-//! timeout, at least 5 ms) for a scan of the live connections, 512 entries
-//! per lock. A connection's reads and writes never take it.
+//! The entries are split into shards (see [`crate::shard`]), each a slab
+//! under a lock of its own on cache lines of its own; a connection's shard
+//! is chosen by its id, so the accept loop's inserts go round the shards and
+//! an ending task's removal rarely meets another thread at the same lock.
+//! The timeout sweeper visits every shard once a tick (a tenth of the
+//! shortest timeout, at least 5 ms), 512 entries per lock. A connection's
+//! reads and writes never take a lock.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -20,103 +23,113 @@ use slab::Slab;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Notify};
+use crate::shard::{self, Padded};
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Notify};
 use crate::timeout::TimeoutKind;
 
-/// What the registry needs of a connection's record: the two fields it
-/// keeps there (fields of the record itself rather than a struct of their
-/// own, which would pad every record by a word).
+/// What the registry needs of a connection's record.
 pub(crate) trait Registered {
-    /// The record's key in the registry, once registered (set under the
-    /// registry's lock; `usize::MAX` until then).
+    /// Which shard the record goes to (any number: taken modulo the
+    /// shard count); the connection's id, so that consecutive connections
+    /// go to different shards.
+    fn shard(&self) -> usize;
+    /// The record's key in its shard's slab (set under the shard's lock; a
+    /// field of the record itself, which saves a word in every record).
     fn key(&self) -> &AtomicUsize;
-    /// Set by the task's end guard before it removes the registry entry, so
-    /// that a task that ends before its registration is not registered.
-    fn ended(&self) -> &AtomicBool;
     /// Marks the connection as closed by a timeout of `kind`; `false` if it
     /// already was.
     fn expire(&self, kind: TimeoutKind) -> bool;
 }
 
-type Registry<T> = Mutex<Slab<Entry<T>>>;
-
-/// The flag in `Tasks::live` that the drain has begun: the top bit, which
-/// a count of tasks never reaches.
-const DRAINING: usize = 1 << (usize::BITS - 1);
-
 /// What the registry knows of a live connection.
 #[derive(Debug)]
 struct Entry<T> {
-    /// `None` for an entry without a task (the benchmarks' bookkeeping).
+    /// `None` until the task is spawned (and for the benchmarks'
+    /// bookkeeping, which has no task).
     abort: Option<AbortHandle>,
     /// Also the entry's identity: a slab key is reused once freed.
     state: Arc<T>,
 }
 
+/// One shard of the registry.
+#[derive(Debug)]
+struct Shard<T> {
+    entries: Slab<Entry<T>>,
+    /// Set once the drain has begun: from then on the removal that empties
+    /// the shard wakes the drain to look again.
+    draining: bool,
+    /// Set at the drain deadline, and for good by [`Tasks::abort_all`]: a
+    /// task attached from then on is aborted at once.
+    aborting: bool,
+}
+
 /// Spawns, tracks and, at the deadline, aborts connection tasks.
 #[derive(Debug)]
 pub(crate) struct Tasks<T> {
-    registry: Registry<T>,
-    /// Tasks spawned and not yet ended (aborted ones included, which the
-    /// drain takes out of the registry before they have unwound), with
-    /// `DRAINING` set once the drain begins: from then on the last task to
-    /// end wakes it. One word, so that the drain's and the last task's
-    /// read-modify-writes are ordered and each sees the other's (with two,
-    /// only a store-load order across them would be, which loom cannot
-    /// check: it models `SeqCst` as `AcqRel`).
-    live: AtomicUsize,
-    /// Set (under the registry's lock) by [`Tasks::abort_all`]: a task
-    /// spawned after it is aborted at once instead of registered.
-    closed: AtomicBool,
+    shards: Box<[Padded<Mutex<Shard<T>>>]>,
+    /// Woken when a shard empties while draining.
     ended: Notify,
 }
 
 impl<T: Registered> Tasks<T> {
     pub(crate) fn new() -> Self {
+        Self::with_shards(shard::count())
+    }
+
+    /// A registry of `shards` shards (a power of two).
+    pub(crate) fn with_shards(shards: usize) -> Self {
+        debug_assert!(shards.is_power_of_two());
         Tasks {
-            registry: Registry::default(),
-            live: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
+            shards: (0..shards)
+                .map(|_| {
+                    Padded(Mutex::new(Shard {
+                        entries: Slab::new(),
+                        draining: false,
+                        aborting: false,
+                    }))
+                })
+                .collect(),
             ended: Notify::new(),
         }
+    }
+
+    fn shard_of(&self, state: &T) -> &Mutex<Shard<T>> {
+        &self.shards[state.shard() & (self.shards.len() - 1)]
     }
 
     /// How many connections are registered.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        lock(&self.registry).len()
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).entries.len())
+            .sum()
     }
 
-    /// Counts a task about to be spawned: before the spawn, since the
-    /// guard that uncounts it may run in it.
-    pub(crate) fn spawning(&self) {
-        self.live.fetch_add(1, Ordering::AcqRel);
+    /// Makes the entry of a task about to be spawned: before the spawn,
+    /// since the guard that removes it may run in it.
+    pub(crate) fn insert(&self, state: Arc<T>) {
+        let mut shard = lock(self.shard_of(&state));
+        let entry = shard.entries.vacant_entry();
+        state.key().store(entry.key(), Ordering::Relaxed);
+        entry.insert(Entry { abort: None, state });
     }
 
-    /// Registers a spawned task with its abort handle, under one lock
-    /// (never held across `spawn`, which may drop the future on the spot, as
-    /// a runtime shutting down does, running the guard that takes it);
-    /// unless the task has ended already (its guard marked it before it
-    /// looked for the entry, under the same lock), or the registry was
-    /// closed ([`Tasks::abort_all`]): then it is aborted at once.
-    pub(crate) fn register(&self, handle: &JoinHandle<()>, state: Arc<T>) {
-        self.register_entry(Some(handle), state);
-    }
-
-    /// [`Tasks::register`], with or without a task.
-    pub(crate) fn register_entry(&self, handle: Option<&JoinHandle<()>>, state: Arc<T>) {
-        let mut registry = lock(&self.registry);
-        if self.closed.load(Ordering::Relaxed) {
-            if let Some(handle) = handle {
-                handle.abort();
+    /// Gives a spawned task's abort handle to its entry, unless the task has
+    /// ended already (its entry is gone), or the registry is aborting
+    /// everything: then the task is aborted at once. Takes the lock after
+    /// `spawn`, never across it (`spawn` may drop the future on the spot,
+    /// as a runtime shutting down does, running the guard that takes it).
+    pub(crate) fn attach(&self, state: &Arc<T>, handle: &JoinHandle<()>) {
+        let mut shard = lock(self.shard_of(state));
+        if shard.aborting {
+            handle.abort();
+        }
+        let key = state.key().load(Ordering::Relaxed);
+        if let Some(entry) = shard.entries.get_mut(key) {
+            if Arc::ptr_eq(&entry.state, state) {
+                entry.abort = Some(handle.abort_handle());
             }
-        } else if !state.ended().load(Ordering::Relaxed) {
-            let entry = registry.vacant_entry();
-            state.key().store(entry.key(), Ordering::Relaxed);
-            entry.insert(Entry {
-                abort: handle.map(JoinHandle::abort_handle),
-                state,
-            });
         }
     }
 
@@ -138,89 +151,113 @@ impl<T: Registered> Tasks<T> {
         }
     }
 
-    /// Calls `visit` with every live connection's record and abort handle.
+    /// Calls `visit` with every live connection's record and abort handle
+    /// (those whose task is spawned).
     ///
-    /// A chunk of entries at a time, so that the lock, which the accept
-    /// loops and ending tasks take too, is never held for long by the
-    /// sweeper's thread (which the system may preempt while it holds it).
+    /// A chunk of entries at a time, so that no lock, which the accept
+    /// loops and ending tasks take too, is held for long by the sweeper's
+    /// thread (which the system may preempt while it holds it).
     pub(crate) fn scan(&self, mut visit: impl FnMut(&Arc<T>, &AbortHandle)) {
         const CHUNK: usize = 512;
-        let mut start: usize = 0;
-        loop {
-            let registry = lock(&self.registry);
-            let end = start.saturating_add(CHUNK).min(registry.capacity());
-            for key in start..end {
-                if let Some(Entry {
-                    abort: Some(abort),
-                    state,
-                }) = registry.get(key)
-                {
-                    visit(state, abort);
+        for shard in &*self.shards {
+            let mut start: usize = 0;
+            loop {
+                let shard = lock(shard);
+                let end = start.saturating_add(CHUNK).min(shard.entries.capacity());
+                for key in start..end {
+                    if let Some(Entry {
+                        abort: Some(abort),
+                        state,
+                    }) = shard.entries.get(key)
+                    {
+                        visit(state, abort);
+                    }
                 }
+                if end >= shard.entries.capacity() {
+                    break;
+                }
+                start = end;
             }
-            if end >= registry.capacity() {
-                return;
-            }
-            start = end;
         }
+    }
+
+    /// Aborts every task, now and any attached from now on; how many were
+    /// registered. Outside the locks: an abort may drop the task's future
+    /// on the spot (on a runtime shutting down), whose guard takes the lock.
+    fn abort_every(&self) -> usize {
+        let mut live = 0;
+        for shard in &*self.shards {
+            let handles: Vec<AbortHandle> = {
+                let mut shard = lock(shard);
+                shard.aborting = true;
+                live += shard.entries.len();
+                shard
+                    .entries
+                    .iter()
+                    .filter_map(|(_, entry)| entry.abort.clone())
+                    .collect()
+            };
+            for handle in handles {
+                handle.abort();
+            }
+        }
+        live
     }
 
     /// Aborts every task, now and any spawned from now on: what is left
     /// when `run` is dropped before its drain ended, so that nothing the
     /// server spawned outlives it.
     pub(crate) fn abort_all(&self) {
-        let entries = {
-            let mut registry = lock(&self.registry);
-            self.closed.store(true, Ordering::Relaxed);
-            std::mem::take(&mut *registry)
-        };
-        for (_, entry) in entries {
-            if let Some(abort) = entry.abort {
-                abort.abort();
-            }
+        self.abort_every();
+    }
+
+    /// Serving again after a drain was abandoned (a successor that took the
+    /// listeners over went away): tasks are no longer aborted as they come.
+    #[cfg_attr(not(all(unix, feature = "handover")), allow(dead_code))]
+    pub(crate) fn reopen(&self) {
+        for shard in &*self.shards {
+            let mut shard = lock(shard);
+            shard.draining = false;
+            shard.aborting = false;
         }
     }
 
-    /// Removes the entry of a task that ended, if it was registered.
+    /// Removes the entry of a task that ended, waking the drain if that
+    /// emptied the shard while draining.
     pub(crate) fn remove(&self, state: &Arc<T>) {
-        state.ended().store(true, Ordering::Relaxed);
-        let mut registry = lock(&self.registry);
-        let key = state.key().load(Ordering::Relaxed);
-        if registry
-            .get(key)
-            .is_some_and(|entry| Arc::ptr_eq(&entry.state, state))
-        {
-            registry.remove(key);
-        }
-    }
-
-    /// Counts a task's end, waking the drain after the last one.
-    pub(crate) fn ended(&self) {
-        // Either the drain's mark comes first, and the last task sees it
-        // and wakes the drain, or the drain's mark sees no task left.
-        if self.live.fetch_sub(1, Ordering::AcqRel) == DRAINING | 1 {
+        let emptied = {
+            let mut shard = lock(self.shard_of(state));
+            let key = state.key().load(Ordering::Relaxed);
+            if shard
+                .entries
+                .get(key)
+                .is_some_and(|entry| Arc::ptr_eq(&entry.state, state))
+            {
+                shard.entries.remove(key);
+            }
+            shard.draining && shard.entries.is_empty()
+        };
+        if emptied {
             self.ended.notify_waiters();
         }
     }
 
-    /// Marks the drain as begun, so that the last task to end wakes it,
-    /// then waits until no task is left.
+    /// Marks the drain as begun in every shard, so that the removal that
+    /// empties one wakes it, then waits until every shard is empty.
     async fn drained(&self) {
-        if self.live.fetch_or(DRAINING, Ordering::AcqRel) & !DRAINING == 0 {
-            return;
-        }
-        self.all_ended().await;
-    }
-
-    /// Waits until no task is left.
-    async fn all_ended(&self) {
         loop {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            // A task that ended after this was made wakes it; one that ended
-            // before it shows here.
-            if self.live.load(Ordering::Acquire) & !DRAINING == 0 {
+            // A shard emptied after its look below wakes this; one emptied
+            // before it shows in the count.
+            let mut live = 0;
+            for shard in &*self.shards {
+                let mut shard = lock(shard);
+                shard.draining = true;
+                live += shard.entries.len();
+            }
+            if live == 0 {
                 return;
             }
             ended.await;
@@ -237,27 +274,20 @@ impl<T: Registered> Tasks<T> {
             .await
             .is_err()
         {
-            // Take the handles out so that the lock is not held while
-            // aborting; the aborted tasks' guards then find nothing to remove.
-            let stragglers = std::mem::take(&mut *lock(&self.registry));
+            let remaining = self.abort_every();
             tracing::warn!(
-                remaining = stragglers.len(),
+                remaining,
                 "drain timeout reached, aborting remaining connections"
             );
-            for (_, entry) in stragglers {
-                if let Some(abort) = entry.abort {
-                    abort.abort();
-                }
-            }
-            self.all_ended().await;
+            self.drained().await;
         }
     }
 }
 
-/// The registry stays consistent even if a thread panicked while holding the
+/// The registry stays consistent even if a thread panicked while holding a
 /// lock (slab operations do not panic midway), so poisoning is ignored.
-fn lock<T>(registry: &Registry<T>) -> MutexGuard<'_, Slab<Entry<T>>> {
-    registry.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(shard: &Mutex<Shard<T>>) -> MutexGuard<'_, Shard<T>> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Model checks of the drain's wake-up (see [`crate::sync`] for how to run
@@ -273,17 +303,17 @@ mod loom_models {
     /// more.
     #[derive(Debug)]
     struct Record {
+        shard: usize,
         key: AtomicUsize,
-        ended: AtomicBool,
     }
 
     impl Registered for Record {
-        fn key(&self) -> &AtomicUsize {
-            &self.key
+        fn shard(&self) -> usize {
+            self.shard
         }
 
-        fn ended(&self) -> &AtomicBool {
-            &self.ended
+        fn key(&self) -> &AtomicUsize {
+            &self.key
         }
 
         fn expire(&self, _: TimeoutKind) -> bool {
@@ -291,22 +321,25 @@ mod loom_models {
         }
     }
 
-    /// `tasks` live tasks end on threads of their own while the drain
-    /// begins; the drain must see the last one end.
+    /// `tasks` live tasks, one a shard of two, end on threads of their own
+    /// while the drain begins; the drain must see the last one end.
     fn drain_while_tasks_end(tasks: usize) {
         loom::model(move || {
-            let registry = Arc::new(Tasks::<Record>::new());
+            let registry = Arc::new(Tasks::<Record>::with_shards(2));
             let ending: Vec<_> = (0..tasks)
-                .map(|_| {
-                    registry.spawning();
+                .map(|shard| {
+                    let state = Arc::new(Record {
+                        shard,
+                        key: AtomicUsize::new(usize::MAX),
+                    });
+                    registry.insert(Arc::clone(&state));
                     let registry = Arc::clone(&registry);
-                    thread::spawn(move || registry.ended())
+                    thread::spawn(move || registry.remove(&state))
                 })
                 .collect();
             // Hangs (a deadlock for loom) if the last end is missed.
             block_on(registry.drained());
-            let left = registry.live.load(Ordering::Acquire) & !DRAINING;
-            assert_eq!(left, 0, "drained with tasks left");
+            assert_eq!(registry.len(), 0, "drained with tasks left");
             for task in ending {
                 task.join().expect("task");
             }
@@ -319,7 +352,7 @@ mod loom_models {
     }
 
     #[test]
-    fn the_last_of_two_tasks_ending_as_the_drain_begins_wakes_it() {
+    fn the_last_of_two_tasks_in_two_shards_ending_as_the_drain_begins_wakes_it() {
         drain_while_tasks_end(2);
     }
 }

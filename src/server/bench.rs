@@ -63,8 +63,7 @@ impl Bookkeeping {
         let peer = Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 40_000)));
         let state = opened(&self.home, admission, id, peer, self.clock.read());
         let tasks = &self.home.tasks;
-        tasks.spawning();
-        tasks.register_entry(None, Arc::clone(&state));
+        tasks.insert(Arc::clone(&state));
         Some(Open(state))
     }
 

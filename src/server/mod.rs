@@ -493,6 +493,8 @@ async fn drain_or_take_back(
         return Ok(());
     }
     let (sockets, handover) = standby.take_back();
+    // The drain is abandoned: connections are served on.
+    tasks.reopen();
     let listeners: io::Result<Vec<Listening>> = kept
         .into_iter()
         .zip(sockets)

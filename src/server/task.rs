@@ -56,7 +56,8 @@ where
     F: Future + Send + 'static,
     F::Output: Into<Handled>,
 {
-    tasks.spawning();
+    // Registered before the spawn: the guard that removes it may run in it.
+    tasks.insert(Arc::clone(&state));
     let registered = Arc::clone(&state);
     // The guard is inside the span too, so that the lines it logs when
     // the task ends (aborted or timed out included) carry the connection.
@@ -77,7 +78,7 @@ where
     } else {
         tokio::spawn(guarded.instrument(span))
     };
-    tasks.register(&handle, registered);
+    tasks.attach(&registered, &handle);
 }
 
 impl<H: Handler> SpawnConnection for H {
@@ -299,7 +300,6 @@ impl Drop for EndGuard {
 /// returned), frees its places under the limits and its registry entry.
 pub(crate) fn ended(state: &Arc<ConnState>, mut outcome: Outcome) -> Outcome {
     let home = &state.home;
-    home.tasks.remove(state);
     if let (Outcome::Aborted, Some(kind)) = (outcome, state.expired_by()) {
         outcome = Outcome::TimedOut(kind);
     }
@@ -307,7 +307,9 @@ pub(crate) fn ended(state: &Arc<ConnState>, mut outcome: Outcome) -> Outcome {
     // After the count: the place is free once the outcome is counted.
     home.limits
         .release(if state.per_ip { state.peer.ip() } else { None });
-    home.tasks.ended();
+    // Last: the drain ends once every entry is gone, and the report it
+    // makes then must count this connection.
+    home.tasks.remove(state);
     outcome
 }
 
