@@ -383,6 +383,31 @@ mod tests {
         assert!(limits.try_permit().is_some());
     }
 
+    /// Places released on other threads' shards are found and taken, and
+    /// never more than the limit at once.
+    #[test]
+    fn places_move_between_shards_and_the_limit_stays_exact() {
+        let limits = Limits::with_shards(3, None, 4);
+        let mut held: Vec<Permit> = (0..3).map(|_| limits.try_permit_at(2).unwrap()).collect();
+        assert!(limits.try_permit_at(2).is_none(), "full");
+        assert!(limits.try_permit_at(3).is_none(), "full from every shard");
+        assert_eq!(limits.free(), 0);
+        // Released on two other threads' shards.
+        for index in [0, 1] {
+            let mut permit = held.pop().unwrap();
+            permit.live = None;
+            limits.release_at(index, None);
+        }
+        assert_eq!(limits.free(), 2);
+        assert!(limits.has_room());
+        let a = limits.try_permit_at(3).expect("found in shard 0");
+        let b = limits.try_permit_at(3).expect("found in shard 1");
+        assert!(limits.try_permit_at(3).is_none(), "no third place");
+        assert_eq!(limits.free(), 0);
+        drop((a, b, held));
+        assert_eq!(limits.free(), 3, "every place back");
+    }
+
     #[test]
     fn global_limit_is_taken_before_accept() {
         let limits = Limits::new(1, None);
