@@ -6,11 +6,17 @@
 //! set (see `server.rs`), it runs one server and nothing else.
 //!
 //! ```text
-//! cargo bench                          # everything, about 4 minutes
+//! cargo bench                          # everything, about 5 minutes on 2 cores
 //! cargo bench -- churn idle            # only the scenarios whose names contain these
+//! cargo bench -- scale                 # only the scaling with cores (see scale.rs)
 //! SWITCHBOARD_BENCH_ROUNDS=5 SWITCHBOARD_BENCH_SECS=5 cargo bench
 //! python3 benches/chart.py             # docs/memory.svg from the results
 //! ```
+//!
+//! The binary runs on its own, e.g. on a bigger machine: `cargo bench
+//! --no-run` prints its path, then `target/release/deps/switchboard-HASH
+//! scale` runs the scale scenario alone (set `CARGO_TARGET_DIR` to choose
+//! where `bench/results.json` goes when the binary was moved).
 
 use std::alloc::System;
 
@@ -26,6 +32,7 @@ mod echo;
 mod http;
 mod proc;
 mod report;
+mod scale;
 mod scenarios;
 mod server;
 

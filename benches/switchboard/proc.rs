@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::server::{MODE_VAR, Mode, THREADS_VAR};
+use crate::server::{ACCEPT_TASKS_VAR, CPUS_VAR, MODE_VAR, Mode, THREADS_VAR};
 
 /// A server running in a child process; killed when dropped.
 pub(crate) struct ServerProc {
@@ -28,6 +28,10 @@ pub(crate) struct Launch {
     pub(crate) threads: usize,
     /// Run under `valgrind --tool=callgrind`, writing the profile here.
     pub(crate) callgrind_out: Option<PathBuf>,
+    /// switchboard's accept tasks per listener; `None`: the default.
+    pub(crate) accept_tasks: Option<usize>,
+    /// The cores the server pins itself to; empty: not pinned.
+    pub(crate) cpus: Vec<usize>,
 }
 
 /// Allocation counters a server reported.
@@ -68,8 +72,22 @@ impl ServerProc {
             None => Command::new(&exe),
         };
         cmd.env(MODE_VAR, launch.mode.name())
-            .env(THREADS_VAR, launch.threads.to_string())
-            .stdin(Stdio::piped())
+            .env(THREADS_VAR, launch.threads.to_string());
+        // Set or removed, never inherited: the bench's own environment may
+        // name an accept-task count for the scale scenario's extra row only.
+        for (var, value) in [
+            (ACCEPT_TASKS_VAR, launch.accept_tasks.map(|n| n.to_string())),
+            (
+                CPUS_VAR,
+                (!launch.cpus.is_empty()).then(|| crate::scale::cpu_list(&launch.cpus)),
+            ),
+        ] {
+            match value {
+                Some(value) => cmd.env(var, value),
+                None => cmd.env_remove(var),
+            };
+        }
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd

@@ -15,6 +15,7 @@
 //! | allocations   | all tokio servers                        | per connection / round trip / request: two runs, differenced |
 //! | contention    | the bookkeeping alone (`contention.rs`)  | time per connection: 2 threads on one server against 2 on a server each, and a handoff between threads |
 //! | instructions  | all tokio servers, under callgrind       | per connection / round trip / request: two runs, differenced (1 client); the naive echo's code under switchboard and by hand |
+//! | scale         | switchboard and the hand-written loop on the same handler code, per W worker threads | churn conn/s, echo round trips/s, server CPU per operation; server pinned to W cores, load generator to the rest (see `scale.rs`) |
 //!
 //! Idle memory also reports the server's live heap per connection (bytes
 //! and blocks, from the counting allocator), which says where the RSS goes;
@@ -31,6 +32,7 @@ use tokio::runtime::Runtime;
 use crate::client::{self, Budget, Load};
 use crate::proc::{self, AllocCount, Launch, ServerProc};
 use crate::report::{Compare, Results};
+use crate::scale;
 use crate::server::Mode;
 
 /// Concurrent clients (connections) of the throughput scenarios.
@@ -78,14 +80,14 @@ impl Config {
 
 /// The kinds of load, each the same for every server it drives.
 #[derive(Debug, Clone, Copy)]
-enum Workload {
+pub(crate) enum Workload {
     Churn,
     Echo,
     Http,
 }
 
 impl Workload {
-    async fn run(self, addr: SocketAddr, clients: usize, budget: Budget) -> Load {
+    pub(crate) async fn run(self, addr: SocketAddr, clients: usize, budget: Budget) -> Load {
         match self {
             Workload::Churn => client::churn(addr, clients, budget).await,
             Workload::Echo => client::echo(addr, clients, budget).await,
@@ -130,6 +132,9 @@ pub(crate) fn main() {
     }
     if cfg.wants("contention") {
         crate::contention::run(cfg.rounds, &mut res);
+    }
+    if cfg.wants("scale") {
+        scale::run(cfg.rounds, cfg.warmup, cfg.measure, &mut res);
     }
 
     let table = res.table();
@@ -635,6 +640,8 @@ fn instructions(cfg: &Config, rt: &Runtime, res: &mut Results) {
                     // One thread: counts that repeat run to run.
                     threads: 0,
                     callgrind_out: Some(out.clone()),
+                    accept_tasks: None,
+                    cpus: Vec::new(),
                 };
                 let proc = ServerProc::start(&launch)?;
                 let budget = load.budget(ops, Duration::from_secs(120));
@@ -719,12 +726,14 @@ impl Launch {
             mode,
             threads: THREADS,
             callgrind_out: None,
+            accept_tasks: None,
+            cpus: Vec::new(),
         }
     }
 }
 
 /// A timed load's errors: a few are noted, many fail the round.
-fn checked(load: &Load) -> Result<(), String> {
+pub(crate) fn checked(load: &Load) -> Result<(), String> {
     if load.ops == 0 {
         return Err(load
             .problem()
@@ -759,7 +768,7 @@ fn rounds(cfg: &Config, servers: &[Mode]) -> Vec<(usize, Mode)> {
 }
 
 /// The servers in the order of this round: rotated by one each round.
-fn rotated(servers: &[Mode], round: usize) -> Vec<Mode> {
+pub(crate) fn rotated<T: Copy>(servers: &[T], round: usize) -> Vec<T> {
     let mut order = servers.to_vec();
     order.rotate_left(round % servers.len());
     order

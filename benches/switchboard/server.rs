@@ -10,6 +10,11 @@
 //!   shutdown and time it; every server then prints
 //!   `exit shutdown_ns=N` with the same counters and exits.
 //!
+//! Besides the mode, the bench sets [`THREADS_VAR`] (runtime worker
+//! threads) and, for the `scale` scenario, [`CPUS_VAR`] (the cores the
+//! server pins itself to before it starts any thread) and [`ACCEPT_TASKS_VAR`]
+//! (switchboard's accept tasks per listener; see [`with_accept_tasks`]).
+//!
 //! Every mode runs with the same global allocator (the counting one in
 //! `main.rs`), the same runtime and `TCP_NODELAY`, so that the servers differ
 //! only in the code that serves a connection.
@@ -27,16 +32,21 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use switchboard::{Connection, Handler, Server, ShutdownHandle};
+use switchboard::{Builder, Connection, Handler, Server, ShutdownHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{GLOBAL, echo, http};
+use crate::{GLOBAL, echo, http, scale};
 
 /// The environment variable that selects server mode and names the server.
 pub(crate) const MODE_VAR: &str = "SWITCHBOARD_BENCH_SERVER";
 /// Runtime worker threads in server mode; 0 means a current-thread runtime.
 pub(crate) const THREADS_VAR: &str = "SWITCHBOARD_BENCH_THREADS";
+/// switchboard's accept tasks per listener in server mode; unset: the
+/// library's default. See [`with_accept_tasks`].
+pub(crate) const ACCEPT_TASKS_VAR: &str = "SWITCHBOARD_BENCH_ACCEPT_TASKS";
+/// The cores (`0,1,2`) a server pins itself to; unset: not pinned.
+pub(crate) const CPUS_VAR: &str = "SWITCHBOARD_BENCH_CPUS";
 
 /// The servers the bench can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +68,15 @@ pub(crate) enum Mode {
     LeanEcho,
     /// One OS thread per connection, blocking std I/O, 8 KiB stack buffer.
     ThreadEcho,
+    /// switchboard running the scale scenario's churn reply
+    /// ([`scale::churn_reply`]).
+    SbChurn,
+    /// The hand-written loop running that same code.
+    TokioChurn,
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 8] = [
+    pub(crate) const ALL: [Mode; 10] = [
         Mode::SbHello,
         Mode::TokioHello,
         Mode::HyperHello,
@@ -70,6 +85,8 @@ impl Mode {
         Mode::SbNaiveEcho,
         Mode::LeanEcho,
         Mode::ThreadEcho,
+        Mode::SbChurn,
+        Mode::TokioChurn,
     ];
 
     /// The name used on the command line, in the table and in the JSON.
@@ -83,11 +100,16 @@ impl Mode {
             Mode::SbNaiveEcho => "switchboard-naive-echo",
             Mode::LeanEcho => "lean-echo",
             Mode::ThreadEcho => "thread-echo",
+            Mode::SbChurn => "switchboard-churn",
+            Mode::TokioChurn => "tokio-churn",
         }
     }
 
     pub(crate) fn is_switchboard(self) -> bool {
-        matches!(self, Mode::SbHello | Mode::SbEcho | Mode::SbNaiveEcho)
+        matches!(
+            self,
+            Mode::SbHello | Mode::SbEcho | Mode::SbNaiveEcho | Mode::SbChurn
+        )
     }
 }
 
@@ -97,26 +119,30 @@ pub(crate) fn main(name: &str) {
         eprintln!("unknown server mode {name:?}");
         std::process::exit(2);
     };
-    let threads: usize = std::env::var(THREADS_VAR)
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(2);
+    let cfg = ServerConfig::from_env();
+    // Before any thread starts, so that every thread inherits the mask; the
+    // bench reads the mask back and says so when it did not take.
+    if !cfg.cpus.is_empty() {
+        if let Err(e) = scale::pin_current_thread(&cfg.cpus) {
+            eprintln!("{name}: not pinned to cores {:?}: {e}", cfg.cpus);
+        }
+    }
     if mode == Mode::ThreadEcho {
         thread_echo();
         return;
     }
-    let mut builder = if threads == 0 {
+    let mut builder = if cfg.threads == 0 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
+        b.worker_threads(cfg.threads);
         b
     };
     let runtime = builder.enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         match mode {
-            Mode::SbHello => run_switchboard(http::Hello::default()).await,
-            Mode::SbEcho => run_switchboard(echo::Echo).await,
+            Mode::SbHello => run_switchboard(http::Hello::default(), &cfg).await,
+            Mode::SbEcho => run_switchboard(echo::Echo, &cfg).await,
             Mode::TokioHello => {
                 run_loop(|stream| async move {
                     let _ =
@@ -126,11 +152,45 @@ pub(crate) fn main(name: &str) {
             }
             Mode::HyperHello => run_loop(hyper_hello).await,
             Mode::TokioEcho => run_loop(naive_echo::<TcpStream>).await,
-            Mode::SbNaiveEcho => run_switchboard(NaiveEcho).await,
+            Mode::SbNaiveEcho => run_switchboard(NaiveEcho, &cfg).await,
             Mode::LeanEcho => run_loop(lean_echo).await,
+            Mode::SbChurn => run_switchboard(scale::ChurnReply, &cfg).await,
+            Mode::TokioChurn => run_loop(scale::churn_reply::<TcpStream>).await,
             Mode::ThreadEcho => unreachable!("handled above"),
         }
     });
+}
+
+/// How the bench launched this server, read from the environment.
+#[derive(Debug, Clone)]
+struct ServerConfig {
+    /// Runtime worker threads ([`THREADS_VAR`]); 0 for a current-thread
+    /// runtime. Default 2.
+    threads: usize,
+    /// switchboard's accept tasks per listener ([`ACCEPT_TASKS_VAR`]); `None`
+    /// leaves the library's default. Only [`with_accept_tasks`] reads it.
+    accept_tasks: Option<usize>,
+    /// The cores to pin to ([`CPUS_VAR`]); empty: not pinned.
+    cpus: Vec<usize>,
+}
+
+impl ServerConfig {
+    fn from_env() -> ServerConfig {
+        let var = |name: &str| std::env::var(name).ok();
+        ServerConfig {
+            threads: var(THREADS_VAR).and_then(|t| t.parse().ok()).unwrap_or(2),
+            accept_tasks: var(ACCEPT_TASKS_VAR)
+                .and_then(|n| n.trim().parse().ok())
+                .filter(|&n| n > 0),
+            cpus: var(CPUS_VAR)
+                .map(|list| {
+                    list.split(',')
+                        .filter_map(|c| c.trim().parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// When `exit` arrived, so that the shutdown can be timed from the trigger.
@@ -139,14 +199,15 @@ static TRIGGERED: OnceLock<Instant> = OnceLock::new();
 /// The switchboard server with its defaults on (connection limit, idle
 /// timeout, TCP_NODELAY, stats, tracking, shutdown signal); `exit` triggers
 /// the graceful shutdown.
-async fn run_switchboard(handler: impl Handler) {
-    let server = Server::builder()
+async fn run_switchboard(handler: impl Handler, cfg: &ServerConfig) {
+    let builder = Server::builder()
         .bind("127.0.0.1:0")
         .handler(handler)
         // Above the 10,000 idle connections the bench holds (plus any still
         // closing), so the limit is checked but never makes a client wait.
         .max_connections(15_000)
-        .drain_timeout(Duration::from_secs(10))
+        .drain_timeout(Duration::from_secs(10));
+    let server = with_accept_tasks(builder, cfg.accept_tasks)
         .build()
         .await
         .expect("bind the switchboard server");
@@ -159,6 +220,23 @@ async fn run_switchboard(handler: impl Handler) {
         eprintln!("switchboard server: {report}");
     }
     exit_line(shutdown);
+}
+
+/// Whether [`with_accept_tasks`] passes the count on: the scale scenario's
+/// table says so when it does not. Changes together with that function.
+pub(crate) const ACCEPT_TASKS_APPLIED: bool = false;
+
+/// THE place where the bench's accept-task count ([`ACCEPT_TASKS_VAR`])
+/// reaches switchboard, and the only one.
+///
+/// `Builder::accept_tasks(n)` does not exist yet: until it does, the count
+/// is read, carried in [`ServerConfig`] and ignored here, so a server
+/// launched with it runs the library's default (one accept loop per
+/// listener). Once the setter lands, this body becomes
+/// `match accept_tasks { Some(n) => builder.accept_tasks(n), None => builder }`.
+fn with_accept_tasks(builder: Builder, accept_tasks: Option<usize>) -> Builder {
+    let _ignored_until_the_builder_has_it = accept_tasks;
+    builder
 }
 
 /// The hand-written server: the accept + spawn loop people write, with
