@@ -27,7 +27,7 @@
 //!     let server = Server::builder()
 //!         .bind("127.0.0.1:8080")
 //!         .handler(Hello)
-//!         .shutdown_signal(switchboard::termination()) // Ctrl-C or SIGTERM
+//!         .shutdown_on(switchboard::termination()) // Ctrl-C or SIGTERM
 //!         .build()
 //!         .await?;
 //!     println!("listening on {}", server.local_addr());
