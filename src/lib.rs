@@ -299,7 +299,7 @@ mod tls;
 pub use addr::Addr;
 pub use admission::DEFAULT_MAX_CONNECTIONS;
 pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT};
-pub use conn::{Connection, READ_CHUNK_MAX, ReadChunk};
+pub use conn::{Connection, READ_CHUNK_MAX, ReadChunk, Transport};
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
 pub use listen::Listen;
