@@ -58,7 +58,8 @@ pub struct Builder {
     #[cfg(all(unix, feature = "handover"))]
     handover: Option<PathBuf>,
     handler: Option<Arc<dyn Handler>>,
-    shutdown_signal: Option<ExternalSignal>,
+    /// The future that triggers the shutdown (`shutdown_on`).
+    shutdown_on: Option<ExternalSignal>,
     config: Config,
 }
 
@@ -76,7 +77,7 @@ impl Builder {
             #[cfg(all(unix, feature = "handover"))]
             handover: None,
             handler: None,
-            shutdown_signal: None,
+            shutdown_on: None,
             config: Config {
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -222,7 +223,7 @@ impl Builder {
     /// shuts down deliberately (or hands over in turn) releases the old one
     /// first, which then finishes its drain and stops. An old server that
     /// was asked to shut down meanwhile ([`ShutdownHandle::shutdown`], the
-    /// [shutdown signal](Builder::shutdown_signal)) does not come back, and
+    /// future given to [`shutdown_on`](Builder::shutdown_on)) does not come back, and
     /// one that already stopped cannot. Until it comes back or stops, the
     /// old server's [`ShutdownHandle::is_shutting_down`] says `false`: its
     /// shutdown was not triggered.
@@ -271,14 +272,60 @@ impl Builder {
         self
     }
 
-    /// A future whose completion triggers the graceful shutdown, such as
+    /// Shuts the server down gracefully when `trigger` completes, such as
     /// [`termination`](crate::termination) for Ctrl-C and SIGTERM. Works in
-    /// addition to [`Server::shutdown_handle`].
+    /// addition to [`Server::shutdown_handle`]; given twice, the last one
+    /// counts.
+    ///
+    /// This is the *trigger*, which starts the shutdown. The *notice* that
+    /// reaches the handlers once it has begun is another thing: the
+    /// connection's [`ShutdownSignal`](crate::ShutdownSignal)
+    /// ([`Connection::shutdown_signal`](crate::Connection::shutdown_signal),
+    /// [`Connection::shutdown_requested`](crate::Connection::shutdown_requested)).
+    ///
+    /// `run` polls the future, so it starts the shutdown only while `run`
+    /// runs; [`termination`](crate::termination) hooks the signals when it is
+    /// called, so none arriving before `run` is lost.
     ///
     /// Default: none.
-    pub fn shutdown_signal(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
-        self.shutdown_signal = Some(ExternalSignal::new(signal));
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use switchboard::{handler_fn, Connection, Server};
+    ///
+    /// # async fn demo() -> Result<(), switchboard::Error> {
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// // Called here, not in the async block: the signals are hooked now.
+    /// let terminated = switchboard::termination();
+    /// let server = Server::builder()
+    ///     .bind("127.0.0.1:8080")
+    ///     .handler(handler_fn(|_c: Connection| async { Ok::<_, std::io::Error>(()) }))
+    ///     .shutdown_on(async move {
+    ///         // Ctrl-C or SIGTERM, or the application's own reason.
+    ///         tokio::select! {
+    ///             () = terminated => {}
+    ///             _ = stopped => {}
+    ///         }
+    ///     })
+    ///     .build()
+    ///     .await?;
+    /// # drop(stop);
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_on(mut self, trigger: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown_on = Some(ExternalSignal::new(trigger));
         self
+    }
+
+    /// The former name of [`shutdown_on`](Builder::shutdown_on), which it
+    /// calls. Renamed because "shutdown signal" also names what a connection
+    /// receives ([`ShutdownSignal`](crate::ShutdownSignal)).
+    #[deprecated(
+        note = "renamed to `shutdown_on`, which takes the same future; `ShutdownSignal` is the connection's notice"
+    )]
+    pub fn shutdown_signal(self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown_on(signal)
     }
 
     /// The most connections served at once. When that many are live the
@@ -532,7 +579,7 @@ impl Builder {
             bound,
             handler,
             self.config,
-            self.shutdown_signal,
+            self.shutdown_on,
             #[cfg(all(unix, feature = "handover"))]
             handover,
         )
@@ -544,10 +591,7 @@ impl fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("listen", &self.listen)
             .field("handler", &self.handler.as_ref().map(|_| ".."))
-            .field(
-                "shutdown_signal",
-                &self.shutdown_signal.as_ref().map(|_| ".."),
-            )
+            .field("shutdown_on", &self.shutdown_on.as_ref().map(|_| ".."))
             .field("config", &self.config)
             .finish()
     }

@@ -8,9 +8,13 @@
 //!
 //! # Quick start
 //!
+//! With `switchboard`, `tokio` (feature `full`) and `tracing-subscriber`
+//! (feature `env-filter`) in `Cargo.toml`:
+//!
 //! ```no_run
 //! use switchboard::{Connection, Handler, Server};
 //! use tokio::io::AsyncWriteExt;
+//! use tracing_subscriber::EnvFilter;
 //!
 //! struct Hello;
 //!
@@ -24,10 +28,16 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), switchboard::Error> {
+//!     // switchboard logs through `tracing`: without a subscriber nothing is
+//!     // shown, not even a handler's error (`warn`). `RUST_LOG=debug` adds a
+//!     // line per connection.
+//!     tracing_subscriber::fmt()
+//!         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+//!         .init();
 //!     let server = Server::builder()
 //!         .bind("127.0.0.1:8080")
 //!         .handler(Hello)
-//!         .shutdown_signal(switchboard::termination()) // Ctrl-C or SIGTERM
+//!         .shutdown_on(switchboard::termination()) // Ctrl-C or SIGTERM
 //!         .build()
 //!         .await?;
 //!     println!("listening on {}", server.local_addr());
@@ -36,6 +46,10 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! If the port is taken, `main` ends with
+//! `Error: cannot bind 127.0.0.1:8080: Address already in use (os error 98)`:
+//! every [`Error`] names what failed and why.
 //!
 //! # A connection's life
 //!
@@ -47,7 +61,7 @@
 //!          │                                      task ends: outcome counted,
 //!          │                                      "connection closed" logged
 //!          ▼
-//!   shutdown trigger (ShutdownHandle::shutdown, Builder::shutdown_signal)
+//!   shutdown trigger (ShutdownHandle::shutdown, Builder::shutdown_on)
 //! ```
 //!
 //! Each connection runs in a task of its own, inside a `debug`-level
@@ -72,11 +86,13 @@
 //!
 //! The trigger is [`ShutdownHandle::shutdown`] (from
 //! [`Server::shutdown_handle`], cloneable, usable from any thread) or the
-//! future given to [`Builder::shutdown_signal`], such as [`termination`].
+//! future given to [`Builder::shutdown_on`], such as [`termination`].
 //! Handlers cooperate by watching [`Connection::shutdown_requested`] (a
 //! cancel-safe future for `tokio::select!`) or asking
 //! [`Connection::is_shutting_down`] between requests: a keep-alive handler
-//! answers the request in flight, closes, and returns. A client whose
+//! answers the request in flight, closes, and returns. The application's
+//! own background tasks stop with the server by awaiting
+//! [`ShutdownHandle::requested`]. A client whose
 //! connection the kernel completed before the trigger is the server's client:
 //! it is served with its signal already fired, so it gets one answer and a
 //! close rather than a reset. A handler that ignores the signal is aborted at
@@ -91,6 +107,21 @@
 //! ```
 //!
 //! While the server runs, [`Stats::snapshot`] gives the same counters live.
+//!
+//! ## The trigger and the notice
+//!
+//! Two different things take part in a shutdown, and their names keep them
+//! apart:
+//!
+//! | | the *trigger*: starts the shutdown | the *notice*: tells a handler it has begun |
+//! | --- | --- | --- |
+//! | fired by | [`ShutdownHandle::shutdown`]; the future given to [`Builder::shutdown_on`] ([`termination`]: Ctrl-C, SIGTERM); a failing listener | the server, once the listeners stop taking new clients |
+//! | type | [`ShutdownHandle`], from [`Server::shutdown_handle`] | [`ShutdownSignal`], from [`Connection::shutdown_signal`] |
+//! | wait for it | [`ShutdownHandle::requested`] (the application's tasks) | [`Connection::shutdown_requested`], [`ShutdownSignal::shutdown_requested`] (handlers and the tasks they spawn) |
+//! | ask | [`ShutdownHandle::is_shutting_down`] | [`Connection::is_shutting_down`] |
+//!
+//! (`Builder::shutdown_signal` is the trigger's former name, kept as a
+//! deprecated alias of [`Builder::shutdown_on`].)
 //!
 //! # Limits and timeouts
 //!
@@ -123,6 +154,102 @@
 //! [`handler_fn`]. The trait is dyn-compatible, so a handler chosen at run
 //! time can be passed as `Arc<dyn Handler>`. See the [`Handler`] docs for
 //! why the trait is shaped this way.
+//!
+//! ## Shared state
+//!
+//! The server keeps one handler for all its connections, so what the
+//! handler struct holds, every connection sees. State that the handlers
+//! change goes behind a lock; an `Arc` around it lets the application keep
+//! a reference of its own (for an admin task, or for tests that serve
+//! several connections with clones of one handler). A `std::sync::Mutex` is
+//! the right lock when it is never held across an `.await` (clippy's
+//! `await_holding_lock` catches the mistake): each operation below takes it
+//! for one map operation and no longer.
+//!
+//! A key-value store over a line protocol (`SET key value`, `GET key`),
+//! with two connections sharing one store:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::{Arc, Mutex, PoisonError};
+//!
+//! use switchboard::{Connection, Handler};
+//! use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+//!
+//! /// The longest line read: a client cannot make the server buffer more.
+//! const MAX_LINE: u64 = 1024;
+//!
+//! #[derive(Clone, Default)]
+//! struct Kv {
+//!     store: Arc<Mutex<HashMap<String, String>>>,
+//! }
+//!
+//! impl Kv {
+//!     fn apply(&self, command: &str) -> String {
+//!         // Each operation is whole, so a panic elsewhere while the lock
+//!         // was held leaves the map usable: poisoning is ignored.
+//!         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+//!         let mut words = command.splitn(3, ' ');
+//!         match (words.next(), words.next(), words.next()) {
+//!             (Some("SET"), Some(key), Some(value)) => {
+//!                 store.insert(key.to_owned(), value.to_owned());
+//!                 "OK\n".to_owned()
+//!             }
+//!             (Some("GET"), Some(key), None) => match store.get(key) {
+//!                 Some(value) => format!("{value}\n"),
+//!                 None => "NONE\n".to_owned(),
+//!             },
+//!             _ => "ERR unknown command\n".to_owned(),
+//!         }
+//!     }
+//! }
+//!
+//! impl Handler for Kv {
+//!     type Error = std::io::Error;
+//!
+//!     async fn handle(&self, conn: Connection) -> Result<(), Self::Error> {
+//!         let mut shutdown = conn.shutdown_requested();
+//!         let mut conn = BufReader::new(conn);
+//!         let mut line = String::new();
+//!         loop {
+//!             line.clear();
+//!             let mut limited = (&mut conn).take(MAX_LINE);
+//!             let read = tokio::select! {
+//!                 read = limited.read_line(&mut line) => read?,
+//!                 () = &mut shutdown => return Ok(()),
+//!             };
+//!             if read == 0 {
+//!                 return Ok(()); // the client closed
+//!             }
+//!             let Some(command) = line.strip_suffix('\n') else {
+//!                 return conn.write_all(b"ERR line too long\n").await;
+//!             };
+//!             let reply = self.apply(command.trim_end_matches('\r'));
+//!             conn.write_all(reply.as_bytes()).await?;
+//!         }
+//!     }
+//! }
+//!
+//! // A server: `Server::builder().handler(Kv::default())`. Here, two test
+//! // connections served by clones of one handler, as a server would serve
+//! // them:
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), switchboard::BoxError> {
+//! use switchboard::testing::TestConnection;
+//!
+//! let kv = Kv::default();
+//! let mut first = TestConnection::new().id(1).serve(kv.clone());
+//! let mut second = TestConnection::new().id(2).serve(kv.clone());
+//! first.client.write_all(b"SET greeting hello\n").await?;
+//! let mut reply = [0; 3];
+//! first.client.read_exact(&mut reply).await?;
+//! assert_eq!(&reply, b"OK\n");
+//! second.client.write_all(b"GET greeting\n").await?;
+//! let mut reply = [0; 6];
+//! second.client.read_exact(&mut reply).await?;
+//! assert_eq!(&reply, b"hello\n");
+//! # Ok(()) }
+//! ```
 //!
 //! # Listeners
 //!
@@ -301,7 +428,7 @@ mod tls;
 pub use addr::Addr;
 pub use admission::DEFAULT_MAX_CONNECTIONS;
 pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT};
-pub use conn::{Connection, READ_CHUNK_MAX, ReadChunk};
+pub use conn::{Connection, READ_CHUNK_MAX, ReadChunk, Transport};
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
 pub use listen::Listen;

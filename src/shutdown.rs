@@ -1,8 +1,9 @@
 //! The cancellation channel: one trigger, many observers.
 //!
 //! Two signals keep the phases of a shutdown in order. The *trigger* is what
-//! [`ShutdownHandle::shutdown`] (or the builder's shutdown future) fires;
-//! only the accept loops watch it. When they have closed the listeners, the
+//! [`ShutdownHandle::shutdown`] (or the builder's `shutdown_on` future)
+//! fires; the accept loops watch it, and so does
+//! [`ShutdownHandle::requested`] for the application's own tasks. When they have closed the listeners, the
 //! server fires the *connections' signal* that every [`ShutdownSignal`]
 //! watches. So a handler that sees
 //! its signal knows that new connects are already refused, and a connection
@@ -67,6 +68,49 @@ impl ShutdownHandle {
     pub fn is_shutting_down(&self) -> bool {
         self.trigger.is_fired()
     }
+
+    /// Completes once shutdown has been requested: by
+    /// [`shutdown`](ShutdownHandle::shutdown) on any clone of this handle, by
+    /// the future given to [`Builder::shutdown_on`](crate::Builder::shutdown_on)
+    /// (such as [`termination`](crate::termination) on Ctrl-C or SIGTERM),
+    /// or by a listener failing ([`Error::Accept`](crate::Error::Accept)).
+    /// Completes at once if that has already happened.
+    ///
+    /// It lets the application's own background tasks (a metrics pusher, a
+    /// cache refresher) stop when the server does, whatever stopped it. It
+    /// completes when the shutdown *begins*, not when [`Server::run`]
+    /// returns: the connections are draining then. The builder's future is
+    /// watched by `run`, so it requests shutdown only while `run` runs.
+    ///
+    /// [`Server::run`]: crate::Server::run
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future misses nothing, and a new one completes
+    /// at once if shutdown has been requested.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(server: switchboard::Server) -> Result<(), switchboard::Error> {
+    /// let handle = server.shutdown_handle();
+    /// let refresher = tokio::spawn(async move {
+    ///     let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+    ///     loop {
+    ///         tokio::select! {
+    ///             _ = every_minute.tick() => { /* refresh a cache */ }
+    ///             () = handle.requested() => return,
+    ///         }
+    ///     }
+    /// });
+    /// let report = server.run().await?;
+    /// refresher.await.expect("the refresher does not panic");
+    /// # let _ = report;
+    /// # Ok(()) }
+    /// ```
+    pub fn requested(&self) -> ShutdownRequested {
+        Fired::wait(&self.trigger)
+    }
 }
 
 /// Observes the server's shutdown from inside a connection.
@@ -108,9 +152,10 @@ impl ShutdownSignal {
     }
 }
 
-/// The future of [`ShutdownSignal::shutdown_requested`] and
-/// [`Connection::shutdown_requested`](crate::Connection::shutdown_requested):
-/// completes when the server begins shutting down.
+/// The future of [`ShutdownSignal::shutdown_requested`],
+/// [`Connection::shutdown_requested`](crate::Connection::shutdown_requested)
+/// and [`ShutdownHandle::requested`]: completes when the server begins
+/// shutting down.
 ///
 /// It is `Unpin`, so `tokio::select!` can take `&mut` of it without pinning.
 #[must_use = "futures do nothing unless polled"]

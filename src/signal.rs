@@ -21,7 +21,7 @@ use std::future::{Future, pending};
 /// let server = Server::builder()
 ///     .bind("127.0.0.1:8080")
 ///     .handler(handler_fn(|_c: Connection| async { Ok::<_, std::io::Error>(()) }))
-///     .shutdown_signal(termination())
+///     .shutdown_on(termination())
 ///     .build()
 ///     .await?;
 /// let report = server.run().await?; // returns after Ctrl-C or SIGTERM

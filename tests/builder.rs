@@ -54,10 +54,10 @@ async fn a_taken_port_is_a_bind_error_naming_the_address() {
         Error::Bind { addr, source } => {
             assert_eq!(addr, &taken);
             assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
+            assert_eq!(err.to_string(), format!("cannot bind {taken}: {source}"));
         }
         other => panic!("expected Error::Bind, got {other:?}"),
     }
-    assert_eq!(err.to_string(), format!("cannot bind {taken}"));
 }
 
 #[tokio::test]

@@ -119,7 +119,7 @@ async fn ops_serves_tcp_and_a_unix_socket_at_once() {
 fn every_example_main_shows_the_builder() {
     const SHOWN: [&str; 6] = [
         "Server::builder()",
-        ".shutdown_signal(switchboard::termination())",
+        ".shutdown_on(switchboard::termination())",
         ".build()",
         "println!(\"listening on {",
         "server.run().await?",

@@ -187,7 +187,7 @@ async fn the_builders_shutdown_future_triggers_the_shutdown() {
             }
         }),
         |b| {
-            b.shutdown_signal(async {
+            b.shutdown_on(async {
                 let _ = trigger_rx.await;
             })
         },

@@ -14,7 +14,7 @@ use common::{Example, assert_adds_up, start_on, temp_dir, within};
 use switchboard::ProxyProtocol;
 use switchboard::rustls::pki_types::ServerName;
 use switchboard::rustls::{ClientConfig, RootCertStore};
-use switchboard::{Addr, Connection, Listen, TlsConfig, handler_fn};
+use switchboard::{Addr, Connection, Listen, TlsConfig, Transport, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -55,7 +55,7 @@ struct Seen {
     // Checked by the PROXY-then-TLS test only.
     #[cfg_attr(not(feature = "proxy-protocol"), allow(dead_code))]
     peer: Addr,
-    transport: &'static str,
+    transport: Transport,
     sni: Option<String>,
     alpn: Option<Vec<u8>>,
 }
@@ -103,7 +103,7 @@ async fn the_handler_sees_the_decrypted_stream_sni_and_alpn() {
         .unwrap();
     assert_eq!(echo, b"secret");
     let seen_first = within("the handler's report", seen.recv()).await.unwrap();
-    assert_eq!(seen_first.transport, "tls");
+    assert_eq!(seen_first.transport, Transport::Tls);
     assert_eq!(seen_first.sni.as_deref(), Some("localhost"));
     assert_eq!(seen_first.alpn.as_deref(), Some(&b"http/1.1"[..]));
 
@@ -147,7 +147,8 @@ async fn a_proxy_header_then_tls() {
     client.write_all(b"x").await.unwrap();
     let seen = within("the handler's report", seen.recv()).await.unwrap();
     assert_eq!(seen.peer, Addr::Tcp("203.0.113.9:44000".parse().unwrap()));
-    assert_eq!(seen.transport, "tls");
+    assert_eq!(seen.transport, Transport::Tls);
+    assert_eq!(seen.transport.to_string(), "tls");
     running.stop().await;
 }
 

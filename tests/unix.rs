@@ -8,13 +8,13 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 
 use common::{assert_adds_up, assert_echoes, noop, temp_dir, within};
-use switchboard::{Addr, Builder, Connection, Error, Handler, Server, handler_fn};
+use switchboard::{Addr, Builder, Connection, Error, Handler, Server, Transport, handler_fn};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 /// Reports the connection's addresses, then echoes one chunk.
-fn reporter(tx: mpsc::UnboundedSender<(Addr, Addr, &'static str)>) -> impl Handler {
+fn reporter(tx: mpsc::UnboundedSender<(Addr, Addr, Transport)>) -> impl Handler {
     handler_fn(move |mut conn: Connection| {
         let tx = tx.clone();
         async move {
@@ -51,7 +51,8 @@ async fn a_unix_socket_is_served_by_the_same_handler() {
     let (peer, local, transport) = within("the report", rx.recv()).await.unwrap();
     assert_eq!(peer, Addr::Unix(None), "clients' sockets are unnamed");
     assert_eq!(local, Addr::Unix(Some(path.clone())));
-    assert_eq!(transport, "unix");
+    assert_eq!(transport, Transport::Unix);
+    assert_eq!(transport.to_string(), "unix");
 
     shutdown.shutdown();
     let report = within("run to return", task).await.unwrap().unwrap();

@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .handler(room::Room::new())
         // Ctrl-C or SIGTERM: stop accepting, tell every client goodbye,
         // let them go, stop.
-        .shutdown_signal(switchboard::termination())
+        .shutdown_on(switchboard::termination())
         .build()
         .await?;
     println!("listening on {}", server.local_addr());

@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .bind(addr)
         .handler(http::Hello::default())
         // Ctrl-C or SIGTERM: stop accepting, let connections finish, stop.
-        .shutdown_signal(switchboard::termination())
+        .shutdown_on(switchboard::termination())
         .build()
         .await?;
     println!("listening on {}", server.local_addr());

@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let server = builder
         .handler(http::Hello::default())
-        .shutdown_signal(switchboard::termination())
+        .shutdown_on(switchboard::termination())
         .build()
         .await?;
     let bound: Vec<String> = server

@@ -177,16 +177,17 @@ impl Connection {
         }
     }
 
-    /// The transport's name: `"tcp"`, `"unix"`, `"tls"`, or `"memory"` for
-    /// a [`testing`](crate::testing) connection.
-    pub fn transport(&self) -> &'static str {
+    /// What the connection runs over: TCP, a Unix socket, TLS (over TCP),
+    /// or memory for a [`testing`](crate::testing) connection. Its
+    /// `Display` gives the lowercase name (`"tcp"`, ...) for logs.
+    pub fn transport(&self) -> Transport {
         match self.stream {
-            Stream::Tcp(_) => "tcp",
+            Stream::Tcp(_) => Transport::Tcp,
             #[cfg(unix)]
-            Stream::Unix(_) => "unix",
-            Stream::Duplex(_) => "memory",
+            Stream::Unix(_) => Transport::Unix,
+            Stream::Duplex(_) => Transport::Memory,
             #[cfg(feature = "tls")]
-            Stream::Tls(_) => "tls",
+            Stream::Tls(_) => Transport::Tls,
         }
     }
 
@@ -356,6 +357,59 @@ impl AsyncWrite for Connection {
         let poll = with_stream!(&mut this.stream, s => Pin::new(s).poll_shutdown(cx));
         this.state.waiting(poll.is_pending());
         poll
+    }
+}
+
+/// What a [`Connection`] runs over, from [`Connection::transport`].
+///
+/// `Display` writes the lowercase name (`tcp`, `unix`, `tls`, `memory`), as
+/// [`as_str`](Transport::as_str) returns it. More transports may come, so a
+/// `match` needs a catch-all arm.
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::{handler_fn, Connection, Transport};
+/// use tokio::io::AsyncWriteExt;
+///
+/// let handler = handler_fn(|mut conn: Connection| async move {
+///     if conn.transport() == Transport::Tcp {
+///         conn.write_all(b"consider TLS\n").await?;
+///     }
+///     tracing::debug!(transport = %conn.transport(), "served");
+///     Ok::<_, std::io::Error>(())
+/// });
+/// # let _ = handler;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// A Unix domain socket (Unix only).
+    Unix,
+    /// TLS over TCP, on a [TLS listener](crate::Listen) (feature `tls`).
+    Tls,
+    /// An in-memory pipe: a [`testing::TestConnection`](crate::testing::TestConnection).
+    Memory,
+}
+
+impl Transport {
+    /// The lowercase name: `"tcp"`, `"unix"`, `"tls"` or `"memory"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+            Transport::Tls => "tls",
+            Transport::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`: honours a width, for aligned log columns.
+        f.pad(self.as_str())
     }
 }
 

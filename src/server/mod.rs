@@ -202,7 +202,7 @@ impl Server {
     ///
     /// Shutdown is triggered by [`ShutdownHandle::shutdown`] or by the
     /// future given to
-    /// [`Builder::shutdown_signal`](crate::Builder::shutdown_signal). Then:
+    /// [`Builder::shutdown_on`](crate::Builder::shutdown_on). Then:
     ///
     /// 1. the listeners stop taking new clients, but the clients already
     ///    waiting in their queues are accepted as places free;
