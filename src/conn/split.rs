@@ -71,6 +71,17 @@ impl Connection {
     ///   or the read half has seen the end of input and the write half is
     ///   not blocked), the connection is busy, never idle.
     ///
+    /// # Tasks that hold a half
+    ///
+    /// A timeout, or the drain deadline at shutdown, ends a connection by
+    /// aborting its handler's task; the server knows of no other task. A
+    /// half moved into a task of its own keeps the connection open until
+    /// that task ends, after the handler, past the timeout and past
+    /// [`Server::run`](crate::Server::run). Spawn such a task into a
+    /// `tokio::task::JoinSet` that the handler owns (dropping the set aborts
+    /// its tasks), as below, or keep both halves in the handler's task
+    /// (`tokio::join!`), as the `proxy` example does.
+    ///
     /// # Examples
     ///
     /// A reader that hands each chunk, upper-cased, to a writer task over a
@@ -81,11 +92,14 @@ impl Connection {
     /// use switchboard::{handler_fn, BoxError, Connection};
     /// use tokio::io::AsyncWriteExt;
     /// use tokio::sync::mpsc;
+    /// use tokio::task::JoinSet;
     ///
     /// let shout = handler_fn(|conn: Connection| async move {
     ///     let (mut read, mut write) = conn.into_split();
     ///     let (chunks, mut to_send) = mpsc::channel::<bytes::BytesMut>(16);
-    ///     let writer = tokio::spawn(async move {
+    ///     // Owned by the handler: if its task is aborted, so is the writer.
+    ///     let mut writer = JoinSet::new();
+    ///     writer.spawn(async move {
     ///         while let Some(chunk) = to_send.recv().await {
     ///             write.write_all(&chunk).await?;
     ///         }
@@ -106,7 +120,9 @@ impl Connection {
     ///         }
     ///     }
     ///     drop(chunks); // the writer ends once it has sent the rest
-    ///     writer.await??;
+    ///     while let Some(written) = writer.join_next().await {
+    ///         written??;
+    ///     }
     ///     Ok::<_, BoxError>(())
     /// });
     /// # let _ = shout;
