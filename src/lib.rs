@@ -354,6 +354,7 @@
 //!           tls.rs                TLS settings and the handshake (feature `tls`)
 //!           handler.rs            the Handler trait
 //!           conn/mod.rs           Connection: the stream a handler gets, and its facts
+//!           conn/split.rs         Connection::into_split: owned read and write halves
 //!           conn/record.rs        a connection's record; its listener's shared part
 //!           conn/registry.rs      the live connections: drained, expired, aborted
 //!           timeout.rs            the timeouts' rules
@@ -428,7 +429,9 @@ mod tls;
 pub use addr::Addr;
 pub use admission::DEFAULT_MAX_CONNECTIONS;
 pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT};
-pub use conn::{Connection, READ_CHUNK_MAX, ReadChunk, Transport};
+pub use conn::{
+    Connection, OwnedReadHalf, OwnedWriteHalf, READ_CHUNK_MAX, ReadChunk, ReuniteError, Transport,
+};
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};
 pub use listen::Listen;

@@ -2,6 +2,9 @@
 
 pub(crate) mod record;
 pub(crate) mod registry;
+mod split;
+
+pub use split::{OwnedReadHalf, OwnedWriteHalf, ReuniteError};
 
 use std::cell::RefCell;
 use std::fmt;
@@ -424,18 +427,20 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK_MAX].into_boxed_slice());
 }
 
-/// The future of [`Connection::read_chunk`]: the bytes read, empty at EOF.
+/// The future of [`Connection::read_chunk`] (and of
+/// [`OwnedReadHalf::read_chunk`], with `R` the read half): the bytes read,
+/// empty at EOF.
 ///
 /// Two words long, so that a connection waiting in it costs almost nothing:
 /// the waker is stored in the socket's own registration, and no buffer is
 /// held while waiting.
 #[must_use = "futures do nothing unless polled"]
-pub struct ReadChunk<'a> {
-    conn: &'a mut Connection,
+pub struct ReadChunk<'a, R = Connection> {
+    conn: &'a mut R,
     max: usize,
 }
 
-impl Future for ReadChunk<'_> {
+impl<R: AsyncRead + Unpin> Future for ReadChunk<'_, R> {
     type Output = io::Result<BytesMut>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -464,10 +469,10 @@ impl Future for ReadChunk<'_> {
     }
 }
 
-impl fmt::Debug for ReadChunk<'_> {
+impl<R: fmt::Debug> fmt::Debug for ReadChunk<'_, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadChunk")
-            .field("connection", &self.conn.state.id)
+            .field("reader", &self.conn)
             .field("max", &self.max)
             .finish()
     }
