@@ -31,7 +31,7 @@ use switchboard::{Connection, Handler, Server, ShutdownHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{GLOBAL, echo, http};
+use crate::{GLOBAL, echo, http, routes, serve};
 
 /// The environment variable that selects server mode and names the server.
 pub(crate) const MODE_VAR: &str = "SWITCHBOARD_BENCH_SERVER";
@@ -58,10 +58,15 @@ pub(crate) enum Mode {
     LeanEcho,
     /// One OS thread per connection, blocking std I/O, 8 KiB stack buffer.
     ThreadEcho,
+    /// switchboard serving the axum example's router with the example's
+    /// handler (hyper, HTTP/1.1 and h2c, graceful per connection).
+    SbAxum,
+    /// `axum::serve` on the same router.
+    AxumServe,
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 8] = [
+    pub(crate) const ALL: [Mode; 10] = [
         Mode::SbHello,
         Mode::TokioHello,
         Mode::HyperHello,
@@ -70,6 +75,8 @@ impl Mode {
         Mode::SbNaiveEcho,
         Mode::LeanEcho,
         Mode::ThreadEcho,
+        Mode::SbAxum,
+        Mode::AxumServe,
     ];
 
     /// The name used on the command line, in the table and in the JSON.
@@ -83,11 +90,16 @@ impl Mode {
             Mode::SbNaiveEcho => "switchboard-naive-echo",
             Mode::LeanEcho => "lean-echo",
             Mode::ThreadEcho => "thread-echo",
+            Mode::SbAxum => "switchboard-axum",
+            Mode::AxumServe => "axum-serve",
         }
     }
 
     pub(crate) fn is_switchboard(self) -> bool {
-        matches!(self, Mode::SbHello | Mode::SbEcho | Mode::SbNaiveEcho)
+        matches!(
+            self,
+            Mode::SbHello | Mode::SbEcho | Mode::SbNaiveEcho | Mode::SbAxum
+        )
     }
 }
 
@@ -128,6 +140,8 @@ pub(crate) fn main(name: &str) {
             Mode::TokioEcho => run_loop(naive_echo::<TcpStream>).await,
             Mode::SbNaiveEcho => run_switchboard(NaiveEcho).await,
             Mode::LeanEcho => run_loop(lean_echo).await,
+            Mode::SbAxum => run_switchboard(serve::Http::new(routes::router())).await,
+            Mode::AxumServe => crate::axum::axum_serve().await,
             Mode::ThreadEcho => unreachable!("handled above"),
         }
     });
@@ -290,13 +304,13 @@ fn thread_echo() {
     }
 }
 
-fn announce(addr: SocketAddr) {
+pub(crate) fn announce(addr: SocketAddr) {
     println!("listening on {addr}");
 }
 
 /// Reads commands from stdin on a thread of its own, so that it works the
 /// same whatever the server's runtime.
-fn spawn_commands(shutdown: Option<ShutdownHandle>) {
+pub(crate) fn spawn_commands(shutdown: Option<ShutdownHandle>) {
     let shutdown = shutdown.map(Arc::new);
     std::thread::spawn(move || {
         let stdin = std::io::stdin();

@@ -40,8 +40,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let server = Server::builder()
         .bind(addr)
         .handler(serve::Http::new(routes::router()))
-        // A client that connects and says nothing is closed after 10 s
-        // (hyper's own head timeout starts only at its first byte).
+        // A client that connects and says nothing is closed after 10 s.
         .first_read_timeout(Duration::from_secs(10))
         // Ctrl-C or SIGTERM: stop accepting, let connections finish, stop.
         .shutdown_signal(switchboard::termination())
