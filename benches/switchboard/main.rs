@@ -9,6 +9,7 @@
 //! cargo bench                          # everything, about 5 minutes on 2 cores
 //! cargo bench -- churn idle            # only the scenarios whose names contain these
 //! cargo bench -- scale                 # only the scaling with cores (see scale.rs)
+//! cargo bench -- axum                  # the axum example against axum::serve
 //! SWITCHBOARD_BENCH_ROUNDS=5 SWITCHBOARD_BENCH_SECS=5 cargo bench
 //! python3 benches/chart.py             # docs/memory.svg from the results
 //! ```
@@ -22,6 +23,9 @@ use std::alloc::System;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
+// The axum scenarios' server (`axum::serve`) and h2c client; the crate
+// `axum` itself is named `::axum` there.
+mod axum;
 mod client;
 mod contention;
 #[allow(dead_code)] // the example's module has more than the bench uses
@@ -32,8 +36,13 @@ mod echo;
 mod http;
 mod proc;
 mod report;
+#[allow(dead_code)] // the example's module has more than the bench uses
+#[path = "../../examples/axum/routes.rs"]
+mod routes;
 mod scale;
 mod scenarios;
+#[path = "../../examples/axum/serve.rs"]
+mod serve;
 mod server;
 
 /// Counts every allocation, in the server processes (where it is read) and

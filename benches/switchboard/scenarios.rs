@@ -10,6 +10,8 @@
 //! | churn         | switchboard hello, tokio hello           | connections/s, p99 (1 request per connection, 64 clients) |
 //! | keep-alive    | switchboard echo, lean and naive tokio echo, switchboard running the naive echo | round trips/s, p99 (64 connections, 64 B) |
 //! | http-keepalive| switchboard hello, tokio hello, hyper    | requests/s, p99 (64 connections; also wrk when installed) |
+//! | axum-http1    | switchboard axum example, `axum::serve` (same router) | requests/s, p99 (64 keep-alive connections) |
+//! | axum-h2c      | the same two                             | requests/s, p99 (64 streams over 4 h2c connections) |
 //! | idle-memory   | switchboard echo, lean, naive, threads   | server RSS per idle connection at 1k/5k/10k |
 //! | shutdown      | switchboard echo                         | trigger to `run()` returning, 10k idle connections |
 //! | allocations   | all tokio servers                        | per connection / round trip / request: two runs, differenced |
@@ -84,6 +86,8 @@ pub(crate) enum Workload {
     Churn,
     Echo,
     Http,
+    /// HTTP/2 with prior knowledge: `clients` streams over a few connections.
+    H2c,
 }
 
 impl Workload {
@@ -92,6 +96,7 @@ impl Workload {
             Workload::Churn => client::churn(addr, clients, budget).await,
             Workload::Echo => client::echo(addr, clients, budget).await,
             Workload::Http => client::http(addr, clients, budget).await,
+            Workload::H2c => crate::axum::h2c(addr, clients, budget).await,
         }
     }
 }
@@ -120,6 +125,12 @@ pub(crate) fn main() {
     }
     if cfg.wants("http-keepalive") {
         throughput(&cfg, &rt, &mut res, Scenario::HTTP);
+    }
+    if cfg.wants("axum-http1") {
+        throughput(&cfg, &rt, &mut res, Scenario::AXUM_HTTP1);
+    }
+    if cfg.wants("axum-h2c") {
+        throughput(&cfg, &rt, &mut res, Scenario::AXUM_H2C);
     }
     if cfg.wants("idle-memory") || cfg.wants("shutdown") {
         idle_memory(&cfg, &rt, &mut res);
@@ -194,6 +205,22 @@ impl Scenario {
             (Mode::SbHello, Mode::TokioHello),
             (Mode::SbHello, Mode::HyperHello),
         ],
+    };
+    const AXUM_HTTP1: Scenario = Scenario {
+        name: "axum-http1",
+        servers: &[Mode::SbAxum, Mode::AxumServe],
+        workload: Workload::Http,
+        rate_metric: "requests",
+        rate_unit: "req/s",
+        ratios: &[(Mode::SbAxum, Mode::AxumServe)],
+    };
+    const AXUM_H2C: Scenario = Scenario {
+        name: "axum-h2c",
+        servers: &[Mode::SbAxum, Mode::AxumServe],
+        workload: Workload::H2c,
+        rate_metric: "requests",
+        rate_unit: "req/s",
+        ratios: &[(Mode::SbAxum, Mode::AxumServe)],
     };
 }
 

@@ -36,7 +36,7 @@ use switchboard::{Builder, Connection, Handler, Server, ShutdownHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{GLOBAL, echo, http, scale};
+use crate::{GLOBAL, echo, http, routes, scale, serve};
 
 /// The environment variable that selects server mode and names the server.
 pub(crate) const MODE_VAR: &str = "SWITCHBOARD_BENCH_SERVER";
@@ -73,10 +73,15 @@ pub(crate) enum Mode {
     SbChurn,
     /// The hand-written loop running that same code.
     TokioChurn,
+    /// switchboard serving the axum example's router with the example's
+    /// handler (hyper, HTTP/1.1 and h2c, graceful per connection).
+    SbAxum,
+    /// `axum::serve` on the same router.
+    AxumServe,
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 10] = [
+    pub(crate) const ALL: [Mode; 12] = [
         Mode::SbHello,
         Mode::TokioHello,
         Mode::HyperHello,
@@ -87,6 +92,8 @@ impl Mode {
         Mode::ThreadEcho,
         Mode::SbChurn,
         Mode::TokioChurn,
+        Mode::SbAxum,
+        Mode::AxumServe,
     ];
 
     /// The name used on the command line, in the table and in the JSON.
@@ -102,13 +109,15 @@ impl Mode {
             Mode::ThreadEcho => "thread-echo",
             Mode::SbChurn => "switchboard-churn",
             Mode::TokioChurn => "tokio-churn",
+            Mode::SbAxum => "switchboard-axum",
+            Mode::AxumServe => "axum-serve",
         }
     }
 
     pub(crate) fn is_switchboard(self) -> bool {
         matches!(
             self,
-            Mode::SbHello | Mode::SbEcho | Mode::SbNaiveEcho | Mode::SbChurn
+            Mode::SbHello | Mode::SbEcho | Mode::SbNaiveEcho | Mode::SbChurn | Mode::SbAxum
         )
     }
 }
@@ -156,6 +165,8 @@ pub(crate) fn main(name: &str) {
             Mode::LeanEcho => run_loop(lean_echo).await,
             Mode::SbChurn => run_switchboard(scale::ChurnReply, &cfg).await,
             Mode::TokioChurn => run_loop(scale::churn_reply::<TcpStream>).await,
+            Mode::SbAxum => run_switchboard(serve::Http::new(routes::router()), &cfg).await,
+            Mode::AxumServe => crate::axum::axum_serve().await,
             Mode::ThreadEcho => unreachable!("handled above"),
         }
     });
@@ -368,13 +379,13 @@ fn thread_echo() {
     }
 }
 
-fn announce(addr: SocketAddr) {
+pub(crate) fn announce(addr: SocketAddr) {
     println!("listening on {addr}");
 }
 
 /// Reads commands from stdin on a thread of its own, so that it works the
 /// same whatever the server's runtime.
-fn spawn_commands(shutdown: Option<ShutdownHandle>) {
+pub(crate) fn spawn_commands(shutdown: Option<ShutdownHandle>) {
     let shutdown = shutdown.map(Arc::new);
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
