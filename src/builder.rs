@@ -93,6 +93,7 @@ impl Builder {
                 backlog: DEFAULT_BACKLOG,
                 reuse_address: cfg!(unix),
                 reuse_port: false,
+                accept_tasks: 1,
                 ipv6_only: None,
                 unix_mode: None,
             },
@@ -491,6 +492,32 @@ impl Builder {
     /// `net.ipv6.bindv6only` is set).
     pub fn ipv6_only(mut self, only: bool) -> Self {
         self.config.ipv6_only = Some(only);
+        self
+    }
+
+    /// How many tasks accept on each listener, all from its one socket.
+    ///
+    /// One accept loop takes every connection of its listener: a few
+    /// microseconds of `accept`, admission and `spawn` each, on one core at
+    /// a time. On a machine of many cores with many short connections that
+    /// one core is the ceiling, whatever the runtime's worker count; with
+    /// several accept tasks the runtime's workers accept in parallel (the
+    /// kernel hands each queued client to one of them). Measure before you
+    /// raise it: `cargo bench -- scale` compares the counts on your machine.
+    /// Around the runtime's worker count is the most that can help.
+    ///
+    /// Everything else holds with any count: the connection limit (each
+    /// task holds at most one client in hand while the server is full), the
+    /// back-off when out of descriptors (each task backs off), handover and
+    /// systemd sockets (the tasks share the listener's one socket), and the
+    /// queue drain at shutdown (every task sweeps the queue it shares before
+    /// the socket closes, once the last task has let go of it). Connection
+    /// ids stay unique, but two tasks may take ids in the other order than
+    /// the kernel queued their clients.
+    ///
+    /// Must be between 1 and 1024. Default: 1.
+    pub fn accept_tasks(mut self, tasks: usize) -> Self {
+        self.config.accept_tasks = tasks;
         self
     }
 

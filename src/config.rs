@@ -24,7 +24,11 @@ pub(crate) struct Config {
     pub(crate) reuse_port: bool,
     pub(crate) ipv6_only: Option<bool>,
     pub(crate) unix_mode: Option<u32>,
+    pub(crate) accept_tasks: usize,
 }
+
+/// The most accept tasks a listener may have.
+pub(crate) const MAX_ACCEPT_TASKS: usize = 1024;
 
 pub(crate) type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -48,6 +52,12 @@ impl Config {
         let invalid = |option, reason| Err(Error::InvalidConfig { option, reason });
         if self.backlog == 0 {
             return invalid("backlog", "must be at least 1");
+        }
+        if self.accept_tasks == 0 {
+            return invalid("accept_tasks", "must be at least 1");
+        }
+        if self.accept_tasks > MAX_ACCEPT_TASKS {
+            return invalid("accept_tasks", "must be at most 1024");
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");

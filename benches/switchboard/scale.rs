@@ -27,11 +27,10 @@
 //!   it. Each also as the switchboard / hand-written ratio computed round by
 //!   round: median with min and max.
 //!
-//! The two servers differ in one thing besides the library: the hand-written
-//! loop accepts on the thread that calls `block_on` (as under
-//! `#[tokio::main]`) and spawns onto the W workers, while switchboard runs
-//! its accept loop as a task on the workers. Both are pinned to the same W
-//! cores, but the hand-written server has one more thread on them.
+//! Both servers accept in a task on the W workers: the hand-written churn
+//! server spawns its `accept` loop (`tokio-churn`), as switchboard runs its
+//! own, so that neither has a thread the other lacks. (The echo servers'
+//! accept placement does not matter: their connections open once.)
 //!
 //! Pinning is `sched_setaffinity` (through rustix). Where it fails (a
 //! sandbox that forbids it, or not Linux) a note says so and the scenario

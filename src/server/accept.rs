@@ -1,5 +1,7 @@
-//! The accept loops: one per listener, from `accept` to the spawn of each
-//! connection's task, and the listener's close at shutdown.
+//! The accept loops: one per listener (or several, see
+//! [`Builder::accept_tasks`](crate::Builder::accept_tasks)), from `accept`
+//! to the spawn of each connection's task, and the listener's close at
+//! shutdown.
 //!
 //! A loop takes a place under the connection limit before it accepts (a full
 //! server leaves clients in the kernel's queue), skips per-connection accept
@@ -37,10 +39,11 @@ use crate::{Addr, Connection, Handler, ShutdownSignal};
 /// fatal error.
 pub(super) type LoopResult = Result<(), (Addr, io::Error)>;
 
-/// A listener with what the server knows of it.
-#[derive(Debug)]
+/// A listener with what the server knows of it; each of its accept tasks
+/// has a clone.
+#[derive(Debug, Clone)]
 pub(super) struct Listening {
-    pub(super) listener: Listener,
+    pub(super) listener: Arc<Listener>,
     pub(super) addr: Addr,
     /// What each connection goes through before its handler, if anything.
     pub(super) preamble: Option<Arc<Preamble>>,
@@ -206,7 +209,7 @@ async fn close_listener(
     shared: &Shared,
     home: &Arc<Home>,
     preamble: Option<&Arc<Preamble>>,
-    listener: Listener,
+    listener: Arc<Listener>,
     mut in_hand: Option<InHand>,
     closer: Closer,
 ) {

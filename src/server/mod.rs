@@ -151,7 +151,7 @@ impl Server {
                 source,
             })?;
             listeners.push(Listening {
-                listener,
+                listener: Arc::new(listener),
                 addr,
                 preamble: Preamble::new(
                     #[cfg(feature = "proxy-protocol")]
@@ -302,17 +302,20 @@ impl Server {
                     proxy_protocol = listening.preamble.as_ref().is_some_and(|p| p.reads_proxy_header()),
                     "listening"
                 );
-                let counters = Arc::clone(stats.counters(index));
-                loops.spawn(accept_loop(
-                    Arc::clone(&shared),
-                    listening,
-                    counters,
-                    Arc::clone(&stop),
-                    Closer {
-                        closing: closing.clone(),
-                        swept: swept_tx.clone(),
-                    },
-                ));
+                // Every task accepts from the listener's one socket, which
+                // closes once the last of them has swept its queue.
+                for _ in 0..config.accept_tasks {
+                    loops.spawn(accept_loop(
+                        Arc::clone(&shared),
+                        listening.clone(),
+                        Arc::clone(stats.counters(index)),
+                        Arc::clone(&stop),
+                        Closer {
+                            closing: closing.clone(),
+                            swept: swept_tx.clone(),
+                        },
+                    ));
+                }
             }
             drop(swept_tx);
             let mut fatal = supervise(&mut loops, &trigger, &stop, &mut external).await;
@@ -500,7 +503,7 @@ async fn drain_or_take_back(
         .zip(sockets)
         .map(|((addr, preamble), socket)| {
             Ok(Listening {
-                listener: Listener::from_inherited(socket, addr.as_unix())?,
+                listener: Arc::new(Listener::from_inherited(socket, addr.as_unix())?),
                 addr,
                 preamble,
             })
