@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         // A client that connects and says nothing is closed after 10 s.
         .first_read_timeout(Duration::from_secs(10))
         // Ctrl-C or SIGTERM: stop accepting, let connections finish, stop.
-        .shutdown_signal(switchboard::termination())
+        .shutdown_on(switchboard::termination())
         .build()
         .await?;
     println!("listening on {}", server.local_addr());
