@@ -141,7 +141,7 @@ fn one_thread() -> Run {
     let (started, cpu) = (Instant::now(), thread_cpu());
     churn(&server);
     churn(&server);
-    let run = Run::new(started.elapsed(), thread_cpu() - cpu, 2 * CONNECTIONS);
+    let run = Run::new(started.elapsed(), thread_cpu().saturating_sub(cpu), 2 * CONNECTIONS);
     check(&server, 2 * CONNECTIONS);
     run
 }
@@ -158,7 +158,7 @@ fn two_threads(work: impl Fn(usize) + Send + Sync + 'static) -> Run {
                 start.wait();
                 let cpu = thread_cpu();
                 work(i);
-                thread_cpu() - cpu
+                thread_cpu().saturating_sub(cpu)
             })
         })
         .collect();
@@ -199,7 +199,7 @@ fn handoff<T: Send + 'static>(open: impl Fn() -> T, close: impl Fn(T) + Send + '
                 close(item);
             }
         }
-        thread_cpu() - cpu
+        thread_cpu().saturating_sub(cpu)
     });
     let (started, cpu) = (Instant::now(), thread_cpu());
     let mut batch = Vec::with_capacity(BATCH);
@@ -212,7 +212,7 @@ fn handoff<T: Send + 'static>(open: impl Fn() -> T, close: impl Fn(T) + Send + '
     }
     tx.send(batch).expect("closer alive");
     drop(tx);
-    let cpu = thread_cpu() - cpu;
+    let cpu = thread_cpu().saturating_sub(cpu);
     let closing = closer.join().expect("closer");
     Run::new(started.elapsed(), cpu + closing, CONNECTIONS)
 }
