@@ -143,6 +143,7 @@ impl<F> fmt::Debug for HandlerFn<F> {
 }
 
 pub(crate) mod sealed {
+    use std::any::Any;
     use std::sync::Arc;
 
     use super::{Connection, HandleFuture, Handler};
@@ -158,11 +159,19 @@ pub(crate) mod sealed {
     pub trait ErasedHandler {
         /// Calls `handle` and boxes its future and its error.
         fn handle_erased(&self, conn: Connection) -> HandleFuture<'_>;
+
+        /// The handler as `Any`, which a connection's task turns back into
+        /// its own type (see [`SpawnConnection`]).
+        fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     }
 
     impl<H: Handler> ErasedHandler for H {
         fn handle_erased(&self, conn: Connection) -> HandleFuture<'_> {
             Box::pin(async move { self.handle(conn).await.map_err(Into::into) })
+        }
+
+        fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+            self
         }
     }
 
@@ -179,12 +188,12 @@ pub(crate) mod sealed {
     pub trait SpawnConnection {
         /// Spawns `job`'s task, registered in `tasks`, which runs the
         /// listener's `preamble` (if any) before the handler.
+        ///
+        /// The task reaches the handler through the connection's listener
+        /// (`Home::handler`, made once per listener and shard), not through
+        /// a reference count of its own: a count that every connection's
+        /// start and end wrote would be one cache line for every core.
         #[allow(private_interfaces)] // sealed: `Job` is never named outside the crate
-        fn spawn_connection(
-            self: Arc<Self>,
-            tasks: &Tasks,
-            job: Job,
-            preamble: Option<&Arc<Preamble>>,
-        );
+        fn spawn_connection(&self, tasks: &Tasks, job: Job, preamble: Option<&Arc<Preamble>>);
     }
 }

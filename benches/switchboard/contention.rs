@@ -141,7 +141,11 @@ fn one_thread() -> Run {
     let (started, cpu) = (Instant::now(), thread_cpu());
     churn(&server);
     churn(&server);
-    let run = Run::new(started.elapsed(), thread_cpu().saturating_sub(cpu), 2 * CONNECTIONS);
+    let run = Run::new(
+        started.elapsed(),
+        thread_cpu().saturating_sub(cpu),
+        2 * CONNECTIONS,
+    );
     check(&server, 2 * CONNECTIONS);
     run
 }

@@ -10,6 +10,7 @@
 //! per-connection work at accept to one allocation and a few reference
 //! counts.
 
+use std::any::Any;
 use std::sync::Arc;
 #[cfg(any(feature = "proxy-protocol", feature = "tls"))]
 use std::sync::OnceLock;
@@ -27,9 +28,15 @@ use crate::{Addr, ShutdownSignal};
 /// The registry of a server's live connections.
 pub(crate) type Tasks = registry::Tasks<ConnState>;
 
-/// What a listener's connections share.
+/// What a listener's connections share: one per listener and shard (see
+/// [`crate::shard`]; a connection's by its id), so that the reference
+/// counts its connections take and drop are spread over as many cache
+/// lines.
 #[derive(Debug)]
 pub(crate) struct Home {
+    /// The server's handler, as `Any`: a connection's task, which knows
+    /// the handler's type, turns it back.
+    pub(crate) handler: Arc<dyn Any + Send + Sync>,
     /// The listener's address: a connection's local address (unless the
     /// listener is on a wildcard address).
     pub(crate) addr: Addr,
@@ -141,6 +148,7 @@ impl ConnState {
     /// [`testing`](crate::testing), and in tests): with a home of its own.
     pub(crate) fn detached(id: u64, peer: Addr, local: Addr, signal: ShutdownSignal) -> Self {
         let home = Home {
+            handler: Arc::new(()),
             addr: local,
             signal,
             counters: Arc::default(),

@@ -30,6 +30,7 @@ use crate::conn::{Job, Stream};
 use crate::listen::bind::Listener;
 use crate::preamble::Preamble;
 use crate::server::overload::Reclaimer;
+use crate::shard;
 use crate::shutdown::Fired;
 use crate::stats::Counters;
 use crate::timeout::Clock;
@@ -104,14 +105,21 @@ pub(super) async fn accept_loop(
         addr,
         preamble,
     } = listening;
-    // Shared by this listener's connections: a reference count, not copies.
-    let home = Arc::new(Home {
-        addr: addr.clone(),
-        signal: shared.signal.clone(),
-        counters,
-        tasks: Arc::clone(&shared.tasks),
-        limits: Arc::clone(&shared.limits),
-    });
+    // Shared by this listener's connections: reference counts, not copies;
+    // one a shard, each connection's by its id (see `Home`).
+    let homes: Box<[Arc<Home>]> = (0..shard::count())
+        .map(|_| {
+            Arc::new(Home {
+                handler: Arc::clone(&shared.handler).into_any(),
+                addr: addr.clone(),
+                signal: shared.signal.clone(),
+                counters: Arc::clone(&counters),
+                tasks: Arc::clone(&shared.tasks),
+                limits: Arc::clone(&shared.limits),
+            })
+        })
+        .collect();
+    let home = &homes[0];
     // Made once: registering a waiter on every iteration would cost a lock
     // per accepted connection.
     let mut stop = Fired::wait(&trigger);
@@ -188,9 +196,17 @@ pub(super) async fn accept_loop(
                 }
             }
         };
-        serve(&shared, stream, peer, &home, preamble.as_ref(), permit);
+        serve(&shared, stream, peer, &homes, preamble.as_ref(), permit);
     };
-    close_listener(&shared, &home, preamble.as_ref(), listener, in_hand, closer).await;
+    close_listener(
+        &shared,
+        &homes,
+        preamble.as_ref(),
+        listener,
+        in_hand,
+        closer,
+    )
+    .await;
     Ok(())
 }
 
@@ -207,13 +223,14 @@ pub(super) async fn accept_loop(
 /// serves the queue, and only a client already in hand is served here.
 async fn close_listener(
     shared: &Shared,
-    home: &Arc<Home>,
+    homes: &[Arc<Home>],
     preamble: Option<&Arc<Preamble>>,
     listener: Arc<Listener>,
     mut in_hand: Option<InHand>,
     closer: Closer,
 ) {
     let Closer { mut closing, swept } = closer;
+    let home = &homes[0];
     let mut swept = Some(swept);
     let plan = closing
         .wait_for(|closing| *closing != Closing::Open)
@@ -256,7 +273,7 @@ async fn close_listener(
                 }
             }
         };
-        serve(shared, stream, peer, home, preamble, permit);
+        serve(shared, stream, peer, homes, preamble, permit);
     }
     if deadline || budget == 0 {
         let mut closed = u64::from(in_hand.is_some());
@@ -289,16 +306,19 @@ fn serve(
     shared: &Shared,
     stream: Stream,
     peer: Addr,
-    home: &Arc<Home>,
+    homes: &[Arc<Home>],
     preamble: Option<&Arc<Preamble>>,
     permit: Permit,
 ) {
     let Some(admission) = shared.limits.admit(permit, peer.ip()) else {
-        home.counters.rejected();
+        homes[0].counters.rejected();
         tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
         return;
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    // The count is a power of two; truncated on 32-bit targets, where only
+    // the low bits choose.
+    let home = &homes[id as usize & (homes.len() - 1)];
     if let Stream::Tcp(tcp) = &stream {
         set_tcp_options(&shared.config, tcp, id);
     }
@@ -310,7 +330,9 @@ fn serve(
     };
     // Through the handler's vtable into `spawn_connection::<H>`, so that the
     // handler's future is a concrete type, polled without dynamic dispatch.
-    Arc::clone(&shared.handler).spawn_connection(&shared.tasks, job, preamble);
+    shared
+        .handler
+        .spawn_connection(&shared.tasks, job, preamble);
 }
 
 /// The bookkeeping of a connection's start: counts it and makes its

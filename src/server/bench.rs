@@ -4,10 +4,12 @@
 //! [`Bookkeeping::open`] and [`Bookkeeping::close`] are a connection's start
 //! and end on a server's shared state, without a socket or a task: the
 //! steps `serve` and a task's end guard take (admission, the id, the
-//! counters, the record, the registry), through the same functions. Driven
+//! counters, the record, the registry, the listener's part a connection
+//! holds), through the same functions. Driven
 //! from several threads at once, a lock or a cache line that every
 //! connection shares shows as time, on a machine of two cores.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +18,7 @@ use crate::admission::Limits;
 use crate::conn::record::{ConnState, Home, Tasks};
 use crate::server::accept::opened;
 use crate::server::task::ended;
+use crate::shard;
 use crate::stats::{Outcome, Stats};
 use crate::timeout::Clock;
 use crate::{Addr, ShutdownSignal, StatsSnapshot};
@@ -23,7 +26,8 @@ use crate::{Addr, ShutdownSignal, StatsSnapshot};
 /// A server's shared state, as its connections see it.
 #[derive(Debug)]
 pub struct Bookkeeping {
-    home: Arc<Home>,
+    /// A home a shard, as an accept loop has.
+    homes: Box<[Arc<Home>]>,
     stats: Stats,
     next_id: AtomicU64,
     clock: Clock,
@@ -32,22 +36,37 @@ pub struct Bookkeeping {
 /// A connection opened by [`Bookkeeping::open`]; give it to
 /// [`Bookkeeping::close`].
 #[derive(Debug)]
-pub struct Open(Arc<ConnState>);
+pub struct Open {
+    state: Arc<ConnState>,
+    /// What a connection's task holds besides its record: its home, for
+    /// the handler.
+    _task: Arc<Home>,
+}
 
 impl Bookkeeping {
     /// A server of one listener with room for `max_connections`.
     pub fn new(max_connections: usize) -> Bookkeeping {
         let addr = Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 80)));
         let stats = Stats::new([addr.clone()]);
-        let home = Arc::new(Home {
-            addr,
-            signal: ShutdownSignal::new(Arc::default()),
-            counters: Arc::clone(stats.counters(0)),
-            tasks: Arc::new(Tasks::new()),
-            limits: Arc::new(Limits::new(max_connections, None)),
-        });
+        let (tasks, limits) = (
+            Arc::new(Tasks::new()),
+            Arc::new(Limits::new(max_connections, None)),
+        );
+        let handler: Arc<dyn Any + Send + Sync> = Arc::new(());
+        let homes = (0..shard::count())
+            .map(|_| {
+                Arc::new(Home {
+                    handler: Arc::clone(&handler),
+                    addr: addr.clone(),
+                    signal: ShutdownSignal::new(Arc::default()),
+                    counters: Arc::clone(stats.counters(0)),
+                    tasks: Arc::clone(&tasks),
+                    limits: Arc::clone(&limits),
+                })
+            })
+            .collect();
         Bookkeeping {
-            home,
+            homes,
             stats,
             next_id: AtomicU64::new(1),
             clock: Clock::new(),
@@ -57,19 +76,22 @@ impl Bookkeeping {
     /// A connection's start: a place, an id, the count, the record, the
     /// registry entry. `None` when the server is full.
     pub fn open(&self) -> Option<Open> {
-        let limits = &self.home.limits;
+        let limits = &self.homes[0].limits;
         let admission = limits.admit(limits.try_permit()?, None)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let home = &self.homes[id as usize & (self.homes.len() - 1)];
         let peer = Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 40_000)));
-        let state = opened(&self.home, admission, id, peer, self.clock.read());
-        let tasks = &self.home.tasks;
-        tasks.insert(Arc::clone(&state));
-        Some(Open(state))
+        let state = opened(home, admission, id, peer, self.clock.read());
+        home.tasks.insert(Arc::clone(&state));
+        Some(Open {
+            state,
+            _task: Arc::clone(home),
+        })
     }
 
     /// A connection's end, as a handler that returned `Ok`.
     pub fn close(&self, open: Open) {
-        ended(&open.0, Outcome::Completed);
+        ended(&open.state, Outcome::Completed);
     }
 
     /// The counters.

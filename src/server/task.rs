@@ -19,8 +19,8 @@ use std::task::{Context, Poll};
 use tracing::Instrument;
 
 use crate::conn::Job;
-use crate::conn::record::ConnState;
 use crate::conn::record::Tasks;
+use crate::conn::record::{ConnState, Home};
 use crate::handler::sealed::SpawnConnection;
 use crate::preamble::Preamble;
 use crate::stats::Outcome;
@@ -83,13 +83,8 @@ where
 
 impl<H: Handler> SpawnConnection for H {
     #[allow(private_interfaces)] // see the declaration
-    fn spawn_connection(
-        self: Arc<Self>,
-        tasks: &Tasks,
-        job: Job,
-        preamble: Option<&Arc<Preamble>>,
-    ) {
-        spawn_connection(self, tasks, job, preamble);
+    fn spawn_connection(&self, tasks: &Tasks, job: Job, preamble: Option<&Arc<Preamble>>) {
+        spawn_connection::<H>(tasks, job, preamble);
     }
 }
 
@@ -108,44 +103,47 @@ const INLINE_FUTURE_LIMIT: usize = 512;
 /// handler, with panics caught and the outcome counted. Generic over the
 /// handler, so that its future is polled without dynamic dispatch and its
 /// error converted only when there is one.
-fn spawn_connection<H: Handler>(
-    handler: Arc<H>,
-    tasks: &Tasks,
-    job: Job,
-    preamble: Option<&Arc<Preamble>>,
-) {
+fn spawn_connection<H: Handler>(tasks: &Tasks, job: Job, preamble: Option<&Arc<Preamble>>) {
     // The size of `H::handle`'s future, from its type alone (a constant).
     fn future_size<'a, H: 'a, F>(_: impl FnOnce(&'a H, Connection) -> F) -> usize {
         std::mem::size_of::<F>()
     }
     let Job { conn, span } = job;
     let state = Arc::clone(&conn.state);
+    let handler = Arc::clone(&state.home);
     let inline = future_size(H::handle) <= INLINE_FUTURE_LIMIT;
     // Only listeners with a preamble have the layer that runs it.
     // A handler's future is polled by the task's guard directly, or through
     // its box: no layer in between but the one that holds the handler.
     match (inline, preamble) {
-        (true, None) => spawn(tasks, handle(handler, conn), span, state),
-        (false, None) => spawn(tasks, Box::pin(handle(handler, conn)), span, state),
+        (true, None) => spawn(tasks, handle::<H>(handler, conn), span, state),
+        (false, None) => spawn(tasks, Box::pin(handle::<H>(handler, conn)), span, state),
         (true, Some(preamble)) => {
-            let serve = after_preamble(conn, Arc::clone(preamble), |conn| handle(handler, conn));
+            let serve = after_preamble(conn, Arc::clone(preamble), |conn| {
+                handle::<H>(handler, conn)
+            });
             spawn(tasks, serve, span, state);
         }
         (false, Some(preamble)) => {
             let serve = after_preamble(conn, Arc::clone(preamble), |conn| {
-                Box::pin(handle(handler, conn))
+                Box::pin(handle::<H>(handler, conn))
             });
             spawn(tasks, serve, span, state);
         }
     }
 }
 
-/// A connection's handler, with the handler it borrows. An `async fn`'s
-/// arguments keep their room in its future for its whole life, so there are
-/// as few as can be, and no locals: a local moved out of keeps its room too.
-/// `H::handle`, not `Arc<H>`'s `Handler` impl, which would box.
-async fn handle<H: Handler>(handler: Arc<H>, conn: Connection) -> Result<(), H::Error> {
-    H::handle(&handler, conn).await
+/// A connection's handler, with the listener's part that holds it. An
+/// `async fn`'s arguments keep their room in its future for its whole life,
+/// so there are as few as can be, and no locals but the borrow: a local
+/// moved out of keeps its room too. `H::handle`, not `Arc<H>`'s `Handler`
+/// impl, which would box.
+async fn handle<H: Handler>(home: Arc<Home>, conn: Connection) -> Result<(), H::Error> {
+    let handler = home
+        .handler
+        .downcast_ref::<H>()
+        .expect("a listener's part holds its server's handler, of this type");
+    H::handle(handler, conn).await
 }
 
 /// Runs the listener's preamble on `conn`, then `serve` if it accepted it.
@@ -335,6 +333,7 @@ mod tests {
 
     fn home(tasks: &Arc<Tasks>) -> Arc<Home> {
         Arc::new(Home {
+            handler: Arc::new(()),
             addr: Addr::Unix(None),
             signal: ShutdownSignal::new(Arc::default()),
             counters: Arc::default(),
