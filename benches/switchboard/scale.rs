@@ -37,11 +37,12 @@
 //! runs unpinned; the server's mask is read back after its start, so a
 //! server that could not pin itself is noted too.
 //!
-//! With `SWITCHBOARD_BENCH_ACCEPT_TASKS=N` in the bench's environment, a
-//! third server runs beside the two: switchboard launched with N accept
-//! tasks per listener (see `with_accept_tasks` in `server.rs`), in rows
-//! named `switchboard-…, N accept tasks`, with their own ratios to the
-//! hand-written loop. Without it the other servers never see the variable.
+//! At W > 1 the churn workload runs a third server beside the two:
+//! switchboard with W accept tasks per listener (`Builder::accept_tasks`,
+//! see `with_accept_tasks` in `server.rs`), in rows named
+//! `switchboard-…, N accept tasks`, with their own ratios to the
+//! hand-written loop. `SWITCHBOARD_BENCH_ACCEPT_TASKS=N` sets N instead, for
+//! every W and both workloads. The other servers never see the variable.
 //!
 //! Running only this scenario, here or on a bigger machine that has only the
 //! bench binary (it starts its own server processes from its own file):
@@ -160,11 +161,6 @@ pub(crate) fn run(rounds: usize, warmup: Duration, measure: Duration, res: &mut 
              to switchboard (see with_accept_tasks in server.rs): that row runs the default"
         ));
     }
-    let loads: Vec<(&ScaleLoad, Vec<Contender>)> = LOADS
-        .iter()
-        .map(|load| (load, load.contenders(accept_tasks)))
-        .collect();
-
     for (w, scenario) in WORKERS.into_iter().zip(SCENARIOS) {
         if cores.len() < 2 * w {
             res.note(format!(
@@ -208,8 +204,13 @@ pub(crate) fn run(rounds: usize, warmup: Duration, measure: Duration, res: &mut 
             server_pin_noted: false,
             cpu_noted: false,
         };
-        for (load, contenders) in &loads {
-            run.load(load, contenders, rounds, res);
+        for load in &LOADS {
+            // Unless told otherwise, churn at W > 1 also runs switchboard
+            // with an accept task per worker: where the scaling accept mode
+            // would go past the one loop.
+            let tasks = accept_tasks
+                .or_else(|| (w > 1 && matches!(load.workload, Workload::Churn)).then_some(w));
+            run.load(load, &load.contenders(tasks), rounds, res);
         }
         drop(rt);
     }
