@@ -181,3 +181,24 @@ async fn the_accept_task_count_is_checked() {
     let report = running.stop().await;
     assert_eq!(report.accepted, 1, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_ids_stay_unique_with_several_accept_tasks() {
+    const CLIENTS: usize = 200;
+    let handler = handler_fn(|mut conn: Connection| async move {
+        let id = conn.id();
+        conn.write_all(&id.to_be_bytes()).await
+    });
+    let running = start(handler, |b| b.accept_tasks(4)).await;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..CLIENTS {
+        let mut client = running.connect().await;
+        let mut id = [0u8; 8];
+        within("the id", client.read_exact(&mut id)).await.unwrap();
+        let id = u64::from_be_bytes(id);
+        assert!(id >= 1, "ids start at 1");
+        assert!(ids.insert(id), "id {id} given twice");
+    }
+    let report = running.stop().await;
+    assert_eq!(report.accepted, CLIENTS as u64, "{report:?}");
+}

@@ -88,6 +88,39 @@ pub(super) struct Closer {
     pub(super) swept: mpsc::Sender<()>,
 }
 
+/// Where an accept loop takes its connections' ids from: the server's
+/// counter, one at a time while each listener has one loop (so ids follow
+/// the order of acceptance), in blocks of [`ID_BLOCK`] when several loops
+/// accept on one listener, so that they do not all write the one counter.
+struct Ids {
+    next: u64,
+    end: u64,
+    block: u64,
+}
+
+/// How many ids an accept loop takes at once when it shares its listener.
+const ID_BLOCK: u64 = 64;
+
+impl Ids {
+    fn new(config: &Config) -> Ids {
+        let block = if config.accept_tasks > 1 { ID_BLOCK } else { 1 };
+        Ids {
+            next: 0,
+            end: 0,
+            block,
+        }
+    }
+
+    fn next(&mut self, counter: &AtomicU64) -> u64 {
+        if self.next == self.end {
+            self.next = counter.fetch_add(self.block, Ordering::Relaxed);
+            self.end = self.next + self.block;
+        }
+        self.next += 1;
+        self.next - 1
+    }
+}
+
 /// A client accepted and not yet admitted.
 type InHand = (Stream, Addr);
 
@@ -120,6 +153,7 @@ pub(super) async fn accept_loop(
         })
         .collect();
     let home = &homes[0];
+    let mut ids = Ids::new(&shared.config);
     // Made once: registering a waiter on every iteration would cost a lock
     // per accepted connection.
     let mut stop = Fired::wait(&trigger);
@@ -196,10 +230,19 @@ pub(super) async fn accept_loop(
                 }
             }
         };
-        serve(&shared, stream, peer, &homes, preamble.as_ref(), permit);
+        serve(
+            &shared,
+            &mut ids,
+            stream,
+            peer,
+            &homes,
+            preamble.as_ref(),
+            permit,
+        );
     };
     close_listener(
         &shared,
+        &mut ids,
         &homes,
         preamble.as_ref(),
         listener,
@@ -223,6 +266,7 @@ pub(super) async fn accept_loop(
 /// serves the queue, and only a client already in hand is served here.
 async fn close_listener(
     shared: &Shared,
+    ids: &mut Ids,
     homes: &[Arc<Home>],
     preamble: Option<&Arc<Preamble>>,
     listener: Arc<Listener>,
@@ -273,7 +317,7 @@ async fn close_listener(
                 }
             }
         };
-        serve(shared, stream, peer, homes, preamble, permit);
+        serve(shared, ids, stream, peer, homes, preamble, permit);
     }
     if deadline || budget == 0 {
         let mut closed = u64::from(in_hand.is_some());
@@ -304,6 +348,7 @@ async fn close_listener(
 /// listener's preamble if it has one, then the handler.
 fn serve(
     shared: &Shared,
+    ids: &mut Ids,
     stream: Stream,
     peer: Addr,
     homes: &[Arc<Home>],
@@ -315,7 +360,7 @@ fn serve(
         tracing::debug!(%peer, "per-IP connection limit reached, connection closed");
         return;
     };
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = ids.next(&shared.next_id);
     // The count is a power of two; truncated on 32-bit targets, where only
     // the low bits choose.
     let home = &homes[id as usize & (homes.len() - 1)];
