@@ -135,7 +135,9 @@ impl Connection {
     }
 
     /// The connection's number, unique within its server and increasing in
-    /// the order connections were accepted (the first is 1).
+    /// the order connections were accepted (the first is 1); with several
+    /// [accept tasks](crate::Builder::accept_tasks) per listener, unique but
+    /// not always in that order.
     pub fn id(&self) -> u64 {
         self.state.id
     }
