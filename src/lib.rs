@@ -379,7 +379,14 @@
 //! timeout is, by default), `run` starts one small thread of its own,
 //! `switchboard-sweeper`, that wakes every tick to close expired
 //! connections: a tokio timer would cost every wake-up of the runtime more
-//! than the thread costs once. It ends before `run` returns. The library
+//! than the thread costs once. It ends before `run` returns.
+//!
+//! On a runtime of many worker threads, nothing a connection's start or end
+//! writes is shared by every core: the counters, the connection limit's
+//! free places and the registry of live connections are split per core,
+//! and a snapshot, the drain and the sweeper visit every part. One accept
+//! task per listener takes every connection, as the hand-written loop does;
+//! [`Builder::accept_tasks`] lets several take them from the same socket. The library
 //! never prints; it
 //! speaks through `tracing` (`info` for lifecycle, `debug` per connection,
 //! `warn` for accept and handler errors, `error` for panics).
