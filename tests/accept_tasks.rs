@@ -9,23 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{assert_adds_up, build, start, within};
+use common::{assert_adds_up, build, keep_alive, read_until_closed, start, within};
 use switchboard::{Connection, Error, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-
-/// Reads what the server sends until it closes; a reset ends it too.
-async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 16];
-    loop {
-        match within("the server to answer and close", stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => return received,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_accept_tasks_keep_the_connection_limit_exact() {
@@ -87,33 +74,6 @@ async fn several_accept_tasks_keep_the_connection_limit_exact() {
     let report = running.stop().await;
     assert_adds_up(&report);
     assert_eq!((report.accepted, report.completed), (30, 30), "{report:?}");
-}
-
-/// A keep-alive handler of one-byte requests: answers `ok`, closes once
-/// shutdown begins (after answering a request already there).
-fn keep_alive(answered: mpsc::UnboundedSender<()>) -> impl switchboard::Handler {
-    handler_fn(move |mut conn: Connection| {
-        let answered = answered.clone();
-        async move {
-            let mut shutdown = conn.shutdown_requested();
-            let mut request = [0u8; 1];
-            loop {
-                let n = tokio::select! {
-                    biased;
-                    n = conn.read(&mut request) => n?,
-                    () = &mut shutdown => return Ok(()),
-                };
-                if n == 0 {
-                    return Ok::<_, io::Error>(());
-                }
-                conn.write_all(b"ok").await?;
-                let _ = answered.send(());
-                if conn.is_shutting_down() {
-                    return Ok(());
-                }
-            }
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

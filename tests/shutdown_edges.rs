@@ -7,52 +7,10 @@ use std::future::pending;
 use std::io;
 use std::time::Duration;
 
-use common::{assert_adds_up, start, within};
+use common::{assert_adds_up, keep_alive, read_until_closed, start, within};
 use switchboard::{Connection, handler_fn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-
-/// A keep-alive handler of one-byte requests: answers `ok` to each, and
-/// closes when shutdown begins, at once if idle, or after answering the
-/// request that is already there. Says on `answered` when it answered.
-fn keep_alive(answered: mpsc::UnboundedSender<()>) -> impl switchboard::Handler {
-    handler_fn(move |mut conn: Connection| {
-        let answered = answered.clone();
-        async move {
-            let mut shutdown = conn.shutdown_requested();
-            let mut request = [0u8; 1];
-            loop {
-                // A request already there is answered, signal or not.
-                let n = tokio::select! {
-                    biased;
-                    n = conn.read(&mut request) => n?,
-                    () = &mut shutdown => return Ok(()),
-                };
-                if n == 0 {
-                    return Ok::<_, io::Error>(());
-                }
-                conn.write_all(b"ok").await?;
-                let _ = answered.send(());
-                if conn.is_shutting_down() {
-                    return Ok(());
-                }
-            }
-        }
-    })
-}
-
-/// Reads what the server sends until it closes; a reset ends it too.
-async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 16];
-    loop {
-        match within("the server to answer and close", stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => return received,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_waiting_in_the_queue_at_shutdown_are_served_not_reset() {

@@ -570,3 +570,44 @@ pub async fn send_and_arrive(client: &mut TcpStream, server: &TcpStream, bytes: 
 pub async fn poll_once<F: Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
     std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
 }
+
+/// A keep-alive handler of one-byte requests: answers `ok` to each, and
+/// closes when shutdown begins, at once if idle, or after answering the
+/// request that is already there. Says on `answered` when it answered.
+pub fn keep_alive(answered: mpsc::UnboundedSender<()>) -> impl switchboard::Handler {
+    handler_fn(move |mut conn: Connection| {
+        let answered = answered.clone();
+        async move {
+            let mut shutdown = conn.shutdown_requested();
+            let mut request = [0u8; 1];
+            loop {
+                // A request already there is answered, signal or not.
+                let n = tokio::select! {
+                    biased;
+                    n = conn.read(&mut request) => n?,
+                    () = &mut shutdown => return Ok(()),
+                };
+                if n == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+                conn.write_all(b"ok").await?;
+                let _ = answered.send(());
+                if conn.is_shutting_down() {
+                    return Ok(());
+                }
+            }
+        }
+    })
+}
+
+/// Reads what the server sends until it closes; a reset ends it too.
+pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 16];
+    loop {
+        match within("the server to answer and close", stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return received,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
