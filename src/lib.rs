@@ -403,6 +403,8 @@ mod handover;
 mod listen;
 #[cfg(feature = "proxy-protocol")]
 mod log_limit;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(any(feature = "proxy-protocol", feature = "tls"))]
 mod preamble;
 // Without PROXY and TLS no listener has work before its handler: a

@@ -108,6 +108,8 @@ pub(super) async fn accept_loop(
         counters,
         tasks: Arc::clone(&shared.tasks),
         limits: Arc::clone(&shared.limits),
+        #[cfg(feature = "metrics")]
+        metrics: crate::metrics::ConnMetrics::register(&addr, &shared.clock),
     });
     // Made once: registering a waiter on every iteration would cost a lock
     // per accepted connection.

@@ -45,6 +45,8 @@ impl Bookkeeping {
             counters: Arc::clone(stats.counters(0)),
             tasks: Arc::new(Tasks::new()),
             limits: Arc::new(Limits::new(max_connections, None)),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::ConnMetrics::noop(),
         });
         Bookkeeping {
             home,
