@@ -6,23 +6,31 @@
 //! shard of its listener's [`Counters`](crate::stats::Counters), so that no
 //! cache line is written by every core; a metrics handle is one value
 //! behind one pointer that every core would write. So a [`Publisher`] task
-//! reads [`Stats::by_listener`] every [`INTERVAL`] and sets each counter
-//! (`absolute`) and gauge (`set`) to what it read, and once more when
-//! `run` ends, so that the last values are exact. Only the duration
+//! reads [`Stats::by_listener`] every [`INTERVAL`] and moves each counter
+//! and gauge by what changed since it last read, and once more when `run`
+//! ends, so that the last values are exact. By what changed, rather than
+//! to what it read (`Counter::absolute`, which keeps the largest value it
+//! was given, and `Gauge::set`): two servers of one process on one address
+//! in turn (a reload), or at once, then add up as a counter of the
+//! process should, instead of the second one's counts staying hidden
+//! under the first one's until they pass them. Only the duration
 //! histogram is recorded per connection, at its end ([`ConnMetrics`]): a
-//! distribution cannot be rebuilt from sums.
+//! distribution cannot be rebuilt from sums. The publisher is a thread, as
+//! the timeout sweeper is, and for the same reason (see [`Publisher`]).
 //!
 //! Handles are registered with the recorder installed when `run` starts
 //! (the publisher's and each accept loop's, once per listener); without
 //! one they are the facade's no-op handles, whose updates are a branch.
 
-use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::metrics::{
     Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
     gauge, histogram,
 };
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::timeout::Clock;
@@ -51,61 +59,102 @@ const ACTIVE: &str = "switchboard_connections_active";
 const DURATION: &str = "switchboard_connection_duration_seconds";
 
 /// Publishes a server's counters while its `run` runs; see the module docs.
+///
+/// From a thread of its own, not a task with a tokio timer: while any timer
+/// is pending, every time the runtime parks it reads the clock and walks the
+/// timer wheel (as for the timeout sweeper, `server/sweeper.rs`): a tick a
+/// second would cost every wake-up of the server. Only if the thread cannot
+/// be started does it publish from a task.
 #[derive(Debug)]
 pub(crate) struct Publisher {
-    /// The task that publishes every [`INTERVAL`]; aborted when dropped, so
-    /// that it never outlives `run`.
-    task: JoinHandle<()>,
-    listeners: Arc<[Published]>,
-    stats: Stats,
+    source: Arc<Source>,
+    running: Running,
+}
+
+#[derive(Debug)]
+enum Running {
+    Thread {
+        /// Dropped (taken, or with the publisher) to tell the thread to end.
+        stop: Option<mpsc::Sender<()>>,
+        /// Completes when the thread has ended.
+        ended: oneshot::Receiver<()>,
+    },
+    /// Only when no thread could be started; aborted when dropped.
+    Task(JoinHandle<()>),
 }
 
 impl Publisher {
     /// Describes the metrics, registers their handles for each listener of
-    /// `stats` with the recorder installed now, publishes, and spawns the
-    /// task that publishes again every [`INTERVAL`].
+    /// `stats` with the recorder installed now, publishes, and starts
+    /// publishing every [`INTERVAL`].
     pub(crate) fn start(stats: Stats) -> Publisher {
         describe();
-        let listeners: Arc<[Published]> = stats
-            .by_listener()
-            .iter()
-            .map(|(addr, _)| Published::register(addr))
-            .collect();
-        publish(&stats, &listeners);
-        let task = tokio::spawn({
-            let (stats, listeners) = (stats.clone(), Arc::clone(&listeners));
-            async move {
-                let mut ticks = tokio::time::interval(INTERVAL);
-                // A late tick is not made up for: the next one publishes
-                // the same counters, only fresher.
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    publish(&stats, &listeners);
+        let source = Arc::new(Source::new(stats));
+        source.publish();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (done, ended) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("switchboard-metrics".to_owned())
+            .spawn({
+                let source = Arc::clone(&source);
+                move || {
+                    // Every interval until the sender is dropped.
+                    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
+                        source.publish();
+                    }
+                    let _ = done.send(());
                 }
+            });
+        let running = match thread {
+            Ok(_) => Running::Thread {
+                stop: Some(stop),
+                ended,
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start the metrics publisher's thread, publishing from a task");
+                Running::Task(tokio::spawn(publish_in_task(Arc::clone(&source))))
             }
-        });
-        Publisher {
-            task,
-            listeners,
-            stats,
-        }
+        };
+        Publisher { source, running }
     }
 
-    /// Stops the task, then publishes the final counters.
+    /// Stops publishing, then publishes the final counters.
     pub(crate) async fn stop(mut self) {
-        self.task.abort();
-        // The task publishes without awaiting, so an abort takes effect
-        // between two publications: once it has ended, none of its
-        // (older) values can land after the final ones.
-        let _ = (&mut self.task).await;
-        publish(&self.stats, &self.listeners);
+        match &mut self.running {
+            Running::Thread { stop, ended } => {
+                drop(stop.take());
+                // The thread ends within one publication; a dropped sender
+                // means it panicked, and then it has ended too.
+                let _ = ended.await;
+            }
+            Running::Task(task) => {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        self.source.publish();
     }
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        self.task.abort();
+        // The thread ends once its sender is dropped, with this.
+        if let Running::Task(task) = &self.running {
+            task.abort();
+        }
+    }
+}
+
+/// Publishes every [`INTERVAL`], from a task (when no thread could be
+/// started).
+async fn publish_in_task(source: Arc<Source>) {
+    let mut ticks = tokio::time::interval(INTERVAL);
+    // A late tick is not made up for: the next one publishes the same
+    // counters, only fresher.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        source.publish();
     }
 }
 
@@ -196,34 +245,79 @@ impl Published {
         }
     }
 
-    fn publish(&self, s: &StatsSnapshot) {
-        self.accepted.absolute(s.accepted);
-        self.completed.absolute(s.completed);
-        self.failed.absolute(s.failed);
-        self.panicked.absolute(s.panicked);
+    /// Moves every counter and the gauge by what changed from `last` to
+    /// `s`.
+    fn publish(&self, s: &StatsSnapshot, last: &StatsSnapshot) {
+        let up = |counter: &Counter, now: u64, before: u64| {
+            // Counters only grow: `Stats` never takes one back.
+            counter.increment(now.saturating_sub(before));
+        };
+        up(&self.accepted, s.accepted, last.accepted);
+        up(&self.completed, s.completed, last.completed);
+        up(&self.failed, s.failed, last.failed);
+        up(&self.panicked, s.panicked, last.panicked);
         let [idle, first_read, max_age, overload] = &self.timed_out;
-        idle.absolute(s.timed_out_idle);
-        first_read.absolute(s.timed_out_first_read);
-        max_age.absolute(s.timed_out_max_age);
-        overload.absolute(s.timed_out_overload);
-        self.aborted.absolute(s.aborted);
+        up(idle, s.timed_out_idle, last.timed_out_idle);
+        up(
+            first_read,
+            s.timed_out_first_read,
+            last.timed_out_first_read,
+        );
+        up(max_age, s.timed_out_max_age, last.timed_out_max_age);
+        up(overload, s.timed_out_overload, last.timed_out_overload);
+        up(&self.aborted, s.aborted, last.aborted);
         #[cfg(feature = "proxy-protocol")]
-        self.proxy_rejected.absolute(s.proxy_rejected);
+        up(&self.proxy_rejected, s.proxy_rejected, last.proxy_rejected);
         #[cfg(feature = "tls")]
-        self.tls_failed.absolute(s.tls_failed);
-        self.rejected.absolute(s.rejected);
-        self.backlog_closed.absolute(s.backlog_closed);
-        self.accept_errors.absolute(s.accept_errors);
+        up(&self.tls_failed, s.tls_failed, last.tls_failed);
+        up(&self.rejected, s.rejected, last.rejected);
+        up(&self.backlog_closed, s.backlog_closed, last.backlog_closed);
+        up(&self.accept_errors, s.accept_errors, last.accept_errors);
         // Exact below 2^53 connections.
-        self.active.set(s.active as f64);
+        if s.active >= last.active {
+            self.active.increment((s.active - last.active) as f64);
+        } else {
+            self.active.decrement((last.active - s.active) as f64);
+        }
     }
 }
 
-/// Publishes each listener's counters (`listeners` in the order of
-/// `stats.by_listener()`).
-fn publish(stats: &Stats, listeners: &[Published]) {
-    for ((_, snapshot), published) in stats.by_listener().iter().zip(listeners) {
-        published.publish(snapshot);
+/// What the publisher publishes, and from what.
+#[derive(Debug)]
+struct Source {
+    stats: Stats,
+    /// Each listener's handles, in the order of `stats.by_listener()`.
+    listeners: Vec<Published>,
+    /// Each listener's snapshot published last (zeros before the first).
+    last: Mutex<Vec<StatsSnapshot>>,
+}
+
+impl Source {
+    fn new(stats: Stats) -> Source {
+        let by_listener = stats.by_listener();
+        Source {
+            listeners: by_listener
+                .iter()
+                .map(|(addr, _)| Published::register(addr))
+                .collect(),
+            last: Mutex::new(vec![StatsSnapshot::default(); by_listener.len()]),
+            stats,
+        }
+    }
+
+    /// Publishes what changed since the last time.
+    fn publish(&self) {
+        // Read under the lock, so that publications never cross: one that
+        // read earlier and moved the counters later would count twice what
+        // happened in between. Only the publisher takes it, once a second:
+        // never contended. A panic while it was held left each snapshot
+        // whole.
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = self.stats.by_listener();
+        for (((_, now), last), published) in now.iter().zip(last.iter_mut()).zip(&self.listeners) {
+            published.publish(now, last);
+            *last = *now;
+        }
     }
 }
 
