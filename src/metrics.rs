@@ -160,8 +160,10 @@ async fn publish_in_task(source: Arc<Source>) {
 
 /// What a listener's connections record themselves: the duration
 /// histogram, kept in the listener's shared state
-/// ([`Home`](crate::conn::record::Home)).
-#[derive(Debug)]
+/// ([`Home`](crate::conn::record::Home)). A clone shares the handles: a
+/// listener's connections record into one histogram, whichever copy of its
+/// shared state they hold.
+#[derive(Debug, Clone)]
 pub(crate) struct ConnMetrics {
     duration: Histogram,
     /// The server's clock, which connections' acceptance times count in.

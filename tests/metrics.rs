@@ -183,6 +183,30 @@ async fn closed(stream: &mut TcpStream) {
     let _ = within("the server to close", stream.read_to_end(&mut rest)).await;
 }
 
+/// How many threads of this process are named like the publisher's (the
+/// kernel keeps the first 15 bytes of a thread's name).
+#[cfg(target_os = "linux")]
+fn publishers() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("the process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "switchboard-met")
+        .count()
+}
+
+/// Waits (bounded) until `publishers()` is `n`: a thread's exit is not
+/// announced to the process, so this looks every millisecond for up to 5 s.
+#[cfg(target_os = "linux")]
+async fn publishers_become(n: usize) {
+    for _ in 0..5_000 {
+        if publishers() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(publishers(), n, "metrics publisher threads");
+}
+
 /// Every listener's counters, gauge and duration histogram are published
 /// under its address, and after `run` they equal its final counters.
 /// The server is built before the recorder is installed: what counts is
@@ -245,6 +269,8 @@ async fn published_metrics_equal_the_report() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    #[cfg(target_os = "linux")]
+    assert_eq!(publishers(), 1, "one publisher thread while `run` runs");
     let report = running.stop().await;
     let text = prometheus.render();
     let all = samples(&text);
@@ -303,4 +329,15 @@ async fn published_metrics_equal_the_report() {
         assert!(text.contains(needle), "{needle:?} missing from\n{text}");
     }
     drop(held);
+
+    // The publisher's thread ends with `run`, and with its dropped future.
+    #[cfg(target_os = "linux")]
+    {
+        publishers_become(0).await;
+        let dropped = common::start(common::noop(), |b| b).await;
+        publishers_become(1).await;
+        dropped.task.abort();
+        let _ = within("the aborted run", dropped.task).await;
+        publishers_become(0).await;
+    }
 }
