@@ -300,17 +300,85 @@
 //! | `proxy-protocol` | on | `Listen::proxy_protocol`, `ProxyProtocol`, the `proxy` module's header types, `Connection::proxy_header` and `balancer_addr` | none |
 //! | `handover` | on | `Builder::handover`: zero-downtime restarts (Unix; nothing elsewhere) | none (`rustix`'s `net` part) |
 //! | `tls` | off | `Listen::tls`, `TlsConfig`, `TlsInfo`, `Connection::tls_info`, the `rustls` re-export | 10 (`tokio-rustls`, `rustls`, `ring`, ...) |
+//! | `metrics` | off | the live counters, a gauge of active connections and a histogram of connection durations, published through the `metrics` facade (see [Metrics](#metrics)) | 3 (`metrics`, `rapidhash`, `rustversion`) |
 //!
 //! The defaults keep what switchboard offered before these parts were
 //! optional; TLS stays opt-in for its build cost. A server that needs none:
 //! `switchboard = { version = "0.1", default-features = false }`. Its
-//! dependency graph has 25 packages, as the defaults' (35 with every
+//! dependency graph has 25 packages, as the defaults' (38 with every
 //! feature), and a clean release build of the crate and its dependencies
-//! took 12.6 s instead of 14.6 s (29.6 s with every feature), on 2 cores.
+//! took 12.6 s instead of 14.6 s (29.6 s with every feature but
+//! `metrics`), on 2 cores.
 //! Without PROXY and TLS no listener does anything before its handler, and
 //! that code is left out. [`StatsSnapshot::proxy_rejected`],
 //! [`StatsSnapshot::tls_failed`] and [`ShutdownReport::handed_over`] are
 //! always there, and stay 0 (`false`) without their feature.
+//!
+//! ## Metrics
+//!
+//! With the `metrics` feature, [`Server::run`] publishes the server's
+//! counters through the [`metrics`](https://docs.rs/metrics/0.24) facade,
+//! so that any exporter plugged into it (Prometheus, StatsD,
+//! OpenTelemetry, ...) shows them. Each is labelled `listener`, the
+//! listener's address as [`Addr`] displays it (`127.0.0.1:8080`,
+//! `unix:/run/app.sock`):
+//!
+//! | metric | type | from |
+//! | --- | --- | --- |
+//! | `switchboard_connections_accepted_total` | counter | [`StatsSnapshot::accepted`] |
+//! | `switchboard_connections_completed_total` | counter | [`StatsSnapshot::completed`] |
+//! | `switchboard_connections_failed_total` | counter | [`StatsSnapshot::failed`] |
+//! | `switchboard_connections_panicked_total` | counter | [`StatsSnapshot::panicked`] |
+//! | `switchboard_connections_timed_out_total` | counter, label `kind`: `idle`, `first_read`, `max_age`, `overload` | [`StatsSnapshot::timed_out_idle`] and the others |
+//! | `switchboard_connections_aborted_total` | counter | [`StatsSnapshot::aborted`] |
+//! | `switchboard_connections_proxy_rejected_total` | counter (feature `proxy-protocol`) | [`StatsSnapshot::proxy_rejected`] |
+//! | `switchboard_connections_tls_failed_total` | counter (feature `tls`) | [`StatsSnapshot::tls_failed`] |
+//! | `switchboard_connections_rejected_total` | counter | [`StatsSnapshot::rejected`] |
+//! | `switchboard_connections_backlog_closed_total` | counter | [`StatsSnapshot::backlog_closed`] |
+//! | `switchboard_accept_errors_total` | counter | [`StatsSnapshot::accept_errors`] |
+//! | `switchboard_connections_active` | gauge | [`StatsSnapshot::active`] |
+//! | `switchboard_connection_duration_seconds` | histogram | each connection's life, accept to end (millisecond resolution) |
+//!
+//! The counters and the gauge are published every second by a task that
+//! `run` spawns, from [`Stats::by_listener`], and once more when `run`
+//! ends, so that their last values equal the [`ShutdownReport`]'s: a
+//! connection writes nothing that other cores share for them. Only the
+//! duration is recorded by each connection, when it ends. Without the
+//! feature none of this is compiled.
+//!
+//! The metrics are registered with the recorder installed when `run`
+//! starts: install it before (a server built earlier is fine), or nothing
+//! is published; without any, every update is a no-op. For Prometheus,
+//! with `metrics-exporter-prometheus` (its default features off, if the
+//! application serves the text itself), a `GET /metrics` route answers
+//! with `handle.render()`:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use metrics_exporter_prometheus::PrometheusBuilder;
+//! # async fn demo(handler: impl switchboard::Handler) -> Result<(), Box<dyn std::error::Error>> {
+//!
+//! // First: the server's metrics go to the recorder installed when `run` starts.
+//! let prometheus = PrometheusBuilder::new().install_recorder()?;
+//! let upkeep = prometheus.clone();
+//! tokio::spawn(async move {
+//!     loop {
+//!         tokio::time::sleep(Duration::from_secs(5)).await;
+//!         upkeep.run_upkeep(); // drains the histograms' samples
+//!     }
+//! });
+//! let server = switchboard::Server::builder()
+//!     .bind("127.0.0.1:8080")
+//!     .handler(handler)
+//!     .build()
+//!     .await?;
+//! tokio::spawn(server.run());
+//! // The body of a `GET /metrics` response (text/plain; version=0.0.4):
+//! let body: String = prometheus.render();
+//! # drop(body);
+//! # Ok(()) }
+//! ```
 //!
 //! # Testing handlers
 //!
@@ -363,6 +431,7 @@
 //!           signal.rs             Ctrl-C and SIGTERM
 //!           server/mod.rs         Server::run: the two phases, the drain, the report
 //! report    stats.rs              live counters; the report's arithmetic
+//!           metrics.rs            the counters through the `metrics` facade (feature `metrics`)
 //! restart   handover/             zero-downtime restart: protocol.rs, control.rs,
 //!                                 inherited.rs, pair.rs, and the server glue in mod.rs
 //! support   addr.rs, error.rs, log_limit.rs, testing.rs, sync.rs (std or loom),
@@ -410,6 +479,8 @@ mod handover;
 mod listen;
 #[cfg(feature = "proxy-protocol")]
 mod log_limit;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(any(feature = "proxy-protocol", feature = "tls"))]
 mod preamble;
 // Without PROXY and TLS no listener has work before its handler: a

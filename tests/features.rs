@@ -50,6 +50,8 @@ fn packages(flags: &[&str]) -> Vec<String> {
 const NEVER: &[&str] = &["tokio-util", "futures-sink"];
 /// Crates only TLS needs.
 const TLS_ONLY: &[&str] = &["tokio-rustls", "rustls", "rustls-pki-types", "ring"];
+/// Crates only the `metrics` feature needs.
+const METRICS_ONLY: &[&str] = &["metrics", "rapidhash"];
 
 fn assert_absent(packages: &[String], absent: &[&str], what: &str) {
     for name in absent {
@@ -75,6 +77,7 @@ fn without_default_features_no_optional_dependency_is_built() {
     assert_present(&none, &["tokio", "switchboard"], "no features");
     assert_absent(&none, NEVER, "no features");
     assert_absent(&none, TLS_ONLY, "no features");
+    assert_absent(&none, METRICS_ONLY, "no features");
 }
 
 #[test]
@@ -82,6 +85,7 @@ fn each_feature_brings_only_its_own_dependencies() {
     let defaults = packages(&[]);
     assert_absent(&defaults, NEVER, "defaults (handover on)");
     assert_absent(&defaults, TLS_ONLY, "defaults (TLS is opt-in)");
+    assert_absent(&defaults, METRICS_ONLY, "defaults (metrics are opt-in)");
 
     let proxy = packages(&["--no-default-features", "--features", "proxy-protocol"]);
     assert_absent(&proxy, NEVER, "proxy-protocol alone");
@@ -90,4 +94,10 @@ fn each_feature_brings_only_its_own_dependencies() {
     let tls = packages(&["--no-default-features", "--features", "tls"]);
     assert_present(&tls, TLS_ONLY, "tls alone");
     assert_absent(&tls, NEVER, "tls alone");
+    assert_absent(&tls, METRICS_ONLY, "tls alone");
+
+    let metrics = packages(&["--no-default-features", "--features", "metrics"]);
+    assert_present(&metrics, METRICS_ONLY, "metrics alone");
+    assert_absent(&metrics, TLS_ONLY, "metrics alone");
+    assert_absent(&metrics, NEVER, "metrics alone");
 }

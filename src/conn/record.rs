@@ -48,6 +48,9 @@ pub(crate) struct Home {
     pub(crate) tasks: Arc<Tasks>,
     /// The server's connection limits, whose places connections hold.
     pub(crate) limits: Arc<Limits>,
+    /// The listener's duration histogram.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::ConnMetrics,
 }
 
 /// One connection's record.
@@ -154,6 +157,8 @@ impl ConnState {
             counters: Arc::default(),
             tasks: Arc::new(Tasks::new()),
             limits: Arc::new(Limits::new(crate::admission::MAX_CONNECTIONS_LIMIT, None)),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::ConnMetrics::noop(),
         };
         ConnState::new(Arc::new(home), id, peer, 0, false)
     }

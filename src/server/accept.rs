@@ -140,6 +140,9 @@ pub(super) async fn accept_loop(
     } = listening;
     // Shared by this listener's connections: reference counts, not copies;
     // one a shard, each connection's by its id (see `Home`).
+    // One histogram for all of a listener's shards.
+    #[cfg(feature = "metrics")]
+    let metrics = crate::metrics::ConnMetrics::register(&addr, &shared.clock);
     let homes: Box<[Arc<Home>]> = (0..shard::count())
         .map(|_| {
             Arc::new(Home {
@@ -149,6 +152,8 @@ pub(super) async fn accept_loop(
                 counters: Arc::clone(&counters),
                 tasks: Arc::clone(&shared.tasks),
                 limits: Arc::clone(&shared.limits),
+                #[cfg(feature = "metrics")]
+                metrics: metrics.clone(),
             })
         })
         .collect();

@@ -62,6 +62,8 @@ impl Bookkeeping {
                     counters: Arc::clone(stats.counters(0)),
                     tasks: Arc::clone(&tasks),
                     limits: Arc::clone(&limits),
+                    #[cfg(feature = "metrics")]
+                    metrics: crate::metrics::ConnMetrics::noop(),
                 })
             })
             .collect();

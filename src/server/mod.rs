@@ -240,6 +240,10 @@ impl Server {
             #[cfg(all(unix, feature = "handover"))]
             handover,
         } = self;
+        // Publishes the counters through the `metrics` facade until the
+        // drain ends (and not after: dropped with this future).
+        #[cfg(feature = "metrics")]
+        let publisher = crate::metrics::Publisher::start(stats.clone());
         let tasks = Arc::new(Tasks::new());
         // Dropping this future aborts every connection task: nothing the
         // server spawned outlives `run`, finished or dropped.
@@ -385,6 +389,10 @@ impl Server {
         if let Some(sweeper) = sweeper {
             sweeper.stop().await;
         }
+        // Every task has ended: the counters are final, and so are the
+        // values published last.
+        #[cfg(feature = "metrics")]
+        publisher.stop().await;
         let end = stats.snapshot();
         let backlog_accepted = end.accepted - at_shutdown.accepted;
         let report = ShutdownReport {

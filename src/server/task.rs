@@ -302,6 +302,8 @@ pub(crate) fn ended(state: &Arc<ConnState>, mut outcome: Outcome) -> Outcome {
         outcome = Outcome::TimedOut(kind);
     }
     home.counters.ended(outcome);
+    #[cfg(feature = "metrics")]
+    home.metrics.ended(state.accepted_at);
     // After the count: the place is free once the outcome is counted.
     home.limits
         .release(if state.per_ip { state.peer.ip() } else { None });
@@ -339,6 +341,8 @@ mod tests {
             counters: Arc::default(),
             tasks: Arc::clone(tasks),
             limits: Arc::new(Limits::new(10_000, None)),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::ConnMetrics::noop(),
         })
     }
 
