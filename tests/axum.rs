@@ -342,3 +342,72 @@ fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out
 }
+
+/// With the `metrics` feature, `GET /metrics` serves the server's own
+/// metrics in Prometheus' text format: after two requests, each on a
+/// connection of its own, a scrape on a third connection (kept alive) sees
+/// them once the server has published, which it does every second.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn metrics_are_scraped_after_traffic() {
+    const CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    const SCRAPE: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";
+    let example = launch().await;
+    for _ in 0..2 {
+        let mut client = within("connect", TcpStream::connect(example.addr))
+            .await
+            .unwrap();
+        let response = request(&mut client, CLOSE).await;
+        assert_eq!(response.body, routes::HELLO.as_bytes());
+        assert_closed(&mut client).await;
+    }
+    let label = format!("{{listener=\"{}\"}}", example.addr);
+    let value = |text: &str, name: &str| -> Option<f64> {
+        let series = format!("{name}{label} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let mut scraper = within("connect", TcpStream::connect(example.addr))
+        .await
+        .unwrap();
+    // Published every second: bounded in tries (and each try in time).
+    let mut last = String::new();
+    for _ in 0..120 {
+        let response = request(&mut scraper, SCRAPE).await;
+        assert_eq!(response.status, 200);
+        last = String::from_utf8(response.body).expect("UTF-8 metrics");
+        if value(&last, "switchboard_connections_completed_total") == Some(2.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        value(&last, "switchboard_connections_completed_total"),
+        Some(2.0),
+        "{last}"
+    );
+    assert_eq!(
+        value(&last, "switchboard_connections_accepted_total"),
+        Some(3.0),
+        "the two, and the scraper's own: {last}"
+    );
+    assert_eq!(
+        value(&last, "switchboard_connections_active"),
+        Some(1.0),
+        "{last}"
+    );
+    assert_eq!(
+        value(&last, "switchboard_connections_failed_total"),
+        Some(0.0),
+        "{last}"
+    );
+    assert_eq!(
+        value(&last, "switchboard_connection_duration_seconds_count"),
+        Some(2.0),
+        "{last}"
+    );
+    drop(scraper);
+    let out = example.terminate().await;
+    assert!(out.contains("accepted 3, completed 3, failed 0"), "{out}");
+}

@@ -5,6 +5,8 @@
 //! cargo run --example axum [ADDR]        # default 127.0.0.1:8080
 //! curl --http1.1 http://127.0.0.1:8080/
 //! curl --http2-prior-knowledge http://127.0.0.1:8080/slow
+//! cargo run --example axum --features metrics
+//! curl http://127.0.0.1:8080/metrics      # the server's counters, for Prometheus
 //! ```
 //!
 //! Ctrl-C or SIGTERM shuts it down gracefully: requests in flight are
@@ -37,9 +39,28 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
 
+    let app = routes::router();
+    // With the `metrics` feature: a Prometheus recorder, installed before
+    // `run` (which registers the server's metrics with it), and its text at
+    // `GET /metrics`.
+    #[cfg(feature = "metrics")]
+    let app = {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        let upkeep = handle.clone();
+        // The recorder's housekeeping (histogram buckets), as its docs ask.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        routes::with_metrics(app, handle)
+    };
+
     let server = Server::builder()
         .bind(addr)
-        .handler(serve::Http::new(routes::router()))
+        .handler(serve::Http::new(app))
         // A client that connects and says nothing is closed after 10 s.
         .first_read_timeout(Duration::from_secs(10))
         // Ctrl-C or SIGTERM: stop accepting, let connections finish, stop.

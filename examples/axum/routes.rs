@@ -24,6 +24,16 @@ pub(crate) fn router() -> Router {
         .route("/slow", get(slow))
 }
 
+/// `router` with `GET /metrics`: the server's metrics (feature `metrics`)
+/// in Prometheus' text format, from the recorder `handle` belongs to.
+#[cfg(feature = "metrics")]
+pub(crate) fn with_metrics(
+    router: Router,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
+    router.route("/metrics", get(move || std::future::ready(handle.render())))
+}
+
 async fn hello() -> &'static str {
     HELLO
 }
