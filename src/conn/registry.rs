@@ -124,9 +124,9 @@ impl<T: Registered> Tasks<T> {
     /// Gives a spawned task's abort handle to its entry, unless the task has
     /// ended already (its entry is gone), or the registry is aborting
     /// everything: then the task and its sub-tasks are aborted at once.
-    /// Takes the lock after
-    /// `spawn`, never across it (`spawn` may drop the future on the spot,
-    /// as a runtime shutting down does, running the guard that takes it).
+    /// Takes the lock after `spawn`, never across it (`spawn` may drop the
+    /// future on the spot, as a runtime shutting down does, running the
+    /// guard that takes it).
     pub(crate) fn attach(&self, state: &Arc<T>, handle: &JoinHandle<()>) {
         let aborting = {
             let mut shard = lock(self.shard_of(state));
