@@ -71,6 +71,14 @@
 //! stops the server. Accepted sockets get `TCP_NODELAY` unless
 //! [`Builder::tcp_nodelay`] turns it off.
 //!
+//! A task the handler spawns with [`Connection::spawn`] (or a [`Spawner`],
+//! or a half's `spawn`) is part of the connection: the connection ends, and
+//! frees its place under the limits, once its handler and all such
+//! sub-tasks have ended; the drain waits for them; a timeout, the drain
+//! deadline or dropping `run` aborts them with the handler; and a panic in
+//! one counts the connection as panicked. A task from `tokio::spawn`
+//! escapes all of that.
+//!
 //! # Shutdown in two phases
 //!
 //! ```text
@@ -423,6 +431,7 @@
 //!           handler.rs            the Handler trait
 //!           conn/mod.rs           Connection: the stream a handler gets, and its facts
 //!           conn/split.rs         Connection::into_split: owned read and write halves
+//!           conn/subtask.rs       Connection::spawn: sub-tasks, parts of their connection
 //!           conn/record.rs        a connection's record; its listener's shared part
 //!           conn/registry.rs      the live connections: drained, expired, aborted
 //!           timeout.rs            the timeouts' rules
@@ -508,7 +517,8 @@ pub use addr::Addr;
 pub use admission::DEFAULT_MAX_CONNECTIONS;
 pub use builder::{Builder, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT};
 pub use conn::{
-    Connection, OwnedReadHalf, OwnedWriteHalf, READ_CHUNK_MAX, ReadChunk, ReuniteError, Transport,
+    Connection, OwnedReadHalf, OwnedWriteHalf, READ_CHUNK_MAX, ReadChunk, ReuniteError, Spawner,
+    Transport,
 };
 pub use error::Error;
 pub use handler::{BoxError, Handler, HandlerFn, handler_fn};

@@ -1,6 +1,7 @@
 //! The primitives that the hand-written synchronisation is built on: the
 //! shutdown signal ([`Fired`](crate::shutdown::Fired)), the admission
-//! counter and the drain's wake-up.
+//! counter, the drain's wake-up and the count of a connection's parts
+//! (`conn/subtask.rs`).
 //!
 //! In every ordinary build these are plain re-exports of std's and tokio's
 //! types, so they cost nothing. Under `--cfg switchboard_loom` (test builds
@@ -15,14 +16,14 @@
 //! leaves out `tokio::net` under it.)
 
 #[cfg(not(all(test, switchboard_loom)))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
 #[cfg(not(all(test, switchboard_loom)))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 #[cfg(not(all(test, switchboard_loom)))]
 pub(crate) use tokio::sync::Notify;
 
 #[cfg(all(test, switchboard_loom))]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
 #[cfg(all(test, switchboard_loom))]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(all(test, switchboard_loom))]

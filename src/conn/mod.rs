@@ -3,8 +3,10 @@
 pub(crate) mod record;
 pub(crate) mod registry;
 mod split;
+pub(crate) mod subtask;
 
 pub use split::{OwnedReadHalf, OwnedWriteHalf, ReuniteError};
+pub use subtask::Spawner;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -19,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
 
 use crate::conn::record::ConnState;
 #[cfg(feature = "proxy-protocol")]
@@ -291,6 +294,118 @@ impl Connection {
     /// Whether the server is shutting down; one atomic load.
     pub fn is_shutting_down(&self) -> bool {
         self.state.home.signal.is_shutting_down()
+    }
+
+    /// Spawns `future` as a task of this connection, a *sub-task*, and
+    /// returns its `JoinHandle`: await it for the task's output, or abort
+    /// it.
+    ///
+    /// Unlike a task from `tokio::spawn`, which escapes every limit and
+    /// outlives [`Server::run`](crate::Server::run), a sub-task is part of
+    /// the connection:
+    ///
+    /// - The connection ends when its handler *and* all its sub-tasks have
+    ///   ended. Until then it keeps its place under
+    ///   [`Builder::max_connections`](crate::Builder::max_connections) and
+    ///   the per-address limit, counts as active, and the drain at shutdown
+    ///   waits for it. So a handler may return and leave the rest of the
+    ///   connection to a sub-task.
+    /// - Whatever ends the connection early aborts its sub-tasks with its
+    ///   handler: a timeout (idle, first read, maximum age, a full server
+    ///   taking places back), the drain deadline, and dropping the future of
+    ///   `Server::run`. A sub-task spawned once the connection has ended, or
+    ///   while the server is ending it, never starts: its handle resolves at
+    ///   once to a cancelled `JoinError`.
+    /// - A sub-task's panic is caught, logged at `error` with the
+    ///   connection's id and peer, and counted: the handle's `JoinError`
+    ///   says it panicked (`is_panic`), and the handler goes on.
+    ///
+    /// The connection is still counted once, in one outcome: `panicked` if
+    /// its handler or any sub-task panicked; else `aborted` (`timed_out`,
+    /// for a timeout) if the server ended it while a part still ran; else
+    /// its handler's outcome. A sub-task that the handler aborts through its
+    /// handle changes nothing.
+    ///
+    /// The sub-task runs in the span of the code that spawns it: from the
+    /// handler, the connection's `conn` span. Dropping the handle detaches
+    /// the task, which stays the connection's. To move the connection itself
+    /// into a sub-task, spawn through a [`spawner`](Connection::spawner);
+    /// either half of [`into_split`](Connection::into_split) spawns too.
+    ///
+    /// Without a server (a [`testing`](crate::testing) connection) a
+    /// sub-task is an ordinary task whose panic is caught and logged.
+    ///
+    /// A connection that never spawns pays nothing for this but a word in
+    /// the server's record of it.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    ///
+    /// # Examples
+    ///
+    /// A writer task fed by a channel, spawned from the read half, which
+    /// stays with the handler; the handler sends a line per chunk read, and
+    /// at the end of input waits for the writer to send the rest:
+    ///
+    /// ```
+    /// use switchboard::{handler_fn, BoxError, Connection};
+    /// use tokio::io::AsyncWriteExt;
+    /// use tokio::sync::mpsc;
+    ///
+    /// let sizes = handler_fn(|conn: Connection| async move {
+    ///     let (mut read, mut write) = conn.into_split();
+    ///     let (lines, mut to_send) = mpsc::channel::<String>(16);
+    ///     let writer = read.spawn(async move {
+    ///         while let Some(line) = to_send.recv().await {
+    ///             write.write_all(line.as_bytes()).await?;
+    ///         }
+    ///         write.shutdown().await // the peer reads EOF
+    ///     });
+    ///     loop {
+    ///         let chunk = read.read_chunk(4096).await?;
+    ///         if chunk.is_empty() {
+    ///             break; // the peer closed its side
+    ///         }
+    ///         if lines.send(format!("{} bytes\n", chunk.len())).await.is_err() {
+    ///             break; // the writer failed: its error is below
+    ///         }
+    ///     }
+    ///     drop(lines); // the writer ends once it has sent the rest
+    ///     writer.await??;
+    ///     Ok::<_, BoxError>(())
+    /// });
+    /// # let _ = sizes;
+    /// ```
+    ///
+    /// Work off the handler's path, its result awaited through the handle:
+    ///
+    /// ```
+    /// use switchboard::{handler_fn, BoxError, Connection};
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// let answer = handler_fn(|mut conn: Connection| async move {
+    ///     let computed = conn.spawn(async { 6 * 7 });
+    ///     let answer = computed.await?;
+    ///     conn.write_all(format!("{answer}\n").as_bytes()).await?;
+    ///     Ok::<_, BoxError>(())
+    /// });
+    /// # let _ = answer;
+    /// ```
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        subtask::spawn(&self.state, future)
+    }
+
+    /// A [`Spawner`] of this connection's sub-tasks (see
+    /// [`spawn`](Connection::spawn)): cloneable and `'static`, so that the
+    /// connection itself can move into a sub-task it spawns, and a sub-task
+    /// can spawn more.
+    pub fn spawner(&self) -> Spawner {
+        Spawner::new(Arc::clone(&self.state))
     }
 }
 

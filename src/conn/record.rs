@@ -9,6 +9,10 @@
 //! through them: that keeps every idle connection's task small, and the
 //! per-connection work at accept to one allocation and a few reference
 //! counts.
+//!
+//! The record also says which parts of the connection live: its handler's
+//! task and the sub-tasks it spawned (see `subtask.rs`). The last part to
+//! end calls [`end`], the bookkeeping of the connection's end.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -16,11 +20,14 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
+use once_cell::race::OnceBox;
+
 use crate::admission::Limits;
 #[cfg(feature = "proxy-protocol")]
 use crate::conn::ProxyInfo;
 use crate::conn::registry::{self, Registered};
-use crate::stats::Counters;
+use crate::conn::subtask::{Parts, SubTasks};
+use crate::stats::{Counters, Outcome};
 use crate::sync;
 use crate::timeout::{TimeoutKind, Timeouts};
 use crate::{Addr, ShutdownSignal};
@@ -83,6 +90,12 @@ pub(crate) struct ConnState {
     expired: AtomicU8,
     /// The sweeper's time of the last activity it saw (the clock's ms).
     last_active: AtomicU64,
+    /// Which parts of the connection live (`subtask.rs`'s bits: sub-tasks
+    /// made, handler ended, closing). A byte, in what was padding.
+    parts: sync::AtomicU8,
+    /// The connection's sub-tasks, made by its first spawn: one word for
+    /// the connections that never spawn.
+    subtasks: OnceBox<SubTasks>,
     /// What the preamble learnt (PROXY header, TLS), set once before the
     /// handler runs; boxed, as most connections have none. Not there
     /// without those features.
@@ -142,6 +155,8 @@ impl ConnState {
             has_read: AtomicBool::new(false),
             expired: AtomicU8::new(0),
             last_active: AtomicU64::new(accepted_at),
+            parts: sync::AtomicU8::new(0),
+            subtasks: OnceBox::new(),
             #[cfg(any(feature = "proxy-protocol", feature = "tls"))]
             extra: OnceLock::new(),
         }
@@ -249,6 +264,14 @@ impl ConnState {
             .is_ok()
     }
 
+    /// The connection's parts: its handler and its sub-tasks.
+    pub(crate) fn parts(&self) -> Parts<'_> {
+        Parts {
+            state: &self.parts,
+            subs: &self.subtasks,
+        }
+    }
+
     pub(crate) fn expired_by(&self) -> Option<TimeoutKind> {
         match self.expired.load(Ordering::Relaxed) {
             1 => Some(TimeoutKind::Idle),
@@ -273,6 +296,48 @@ impl Registered for ConnState {
     fn expire(&self, kind: TimeoutKind) -> bool {
         ConnState::expire(self, kind)
     }
+
+    fn abort_parts(&self) {
+        self.parts().close();
+    }
+}
+
+/// The end of the connection `state` records, done by its last part to
+/// end with the connection's `outcome`: counts it, frees the places and
+/// the registry entry (see [`ended`]), then logs the end.
+pub(crate) fn end(state: &Arc<ConnState>, outcome: Outcome) {
+    let outcome = ended(state, outcome);
+    // Logging last: a subscriber that panics cannot leave the place taken
+    // or the drain waiting.
+    if let Outcome::TimedOut(kind) = outcome {
+        tracing::info!(
+            conn.id = state.id,
+            peer = %state.client_addr(),
+            timeout = kind.name(),
+            "connection timed out"
+        );
+    }
+    tracing::debug!(?outcome, "connection closed");
+}
+
+/// The bookkeeping of a connection's end with `outcome`: counts the
+/// outcome (a timeout's, if the connection was aborted for one, which is
+/// returned), frees its places under the limits and its registry entry.
+pub(crate) fn ended(state: &Arc<ConnState>, mut outcome: Outcome) -> Outcome {
+    let home = &state.home;
+    if let (Outcome::Aborted, Some(kind)) = (outcome, state.expired_by()) {
+        outcome = Outcome::TimedOut(kind);
+    }
+    home.counters.ended(outcome);
+    #[cfg(feature = "metrics")]
+    home.metrics.ended(state.accepted_at);
+    // After the count: the place is free once the outcome is counted.
+    home.limits
+        .release(if state.per_ip { state.peer.ip() } else { None });
+    // Last: the drain ends once every entry is gone, and the report it
+    // makes then must count this connection.
+    home.tasks.remove(state);
+    outcome
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 //! Each entry is a connection task's abort handle and its record
 //! (`ConnState`: activity, acceptance time, id, peer; generic here, as
 //! [`Registered`], so that this module needs nothing of the record). An
-//! entry is made before its task is spawned and removed by the task's end
-//! guard, so the entries are the tasks not yet ended: the drain waits until
-//! there are none.
+//! entry is made before its task is spawned and removed by the end of the
+//! connection's last part (its handler's task, or a sub-task it spawned:
+//! see `subtask.rs`), so the entries are the connections not yet ended: the
+//! drain waits until there are none. Whatever aborts a connection's task
+//! here aborts its sub-tasks too ([`Registered::abort_parts`]).
 //!
 //! The entries are split into shards (see [`crate::shard`]), each a slab
 //! under a lock of its own on cache lines of its own; a connection's shard
@@ -39,6 +41,10 @@ pub(crate) trait Registered {
     /// Marks the connection as closed by a timeout of `kind`; `false` if it
     /// already was.
     fn expire(&self, kind: TimeoutKind) -> bool;
+    /// Aborts the connection's other parts (the sub-tasks its handler
+    /// spawned), and any spawned from now on: called with every abort of
+    /// its task by the registry.
+    fn abort_parts(&self);
 }
 
 /// What the registry knows of a live connection.
@@ -117,19 +123,25 @@ impl<T: Registered> Tasks<T> {
 
     /// Gives a spawned task's abort handle to its entry, unless the task has
     /// ended already (its entry is gone), or the registry is aborting
-    /// everything: then the task is aborted at once. Takes the lock after
-    /// `spawn`, never across it (`spawn` may drop the future on the spot,
-    /// as a runtime shutting down does, running the guard that takes it).
+    /// everything: then the task and its sub-tasks are aborted at once.
+    /// Takes the lock after `spawn`, never across it (`spawn` may drop the
+    /// future on the spot, as a runtime shutting down does, running the
+    /// guard that takes it).
     pub(crate) fn attach(&self, state: &Arc<T>, handle: &JoinHandle<()>) {
-        let mut shard = lock(self.shard_of(state));
-        if shard.aborting {
-            handle.abort();
-        }
-        let key = state.key().load(Ordering::Relaxed);
-        if let Some(entry) = shard.entries.get_mut(key) {
-            if Arc::ptr_eq(&entry.state, state) {
-                entry.abort = Some(handle.abort_handle());
+        let aborting = {
+            let mut shard = lock(self.shard_of(state));
+            let key = state.key().load(Ordering::Relaxed);
+            if let Some(entry) = shard.entries.get_mut(key) {
+                if Arc::ptr_eq(&entry.state, state) {
+                    entry.abort = Some(handle.abort_handle());
+                }
             }
+            shard.aborting
+        };
+        if aborting {
+            handle.abort();
+            // The handler may have spawned sub-tasks, and even ended, by now.
+            state.abort_parts();
         }
     }
 
@@ -142,12 +154,14 @@ impl<T: Registered> Tasks<T> {
         });
     }
 
-    /// Closes a connection for a timeout of `kind`: marked before the abort
-    /// so that the guard, which runs when the aborted task is dropped,
-    /// counts a timeout, not an abort; once only.
+    /// Closes a connection for a timeout of `kind`: its task and its
+    /// sub-tasks. Marked before the abort so that the guard, which runs when
+    /// the aborted task is dropped, counts a timeout, not an abort; once
+    /// only.
     pub(crate) fn close(state: &T, abort: &AbortHandle, kind: TimeoutKind) {
         if state.expire(kind) {
             abort.abort();
+            state.abort_parts();
         }
     }
 
@@ -181,24 +195,30 @@ impl<T: Registered> Tasks<T> {
         }
     }
 
-    /// Aborts every task, now and any attached from now on; how many were
-    /// registered. Outside the locks: an abort may drop the task's future
-    /// on the spot (on a runtime shutting down), whose guard takes the lock.
+    /// Aborts every task and its sub-tasks, now and any attached from now
+    /// on; how many connections were registered. Outside the locks: an
+    /// abort may drop the task's future on the spot (on a runtime shutting
+    /// down), whose guard takes the lock.
     fn abort_every(&self) -> usize {
         let mut live = 0;
         for shard in &*self.shards {
-            let handles: Vec<AbortHandle> = {
+            // Every entry, those not attached yet included: their handler
+            // may have spawned sub-tasks already.
+            let doomed: Vec<(Option<AbortHandle>, Arc<T>)> = {
                 let mut shard = lock(shard);
                 shard.aborting = true;
                 live += shard.entries.len();
                 shard
                     .entries
                     .iter()
-                    .filter_map(|(_, entry)| entry.abort.clone())
+                    .map(|(_, entry)| (entry.abort.clone(), Arc::clone(&entry.state)))
                     .collect()
             };
-            for handle in handles {
-                handle.abort();
+            for (abort, state) in doomed {
+                if let Some(abort) = abort {
+                    abort.abort();
+                }
+                state.abort_parts();
             }
         }
         live
@@ -319,6 +339,8 @@ mod loom_models {
         fn expire(&self, _: TimeoutKind) -> bool {
             false
         }
+
+        fn abort_parts(&self) {}
     }
 
     /// `tasks` live tasks, one a shard of two, end on threads of their own

@@ -16,6 +16,7 @@
 //! completing its reads or writes never takes it.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,8 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::tcp;
 #[cfg(unix)]
 use tokio::net::unix;
+use tokio::task::JoinHandle;
 
-use super::{Connection, ReadChunk, Stream};
+use super::{Connection, ReadChunk, Spawner, Stream, subtask};
 use crate::conn::record::ConnState;
 use crate::{Addr, ShutdownRequested, ShutdownSignal};
 
@@ -73,14 +75,15 @@ impl Connection {
     ///
     /// # Tasks that hold a half
     ///
-    /// A timeout, or the drain deadline at shutdown, ends a connection by
-    /// aborting its handler's task; the server knows of no other task. A
-    /// half moved into a task of its own keeps the connection open until
-    /// that task ends, after the handler, past the timeout and past
-    /// [`Server::run`](crate::Server::run). Spawn such a task into a
-    /// `tokio::task::JoinSet` that the handler owns (dropping the set aborts
-    /// its tasks), as below, or keep both halves in the handler's task
-    /// (`tokio::join!`), as the `proxy` example does.
+    /// Spawn the task that takes a half with the other half's
+    /// [`spawn`](OwnedReadHalf::spawn) (or [`Connection::spawn`] before the
+    /// split, through a [`Spawner`]): it is then a part of the connection,
+    /// which ends once the handler and it have ended, and which a timeout or
+    /// the drain deadline ends by aborting both. A half moved into a task of
+    /// `tokio::spawn` keeps the connection open until that task ends, past
+    /// the timeout and past [`Server::run`](crate::Server::run), and the
+    /// server knows nothing of it. Keeping both halves in the handler's task
+    /// (`tokio::join!`) works too, as the `proxy` example does.
     ///
     /// # Examples
     ///
@@ -92,14 +95,12 @@ impl Connection {
     /// use switchboard::{handler_fn, BoxError, Connection};
     /// use tokio::io::AsyncWriteExt;
     /// use tokio::sync::mpsc;
-    /// use tokio::task::JoinSet;
     ///
     /// let shout = handler_fn(|conn: Connection| async move {
     ///     let (mut read, mut write) = conn.into_split();
     ///     let (chunks, mut to_send) = mpsc::channel::<bytes::BytesMut>(16);
-    ///     // Owned by the handler: if its task is aborted, so is the writer.
-    ///     let mut writer = JoinSet::new();
-    ///     writer.spawn(async move {
+    ///     // A part of the connection: aborted with it, waited for by the drain.
+    ///     let writer = read.spawn(async move {
     ///         while let Some(chunk) = to_send.recv().await {
     ///             write.write_all(&chunk).await?;
     ///         }
@@ -120,9 +121,7 @@ impl Connection {
     ///         }
     ///     }
     ///     drop(chunks); // the writer ends once it has sent the rest
-    ///     while let Some(written) = writer.join_next().await {
-    ///         written??;
-    ///     }
+    ///     writer.await??;
     ///     Ok::<_, BoxError>(())
     /// });
     /// # let _ = shout;
@@ -287,6 +286,29 @@ impl OwnedReadHalf {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown_signal().is_shutting_down()
     }
+
+    /// Spawns `future` as a task of the connection, as
+    /// [`Connection::spawn`] does: the connection ends once its handler and
+    /// all such tasks have ended, and whatever ends it early aborts them.
+    /// Moving the other half into it is the usual way to have a reader and
+    /// a writer at once.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        subtask::spawn(&self.half.shared.state, future)
+    }
+
+    /// A [`Spawner`] of the connection's sub-tasks (see
+    /// [`Connection::spawner`]).
+    pub fn spawner(&self) -> Spawner {
+        Spawner::new(Arc::clone(&self.half.shared.state))
+    }
 }
 
 impl OwnedWriteHalf {
@@ -324,6 +346,29 @@ impl OwnedWriteHalf {
     /// Whether the server is shutting down; one atomic load.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown_signal().is_shutting_down()
+    }
+
+    /// Spawns `future` as a task of the connection, as
+    /// [`Connection::spawn`] does: the connection ends once its handler and
+    /// all such tasks have ended, and whatever ends it early aborts them.
+    /// Moving the other half into it is the usual way to have a reader and
+    /// a writer at once.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        subtask::spawn(&self.half.shared.state, future)
+    }
+
+    /// A [`Spawner`] of the connection's sub-tasks (see
+    /// [`Connection::spawner`]).
+    pub fn spawner(&self) -> Spawner {
+        Spawner::new(Arc::clone(&self.half.shared.state))
     }
 
     fn stream(&mut self) -> Pin<&mut WriteStream> {

@@ -5,9 +5,11 @@
 //! that records how the task ended when it is dropped, whether it returned,
 //! panicked, timed out or was aborted: every accepted connection is counted
 //! in exactly one outcome, which is what makes the shutdown report exact.
-//! The guard then frees the connection's places under the limits and its
-//! entry in the registry, so a place is freed only after its outcome is
-//! counted.
+//! If the handler was the connection's last part (it spawned no sub-task
+//! still running: see `conn/subtask.rs`), the guard then frees the
+//! connection's places under the limits and its entry in the registry, so a
+//! place is freed only after its outcome is counted; else the last
+//! sub-task to end does.
 
 use std::any::Any;
 use std::future::Future;
@@ -19,8 +21,10 @@ use std::task::{Context, Poll};
 use tracing::Instrument;
 
 use crate::conn::Job;
-use crate::conn::record::Tasks;
-use crate::conn::record::{ConnState, Home};
+use crate::conn::record::{self, ConnState, Home, Tasks};
+use crate::conn::subtask::panic_message;
+// Where the benchmarks' bookkeeping finds them.
+pub(crate) use crate::conn::record::ended;
 use crate::handler::sealed::SpawnConnection;
 use crate::preamble::Preamble;
 use crate::stats::Outcome;
@@ -278,49 +282,14 @@ impl EndGuard {
 impl Drop for EndGuard {
     fn drop(&mut self) {
         let state = &self.state;
-        self.outcome = ended(state, self.outcome);
-        // Logging last: a subscriber that panics cannot leave the place
-        // taken or the drain waiting.
-        if let Outcome::TimedOut(kind) = self.outcome {
-            tracing::info!(
-                conn.id = state.id,
-                peer = %state.client_addr(),
-                timeout = kind.name(),
-                "connection timed out"
-            );
+        match state.parts().handler_ended(self.outcome) {
+            Some(outcome) => record::end(state, outcome),
+            None => tracing::debug!(
+                outcome = ?self.outcome,
+                "handler ended; the connection's sub-tasks still run"
+            ),
         }
-        tracing::debug!(outcome = ?self.outcome, "connection closed");
-    }
-}
 
-/// The bookkeeping of a connection's end, `outcome` its task's: counts the
-/// outcome (a timeout's, if the task was aborted for one, which is
-/// returned), frees its places under the limits and its registry entry.
-pub(crate) fn ended(state: &Arc<ConnState>, mut outcome: Outcome) -> Outcome {
-    let home = &state.home;
-    if let (Outcome::Aborted, Some(kind)) = (outcome, state.expired_by()) {
-        outcome = Outcome::TimedOut(kind);
-    }
-    home.counters.ended(outcome);
-    #[cfg(feature = "metrics")]
-    home.metrics.ended(state.accepted_at);
-    // After the count: the place is free once the outcome is counted.
-    home.limits
-        .release(if state.per_ip { state.peer.ip() } else { None });
-    // Last: the drain ends once every entry is gone, and the report it
-    // makes then must count this connection.
-    home.tasks.remove(state);
-    outcome
-}
-
-/// The message of a panic payload, when it has one.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "<non-string panic payload>"
     }
 }
 
