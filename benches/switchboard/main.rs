@@ -27,7 +27,6 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 // `axum` itself is named `::axum` there.
 mod axum;
 mod client;
-mod contention;
 #[allow(dead_code)] // the example's module has more than the bench uses
 #[path = "../../examples/echo/echo.rs"]
 mod echo;

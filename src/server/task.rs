@@ -289,7 +289,6 @@ impl Drop for EndGuard {
                 "handler ended; the connection's sub-tasks still run"
             ),
         }
-
     }
 }
 

@@ -1,7 +1,11 @@
-//! The contention scenario: a connection's bookkeeping on a server's shared
-//! state (admission, id, counters, record, registry; see
+//! `cargo bench -- contention`: a connection's bookkeeping on a server's
+//! shared state (admission, id, counters, record, registry; see
 //! `switchboard::__bench`), without sockets or tasks, driven from one thread
 //! and from two threads at once.
+//!
+//! A bench of its own, apart from `benches/switchboard`: that one counts
+//! every allocation in a global counter, which threads racing here would
+//! contend on, whatever the library does.
 //!
 //! Two threads on two servers of their own do the same work as two threads
 //! on one server, with the same parallelism: the difference is the cost of
@@ -23,7 +27,48 @@ use std::time::{Duration, Instant};
 
 use switchboard::__bench::{Bookkeeping, Open};
 
-use crate::report::{Compare, Results};
+#[allow(dead_code)] // the other bench's report has more than this one uses
+#[path = "../switchboard/report.rs"]
+mod report;
+
+use report::{Compare, Results};
+
+/// `cargo bench` passes `--bench`; other words select scenarios, and this
+/// bench has only the one.
+fn main() {
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if !words.is_empty() && !words.iter().any(|w| "contention".contains(w.as_str())) {
+        return;
+    }
+    let rounds = std::env::var("SWITCHBOARD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+        .unwrap_or(5);
+    println!("contention: {CONNECTIONS} connections a thread per run, {WINDOW} kept open");
+    let mut res = Results::default();
+    run(rounds, &mut res);
+    println!("\n{}", res.table());
+    let out = target_dir().join("bench").join("contention.json");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    match res.write_json(&out, &[("cores", cores.to_string())]) {
+        Ok(()) => println!("results: {}", out.display()),
+        Err(e) => println!("results not written: {e}"),
+    }
+}
+
+/// Where `cargo bench` puts its output (the other bench's rule).
+fn target_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return dir.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Into::into))
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
 
 /// Connections each thread opens and closes per run.
 const CONNECTIONS: usize = 1_000_000;
@@ -84,7 +129,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// Runs the scenario's rounds.
-pub(crate) fn run(rounds: usize, res: &mut Results) {
+fn run(rounds: usize, res: &mut Results) {
     let modes: [Mode; 5] = [
         (ONE, one_thread),
         (OWN, own_servers),
