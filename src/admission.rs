@@ -9,10 +9,11 @@
 //! The free places are counted in shards (see [`crate::shard`]) rather than
 //! in one counter, which every connection's start and end would write from
 //! every core: a connection's end puts its place back in the shard of the
-//! thread it ends on, and an accept loop takes places from its own shard,
-//! and when that is empty takes every free place of the other shards at
-//! once. Places move between shards but are never made or lost, so the
-//! limit stays exact. A full server's accept loops, the only waiters, are
+//! thread it ends on, and an accept loop takes a place from its own shard,
+//! or else from the first other shard that has one. A place is taken or
+//! put back with one atomic operation on one shard, never made, lost or
+//! moved in bulk, so the limit stays exact and a loop never finds a server
+//! with free places full. A full server's accept loops, the only waiters, are
 //! woken through a `Notify` only when one is waiting: a waiter marks that in
 //! each shard's own word, so that a release learns it from its one
 //! read-modify-write.
@@ -103,32 +104,28 @@ impl Live {
         }
     }
 
-    /// Takes a place from shard `index`, else every free place of the first
-    /// other shard that has some (one of them taken, the rest put in shard
-    /// `index`).
+    /// Takes a place from shard `index`, else from the first other shard
+    /// that has one.
+    ///
+    /// One place at a time, straight from the shard that had it: places
+    /// are never moved between shards in bulk, which would leave them, for
+    /// a moment, in no shard at all, and a loop looking then would find a
+    /// server with free places full.
     fn take(&self, index: usize) -> bool {
-        let mine = self.shard(index);
-        let mut count = mine.load(Ordering::Acquire);
-        while count & !WAITING > 0 {
-            // The flag stays as it is.
-            match mine.compare_exchange_weak(count, count - 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return true,
-                Err(now) => count = now,
-            }
-        }
-        for step in 1..self.free.len() {
-            let other = self.shard(index.wrapping_add(step));
-            if other.load(Ordering::Acquire) & !WAITING == 0 {
-                continue;
-            }
-            // Every place, the flag left as it is.
-            let taken = other.fetch_and(WAITING, Ordering::AcqRel) & !WAITING;
-            if taken > 0 {
-                if taken > 1 {
-                    self.put(index, taken - 1);
+        for step in 0..self.free.len() {
+            let shard = self.shard(index.wrapping_add(step));
+            let mut count = shard.load(Ordering::Acquire);
+            while count & !WAITING > 0 {
+                // The flag stays as it is.
+                match shard.compare_exchange_weak(
+                    count,
+                    count - 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return true,
+                    Err(now) => count = now,
                 }
-                return true;
             }
         }
         false
@@ -483,18 +480,18 @@ mod loom_models {
     }
 
     #[test]
-    fn a_waiting_accept_loop_is_woken_by_places_another_loop_moved() {
+    fn a_waiting_accept_loop_is_woken_by_a_release_while_another_loop_takes_places() {
         loom::model(|| {
-            // Two places: one held, one free in shard 1, which the other
-            // loop moves to its shard 0 (taking one, none left to move) or
-            // not; then the held one is released in shard 1.
+            // Two places: one held, one free in shard 0, which the other
+            // loop takes (from its shard 1, so from shard 0) and gives back
+            // in its own; the held one is released in shard 1.
             let limits = Arc::new(Limits::with_shards(2, None, 2));
             hold(&limits, 1).expect("a free place");
-            let mover = {
+            let other = {
                 let limits = Arc::clone(&limits);
                 thread::spawn(move || {
-                    if hold(&limits, 0).is_some() {
-                        limits.release_at(0, None);
+                    if hold(&limits, 1).is_some() {
+                        limits.release_at(1, None);
                     }
                 })
             };
@@ -503,9 +500,31 @@ mod loom_models {
                 thread::spawn(move || limits.release_at(1, None))
             };
             block_on(limits.room());
-            mover.join().expect("the other accept loop");
+            other.join().expect("the other accept loop");
             releasing.join().expect("release");
             assert_eq!(limits.free(), 2);
+        });
+    }
+
+    /// Places are never in no shard at all: while another loop takes and
+    /// gives back places, a loop finds the one it cannot be holding.
+    #[test]
+    fn a_loop_never_finds_a_server_with_free_places_full() {
+        loom::model(|| {
+            let limits = Arc::new(Limits::with_shards(2, None, 2));
+            let other = {
+                let limits = Arc::clone(&limits);
+                thread::spawn(move || {
+                    if hold(&limits, 1).is_some() {
+                        limits.release_at(1, None);
+                    }
+                })
+            };
+            // The other loop holds at most one of the two places.
+            let mine = limits.try_permit_at(0);
+            assert!(mine.is_some(), "a free place was missed");
+            other.join().expect("the other accept loop");
+            drop(mine);
         });
     }
 }

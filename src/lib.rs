@@ -548,7 +548,7 @@ pub use tokio_rustls::rustls;
 /// API, no semver guarantees.
 #[doc(hidden)]
 pub mod __bench {
-    pub use crate::server::bench::{Bookkeeping, Open};
+    pub use crate::server::bench::{Bookkeeping, Open, Opener};
 }
 
 /// The README's examples, compiled as doctests.

@@ -157,9 +157,10 @@ fn run(rounds: usize, res: &mut Results) {
 
 /// `CONNECTIONS` opened and closed on `server`, `WINDOW` kept open.
 fn churn(server: &Bookkeeping) {
+    let mut opener = server.opener();
     let mut open = VecDeque::with_capacity(WINDOW + 1);
     for _ in 0..CONNECTIONS {
-        open.push_back(server.open().expect("room under the limit"));
+        open.push_back(opener.open().expect("room under the limit"));
         if open.len() > WINDOW {
             server.close(open.pop_front().expect("a connection"));
         }
@@ -239,7 +240,10 @@ fn one_server() -> Run {
 
 /// Opens `CONNECTIONS` with `open` on this thread and ends them with
 /// `close` on another, passed over in batches; the time per connection.
-fn handoff<T: Send + 'static>(open: impl Fn() -> T, close: impl Fn(T) + Send + 'static) -> Run {
+fn handoff<T: Send + 'static>(
+    mut open: impl FnMut() -> T,
+    close: impl Fn(T) + Send + 'static,
+) -> Run {
     let (tx, rx) = mpsc::sync_channel::<Vec<T>>(4);
     let closer = std::thread::spawn(move || {
         let cpu = thread_cpu();
@@ -268,7 +272,8 @@ fn handoff<T: Send + 'static>(open: impl Fn() -> T, close: impl Fn(T) + Send + '
 
 fn handoff_bookkeeping() -> Run {
     let server = Arc::new(server());
-    let (opener, closer) = (Arc::clone(&server), Arc::clone(&server));
+    let closer = Arc::clone(&server);
+    let mut opener = server.opener();
     let per = handoff(
         move || opener.open().expect("room under the limit"),
         move |conn: Open| closer.close(conn),

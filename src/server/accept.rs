@@ -92,18 +92,23 @@ pub(super) struct Closer {
 /// counter, one at a time while each listener has one loop (so ids follow
 /// the order of acceptance), in blocks of [`ID_BLOCK`] when several loops
 /// accept on one listener, so that they do not all write the one counter.
-struct Ids {
+#[derive(Debug)]
+pub(super) struct Ids {
     next: u64,
     end: u64,
     block: u64,
 }
 
 /// How many ids an accept loop takes at once when it shares its listener.
-const ID_BLOCK: u64 = 64;
+pub(super) const ID_BLOCK: u64 = 64;
 
 impl Ids {
     fn new(config: &Config) -> Ids {
-        let block = if config.accept_tasks > 1 { ID_BLOCK } else { 1 };
+        Ids::in_blocks(if config.accept_tasks > 1 { ID_BLOCK } else { 1 })
+    }
+
+    /// Ids taken `block` at a time.
+    pub(super) fn in_blocks(block: u64) -> Ids {
         Ids {
             next: 0,
             end: 0,
@@ -111,7 +116,7 @@ impl Ids {
         }
     }
 
-    fn next(&mut self, counter: &AtomicU64) -> u64 {
+    pub(super) fn next(&mut self, counter: &AtomicU64) -> u64 {
         if self.next == self.end {
             self.next = counter.fetch_add(self.block, Ordering::Relaxed);
             self.end = self.next + self.block;

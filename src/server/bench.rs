@@ -12,11 +12,11 @@
 use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use crate::admission::Limits;
 use crate::conn::record::{ConnState, Home, Tasks};
-use crate::server::accept::opened;
+use crate::server::accept::{ID_BLOCK, Ids, opened};
 use crate::server::task::ended;
 use crate::shard;
 use crate::stats::{Outcome, Stats};
@@ -33,7 +33,16 @@ pub struct Bookkeeping {
     clock: Clock,
 }
 
-/// A connection opened by [`Bookkeeping::open`]; give it to
+/// What one thread opens connections with, as an accept task does (of
+/// several on a listener: ids taken in blocks); from
+/// [`Bookkeeping::opener`].
+#[derive(Debug)]
+pub struct Opener<'a> {
+    server: &'a Bookkeeping,
+    ids: Ids,
+}
+
+/// A connection opened by [`Opener::open`]; give it to
 /// [`Bookkeeping::close`].
 #[derive(Debug)]
 pub struct Open {
@@ -75,20 +84,12 @@ impl Bookkeeping {
         }
     }
 
-    /// A connection's start: a place, an id, the count, the record, the
-    /// registry entry. `None` when the server is full.
-    pub fn open(&self) -> Option<Open> {
-        let limits = &self.homes[0].limits;
-        let admission = limits.admit(limits.try_permit()?, None)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let home = &self.homes[id as usize & (self.homes.len() - 1)];
-        let peer = Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 40_000)));
-        let state = opened(home, admission, id, peer, self.clock.read());
-        home.tasks.insert(Arc::clone(&state));
-        Some(Open {
-            state,
-            _task: Arc::clone(home),
-        })
+    /// An opener for this thread.
+    pub fn opener(&self) -> Opener<'_> {
+        Opener {
+            server: self,
+            ids: Ids::in_blocks(ID_BLOCK),
+        }
     }
 
     /// A connection's end, as a handler that returned `Ok`.
@@ -99,5 +100,24 @@ impl Bookkeeping {
     /// The counters.
     pub fn snapshot(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+}
+
+impl Opener<'_> {
+    /// A connection's start: a place, an id, the count, the record, the
+    /// registry entry. `None` when the server is full.
+    pub fn open(&mut self) -> Option<Open> {
+        let server = self.server;
+        let limits = &server.homes[0].limits;
+        let admission = limits.admit(limits.try_permit()?, None)?;
+        let id = self.ids.next(&server.next_id);
+        let home = &server.homes[id as usize & (server.homes.len() - 1)];
+        let peer = Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 40_000)));
+        let state = opened(home, admission, id, peer, server.clock.read());
+        home.tasks.insert(Arc::clone(&state));
+        Some(Open {
+            state,
+            _task: Arc::clone(home),
+        })
     }
 }
