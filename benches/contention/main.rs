@@ -157,7 +157,8 @@ fn run(rounds: usize, res: &mut Results) {
 
 /// `CONNECTIONS` opened and closed on `server`, `WINDOW` kept open.
 fn churn(server: &Bookkeeping) {
-    let mut opener = server.opener();
+    // Each thread opens as one of several accept tasks does.
+    let mut opener = server.opener(true);
     let mut open = VecDeque::with_capacity(WINDOW + 1);
     for _ in 0..CONNECTIONS {
         open.push_back(opener.open().expect("room under the limit"));
@@ -273,7 +274,8 @@ fn handoff<T: Send + 'static>(
 fn handoff_bookkeeping() -> Run {
     let server = Arc::new(server());
     let closer = Arc::clone(&server);
-    let mut opener = server.opener();
+    // The one accept loop of a listener.
+    let mut opener = server.opener(false);
     let per = handoff(
         move || opener.open().expect("room under the limit"),
         move |conn: Open| closer.close(conn),

@@ -36,14 +36,18 @@ use crate::{Addr, ShutdownSignal};
 pub(crate) type Tasks = registry::Tasks<ConnState>;
 
 /// What a listener's connections share: one per listener and shard (see
-/// [`crate::shard`]; a connection's by its id), so that the reference
-/// counts its connections take and drop are spread over as many cache
-/// lines.
+/// [`crate::shard`]; a connection's chosen by its id as its accept loop
+/// says, see `server::accept`), so that the reference counts its
+/// connections take and drop are spread over as many cache lines; a
+/// connection's registry entry goes to the same shard.
 #[derive(Debug)]
 pub(crate) struct Home {
     /// The server's handler, as `Any`: a connection's task, which knows
     /// the handler's type, turns it back.
     pub(crate) handler: Arc<dyn Any + Send + Sync>,
+    /// Its index among its listener's parts: the shard of the registry its
+    /// connections go to.
+    pub(crate) shard: usize,
     /// The listener's address: a connection's local address (unless the
     /// listener is on a wildcard address).
     pub(crate) addr: Addr,
@@ -167,6 +171,7 @@ impl ConnState {
     pub(crate) fn detached(id: u64, peer: Addr, local: Addr, signal: ShutdownSignal) -> Self {
         let home = Home {
             handler: Arc::new(()),
+            shard: 0,
             addr: local,
             signal,
             counters: Arc::default(),
@@ -285,8 +290,7 @@ impl ConnState {
 
 impl Registered for ConnState {
     fn shard(&self) -> usize {
-        // Truncated on 32-bit targets: only the low bits choose.
-        self.id as usize
+        self.home.shard
     }
 
     fn key(&self) -> &sync::AtomicUsize {

@@ -12,8 +12,11 @@
 //!
 //! The entries are split into shards (see [`crate::shard`]), each a slab
 //! under a lock of its own on cache lines of its own; a connection's shard
-//! is chosen by its id, so the accept loop's inserts go round the shards and
-//! an ending task's removal rarely meets another thread at the same lock.
+//! is chosen by its accept loop: the next one for each connection when one
+//! loop takes every connection of a listener (so its inserts go round the
+//! shards and an ending task's removal rarely meets another thread at the
+//! same lock), one a loop at a time when several do (so each keeps to a
+//! shard of its own, where its connections mostly end too).
 //! The timeout sweeper visits every shard once a tick (a tenth of the
 //! shortest timeout, at least 5 ms), 512 entries per lock. A connection's
 //! reads and writes never take a lock.
@@ -32,8 +35,7 @@ use crate::timeout::TimeoutKind;
 /// What the registry needs of a connection's record.
 pub(crate) trait Registered {
     /// Which shard the record goes to (any number: taken modulo the
-    /// shard count); the connection's id, so that consecutive connections
-    /// go to different shards.
+    /// shard count).
     fn shard(&self) -> usize;
     /// The record's key in its shard's slab (set under the shard's lock; a
     /// field of the record itself, which saves a word in every record).

@@ -116,6 +116,17 @@ impl Ids {
         }
     }
 
+    /// The shard (modulo the count) of the connection numbered `id`: the
+    /// next one for each id while ids are taken one at a time, so that the
+    /// connections one loop accepts and many workers end spread over every
+    /// shard; one for each block when they are taken in blocks, so that
+    /// each of several accept tasks, whose connections mostly end on the
+    /// worker that accepted them, keeps to a shard of its own.
+    pub(super) fn shard(&self, id: u64) -> usize {
+        // Truncated on 32-bit targets: only the low bits choose.
+        (id / self.block) as usize
+    }
+
     pub(super) fn next(&mut self, counter: &AtomicU64) -> u64 {
         if self.next == self.end {
             self.next = counter.fetch_add(self.block, Ordering::Relaxed);
@@ -143,15 +154,16 @@ pub(super) async fn accept_loop(
         addr,
         preamble,
     } = listening;
-    // Shared by this listener's connections: reference counts, not copies;
-    // one a shard, each connection's by its id (see `Home`).
     // One histogram for all of a listener's shards.
     #[cfg(feature = "metrics")]
     let metrics = crate::metrics::ConnMetrics::register(&addr, &shared.clock);
+    // Shared by this listener's connections: reference counts, not copies;
+    // one a shard, each connection's chosen by its id (see `Ids::shard`).
     let homes: Box<[Arc<Home>]> = (0..shard::count())
-        .map(|_| {
+        .map(|shard| {
             Arc::new(Home {
                 handler: Arc::clone(&shared.handler).into_any(),
+                shard,
                 addr: addr.clone(),
                 signal: shared.signal.clone(),
                 counters: Arc::clone(&counters),
@@ -371,9 +383,8 @@ fn serve(
         return;
     };
     let id = ids.next(&shared.next_id);
-    // The count is a power of two; truncated on 32-bit targets, where only
-    // the low bits choose.
-    let home = &homes[id as usize & (homes.len() - 1)];
+    // The count is a power of two.
+    let home = &homes[ids.shard(id) & (homes.len() - 1)];
     if let Stream::Tcp(tcp) = &stream {
         set_tcp_options(&shared.config, tcp, id);
     }

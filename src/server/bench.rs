@@ -63,9 +63,10 @@ impl Bookkeeping {
         );
         let handler: Arc<dyn Any + Send + Sync> = Arc::new(());
         let homes = (0..shard::count())
-            .map(|_| {
+            .map(|shard| {
                 Arc::new(Home {
                     handler: Arc::clone(&handler),
+                    shard,
                     addr: addr.clone(),
                     signal: ShutdownSignal::new(Arc::default()),
                     counters: Arc::clone(stats.counters(0)),
@@ -84,11 +85,13 @@ impl Bookkeeping {
         }
     }
 
-    /// An opener for this thread.
-    pub fn opener(&self) -> Opener<'_> {
+    /// An opener for this thread: one of several accept tasks on a
+    /// listener (`several`: ids in blocks, a shard a block) or its only one
+    /// (ids one at a time, the next shard for each).
+    pub fn opener(&self, several: bool) -> Opener<'_> {
         Opener {
             server: self,
-            ids: Ids::in_blocks(ID_BLOCK),
+            ids: Ids::in_blocks(if several { ID_BLOCK } else { 1 }),
         }
     }
 
@@ -111,7 +114,7 @@ impl Opener<'_> {
         let limits = &server.homes[0].limits;
         let admission = limits.admit(limits.try_permit()?, None)?;
         let id = self.ids.next(&server.next_id);
-        let home = &server.homes[id as usize & (server.homes.len() - 1)];
+        let home = &server.homes[self.ids.shard(id) & (server.homes.len() - 1)];
         let peer = Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 40_000)));
         let state = opened(home, admission, id, peer, server.clock.read());
         home.tasks.insert(Arc::clone(&state));

@@ -304,6 +304,7 @@ mod tests {
     fn home(tasks: &Arc<Tasks>) -> Arc<Home> {
         Arc::new(Home {
             handler: Arc::new(()),
+            shard: 0,
             addr: Addr::Unix(None),
             signal: ShutdownSignal::new(Arc::default()),
             counters: Arc::default(),
