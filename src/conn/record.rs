@@ -39,8 +39,11 @@ pub(crate) type Tasks = registry::Tasks<ConnState>;
 /// [`crate::shard`]; a connection's chosen by its id as its accept loop
 /// says, see `server::accept`), so that the reference counts its
 /// connections take and drop are spread over as many cache lines; a
-/// connection's registry entry goes to the same shard.
+/// connection's registry entry goes to the same shard. Aligned to 128
+/// bytes (see [`crate::shard::Padded`]): the reference count of one
+/// shard's part must not share a cache line with the next one's fields.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Home {
     /// The server's handler, as `Any`: a connection's task, which knows
     /// the handler's type, turns it back.

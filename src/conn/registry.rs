@@ -15,8 +15,8 @@
 //! is chosen by its accept loop: the next one for each connection when one
 //! loop takes every connection of a listener (so its inserts go round the
 //! shards and an ending task's removal rarely meets another thread at the
-//! same lock), one a loop at a time when several do (so each keeps to a
-//! shard of its own, where its connections mostly end too).
+//! same lock), the accepting thread's own when several loops do (so each
+//! keeps to a shard of its own, where its connections mostly end too).
 //! The timeout sweeper visits every shard once a tick (a tenth of the
 //! shortest timeout, at least 5 ms), 512 entries per lock. A connection's
 //! reads and writes never take a lock.

@@ -117,14 +117,19 @@ impl Ids {
     }
 
     /// The shard (modulo the count) of the connection numbered `id`: the
-    /// next one for each id while ids are taken one at a time, so that the
-    /// connections one loop accepts and many workers end spread over every
-    /// shard; one for each block when they are taken in blocks, so that
-    /// each of several accept tasks, whose connections mostly end on the
-    /// worker that accepted them, keeps to a shard of its own.
+    /// next one for each id while one loop takes every connection of the
+    /// listener, so that the connections it accepts and many workers end
+    /// spread over every shard; the accepting thread's own when several
+    /// loops accept (ids in blocks), so that each keeps to a shard of its
+    /// own, where its connections mostly end too (tokio runs a task first
+    /// on the worker that spawned it).
     pub(super) fn shard(&self, id: u64) -> usize {
-        // Truncated on 32-bit targets: only the low bits choose.
-        (id / self.block) as usize
+        if self.block == 1 {
+            // Truncated on 32-bit targets: only the low bits choose.
+            id as usize
+        } else {
+            shard::thread_index()
+        }
     }
 
     pub(super) fn next(&mut self, counter: &AtomicU64) -> u64 {
