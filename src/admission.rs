@@ -20,8 +20,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
 
 use crate::shard::{self, Padded};
 use crate::sync::{AtomicUsize, Mutex, Notify};
@@ -40,8 +40,8 @@ const WAITING: usize = !MAX_CONNECTIONS_LIMIT;
 /// The server's admission limits.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    live: Arc<Live>,
-    per_ip: Option<Arc<PerIp>>,
+    live: Live,
+    per_ip: Option<PerIp>,
 }
 
 /// The places under the global limit.
@@ -58,14 +58,17 @@ struct Live {
     freed: Notify,
 }
 
-/// A place under the global limit; dropping it frees the place.
+/// A place under the global limit; dropping it frees the place. It borrows
+/// the limits rather than holding a reference count: a count that every
+/// admission took and dropped would be one more cache line shared by the
+/// cores that accept.
 #[derive(Debug)]
-pub(crate) struct Permit {
+pub(crate) struct Permit<'a> {
     /// `None` once kept (see [`Admission::keep`]).
-    live: Option<Arc<Live>>,
+    live: Option<&'a Live>,
 }
 
-impl Drop for Permit {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if let Some(live) = self.live.take() {
             live.put(shard::thread_index(), 1);
@@ -147,12 +150,12 @@ impl Live {
 
 /// What a live connection holds; dropping it frees its place.
 #[derive(Debug)]
-pub(crate) struct Admission {
-    permit: Permit,
-    per_ip: Option<PerIpPlace>,
+pub(crate) struct Admission<'a> {
+    permit: Permit<'a>,
+    per_ip: Option<PerIpPlace<'a>>,
 }
 
-impl Admission {
+impl Admission<'_> {
     /// Keeps the places without this value: they are freed by
     /// [`Limits::release`] instead, given whether this returned `true`
     /// (the connection holds a place under its address's limit).
@@ -177,25 +180,24 @@ impl Limits {
         shards: usize,
     ) -> Self {
         Limits {
-            live: Arc::new(Live::new(max_connections, shards)),
-            per_ip: max_per_ip.map(|limit| {
-                Arc::new(PerIp {
-                    limit,
-                    counts: Mutex::new(HashMap::new()),
-                })
+            live: Live::new(max_connections, shards),
+            per_ip: max_per_ip.map(|limit| PerIp {
+                limit,
+                counts: Mutex::new(HashMap::new()),
             }),
         }
     }
 
     /// A place under the global limit if one is free now.
-    pub(crate) fn try_permit(&self) -> Option<Permit> {
+    pub(crate) fn try_permit(&self) -> Option<Permit<'_>> {
         self.try_permit_at(shard::thread_index())
     }
 
     /// [`Limits::try_permit`] for a thread of index `index`.
-    fn try_permit_at(&self, index: usize) -> Option<Permit> {
+    fn try_permit_at(&self, index: usize) -> Option<Permit<'_>> {
+        // Made only once taken: a permit dropped puts a place back.
         self.live.take(index).then(|| Permit {
-            live: Some(Arc::clone(&self.live)),
+            live: Some(&self.live),
         })
     }
 
@@ -232,7 +234,7 @@ impl Limits {
     /// # Cancel safety
     ///
     /// Cancel safe: nothing is taken until it completes.
-    pub(crate) async fn permit(&self) -> Permit {
+    pub(crate) async fn permit(&self) -> Permit<'_> {
         loop {
             if let Some(permit) = self.try_permit() {
                 return permit;
@@ -244,7 +246,11 @@ impl Limits {
     /// Completes the admission of a connection from `ip` (`None` for a
     /// transport without IP addresses), or `None` when that address already
     /// has as many connections as it may.
-    pub(crate) fn admit(&self, permit: Permit, ip: Option<IpAddr>) -> Option<Admission> {
+    pub(crate) fn admit<'a>(
+        &'a self,
+        permit: Permit<'a>,
+        ip: Option<IpAddr>,
+    ) -> Option<Admission<'a>> {
         let per_ip = match (&self.per_ip, ip) {
             (Some(per_ip), Some(ip)) => Some(PerIp::enter(per_ip, ip)?),
             _ => None,
@@ -284,15 +290,15 @@ struct PerIp {
 }
 
 impl PerIp {
-    fn enter(this: &Arc<PerIp>, ip: IpAddr) -> Option<PerIpPlace> {
-        let mut counts = this.counts.lock().unwrap_or_else(PoisonError::into_inner);
+    fn enter(&self, ip: IpAddr) -> Option<PerIpPlace<'_>> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let count = counts.entry(ip).or_insert(0);
-        if *count >= this.limit {
+        if *count >= self.limit {
             return None;
         }
         *count += 1;
         Some(PerIpPlace {
-            per_ip: Some(Arc::clone(this)),
+            per_ip: Some(self),
             ip,
         })
     }
@@ -311,13 +317,13 @@ impl PerIp {
 
 /// One connection's place under its address's limit.
 #[derive(Debug)]
-struct PerIpPlace {
+struct PerIpPlace<'a> {
     /// `None` once kept.
-    per_ip: Option<Arc<PerIp>>,
+    per_ip: Option<&'a PerIp>,
     ip: IpAddr,
 }
 
-impl Drop for PerIpPlace {
+impl Drop for PerIpPlace<'_> {
     fn drop(&mut self) {
         if let Some(per_ip) = self.per_ip.take() {
             per_ip.leave(self.ip);
@@ -327,6 +333,8 @@ impl Drop for PerIpPlace {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -363,20 +371,25 @@ mod tests {
         let held = limits.try_permit().unwrap();
         let waiter = {
             let limits = Arc::clone(&limits);
-            tokio::spawn(async move { limits.permit().await })
+            // The place it gets is kept, as a connection's is.
+            tokio::spawn(async move {
+                let permit = limits.permit().await;
+                limits.admit(permit, None).map(Admission::keep)
+            })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         drop(held);
-        let permit = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        let kept = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")
             .unwrap();
+        assert_eq!(kept, Some(false), "admitted, no per-address place");
         assert!(
             limits.try_permit().is_none(),
             "the place went to the waiter"
         );
-        drop(permit);
+        limits.release(None);
         assert!(limits.try_permit().is_some());
     }
 
@@ -385,7 +398,7 @@ mod tests {
     #[test]
     fn places_move_between_shards_and_the_limit_stays_exact() {
         let limits = Limits::with_shards(3, None, 4);
-        let mut held: Vec<Permit> = (0..3).map(|_| limits.try_permit_at(2).unwrap()).collect();
+        let mut held: Vec<Permit<'_>> = (0..3).map(|_| limits.try_permit_at(2).unwrap()).collect();
         assert!(limits.try_permit_at(2).is_none(), "full");
         assert!(limits.try_permit_at(3).is_none(), "full from every shard");
         assert_eq!(limits.free(), 0);
@@ -422,6 +435,8 @@ mod tests {
 mod loom_models {
     use loom::future::block_on;
     use loom::thread;
+
+    use std::sync::Arc;
 
     use super::*;
 

@@ -380,7 +380,7 @@ fn serve(
     peer: Addr,
     homes: &[Arc<Home>],
     preamble: Option<&Arc<Preamble>>,
-    permit: Permit,
+    permit: Permit<'_>,
 ) {
     let Some(admission) = shared.limits.admit(permit, peer.ip()) else {
         homes[0].counters.rejected();
@@ -411,7 +411,7 @@ fn serve(
 /// ([`ended`](crate::server::task::ended)).
 pub(super) fn opened(
     home: &Arc<Home>,
-    admission: Admission,
+    admission: Admission<'_>,
     id: u64,
     peer: Addr,
     accepted_at: u64,
