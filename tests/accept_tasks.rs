@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{assert_adds_up, build, keep_alive, read_until_closed, start, within};
+use common::{assert_adds_up, build, clients_sent, keep_alive, read_until_closed, start, within};
 use switchboard::{Connection, Error, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -51,12 +51,7 @@ async fn several_accept_tasks_keep_the_connection_limit_exact() {
             .reclaim_when_full(false)
     })
     .await;
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        let mut client = running.connect().await;
-        client.write_all(b"r").await.unwrap();
-        clients.push(client);
-    }
+    let mut clients = clients_sent(&running, CLIENTS, b"r").await;
     for _ in 0..MAX {
         within("the first clients to be served", entered.recv())
             .await
@@ -88,12 +83,7 @@ async fn clients_queued_at_shutdown_are_served_by_several_accept_tasks() {
             .drain_timeout(Duration::from_secs(60))
     })
     .await;
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        let mut client = running.connect().await;
-        client.write_all(b"r").await.unwrap();
-        clients.push(client);
-    }
+    let mut clients = clients_sent(&running, CLIENTS, b"r").await;
     for _ in 0..MAX {
         within("the first clients' answers", answered.recv())
             .await

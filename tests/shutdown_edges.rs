@@ -7,9 +7,8 @@ use std::future::pending;
 use std::io;
 use std::time::Duration;
 
-use common::{assert_adds_up, keep_alive, read_until_closed, start, within};
+use common::{assert_adds_up, clients_sent, keep_alive, read_until_closed, start, within};
 use switchboard::{Connection, handler_fn};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,14 +24,7 @@ async fn clients_waiting_in_the_queue_at_shutdown_are_served_not_reset() {
             .drain_timeout(Duration::from_secs(60))
     })
     .await;
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        // `connect` returns once the kernel completed the connection: the
-        // client is in the server's queue (or served) from then on.
-        let mut client = running.connect().await;
-        client.write_all(b"r").await.unwrap();
-        clients.push(client);
-    }
+    let mut clients = clients_sent(&running, CLIENTS, b"r").await;
     for _ in 0..MAX {
         within("the first clients' answers", answered.recv())
             .await

@@ -611,3 +611,18 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
         }
     }
 }
+
+/// `n` clients of `running`, each connected and having sent `request`.
+/// `connect` returns once the kernel completed the connection: each client
+/// is in the server's queue (or served) from then on.
+pub async fn clients_sent(running: &Running, n: usize, request: &[u8]) -> Vec<TcpStream> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut client = running.connect().await;
+        within("the request to be sent", client.write_all(request))
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    clients
+}
