@@ -420,7 +420,7 @@
 //!           listen/open.rs        opening each Listen: bind it, or take it over
 //!           listen/bind.rs        Listener: TCP and Unix sockets, std and systemd ones
 //!           socket_file.rs        Unix socket files made without races, removed if ours
-//! accept    server/accept.rs      one loop per listener: accept, admit, spawn; close
+//! accept    server/accept.rs      the accept loops (one a listener, or several): accept, admit, spawn; close
 //!           backoff.rs            accept errors: skip, back off, or stop
 //! admission admission.rs          the connection limit and the per-address limit
 //!           server/overload.rs    a full server takes places back (Slowloris)
@@ -444,7 +444,8 @@
 //! restart   handover/             zero-downtime restart: protocol.rs, control.rs,
 //!                                 inherited.rs, pair.rs, and the server glue in mod.rs
 //! support   addr.rs, error.rs, log_limit.rs, testing.rs, sync.rs (std or loom),
-//!           shard.rs (per-core copies of the shared counters, places, registry)
+//!           shard.rs (per-core copies of the shared counters, places, registry),
+//!           server/bench.rs (the bookkeeping, for the contention bench)
 //! ```
 //!
 //! Modules depend downwards only: `conn` knows nothing of `server`, `handler`
