@@ -19,12 +19,13 @@
 //! read-modify-write.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use crate::shard::{self, Padded};
-use crate::sync::{AtomicUsize, Mutex, Notify};
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Notify};
 
 /// Default for [`Builder::max_connections`](crate::Builder::max_connections).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -181,10 +182,7 @@ impl Limits {
     ) -> Self {
         Limits {
             live: Live::new(max_connections, shards),
-            per_ip: max_per_ip.map(|limit| PerIp {
-                limit,
-                counts: Mutex::new(HashMap::new()),
-            }),
+            per_ip: max_per_ip.map(PerIp::new),
         }
     }
 
@@ -283,15 +281,42 @@ impl Limits {
     }
 }
 
+/// The live connections of each address (of one shard).
+type Counts = HashMap<IpAddr, usize>;
+
 #[derive(Debug)]
 struct PerIp {
     limit: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
+    /// The live connections of each address, in shards chosen by a keyed
+    /// hash of the address (see [`crate::shard`]): one address is always in
+    /// one shard, and the connections of different addresses rarely meet
+    /// at one lock.
+    shards: Box<[Padded<Mutex<Counts>>]>,
+    hasher: RandomState,
 }
 
 impl PerIp {
+    fn new(limit: usize) -> PerIp {
+        PerIp {
+            limit,
+            shards: (0..shard::count())
+                .map(|_| Padded(Mutex::new(HashMap::new())))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn counts(&self, ip: IpAddr) -> MutexGuard<'_, Counts> {
+        // Truncated on 32-bit targets: only the low bits choose.
+        let shard = self.hasher.hash_one(ip) as usize & (self.shards.len() - 1);
+        // The counts stay consistent through a panic elsewhere.
+        self.shards[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn enter(&self, ip: IpAddr) -> Option<PerIpPlace<'_>> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.counts(ip);
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.limit {
             return None;
@@ -304,7 +329,7 @@ impl PerIp {
     }
 
     fn leave(&self, ip: IpAddr) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.counts(ip);
         if let Some(count) = counts.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
@@ -363,6 +388,41 @@ mod tests {
                 .is_some(),
             "a place was freed"
         );
+    }
+
+    /// Many addresses over the shards: each has its own count, and every
+    /// place comes back.
+    #[test]
+    fn per_ip_limits_of_many_addresses_are_counted_apart() {
+        let limits = Limits::new(1_000, Some(1));
+        let ips: Vec<IpAddr> = (0..200_u32)
+            .map(|i| IpAddr::from((10 << 24 | i).to_be_bytes()))
+            .collect();
+        let held: Vec<_> = ips
+            .iter()
+            .map(|&ip| {
+                limits
+                    .admit(limits.try_permit().unwrap(), Some(ip))
+                    .expect("first")
+            })
+            .collect();
+        for &ip in &ips {
+            assert!(
+                limits
+                    .admit(limits.try_permit().unwrap(), Some(ip))
+                    .is_none(),
+                "{ip}: a second connection"
+            );
+        }
+        drop(held);
+        let per_ip = limits.per_ip.as_ref().unwrap();
+        let left: usize = per_ip
+            .shards
+            .iter()
+            .map(|shard| shard.lock().unwrap().len())
+            .sum();
+        assert_eq!(left, 0, "the maps hold only connected addresses");
+        assert_eq!(limits.free(), 1_000);
     }
 
     #[tokio::test]
