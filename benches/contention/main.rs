@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use switchboard::__bench::{Bookkeeping, Open};
 
+#[path = "../switchboard/cputime.rs"]
+mod cputime;
 #[allow(dead_code)] // the other bench's report has more than this one uses
 #[path = "../switchboard/report.rs"]
 mod report;
@@ -110,22 +112,10 @@ impl Run {
 }
 
 /// This thread's CPU time (user and system), from `/proc/thread-self/stat`
-/// (in clock ticks, usually 10 ms: runs last long enough for that).
+/// (in clock ticks, usually 10 ms: runs last long enough for that); zero
+/// where it cannot be read, which shows as 0 cores busy.
 fn thread_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // The fields after the command's closing parenthesis; utime and stime
-    // are the 14th and 15th of the line.
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|f| f.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    cputime::cpu_time("/proc/thread-self/stat").unwrap_or_default()
 }
 
 /// Runs the scenario's rounds.

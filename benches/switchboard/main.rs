@@ -27,6 +27,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 // `axum` itself is named `::axum` there.
 mod axum;
 mod client;
+mod cputime;
 #[allow(dead_code)] // the example's module has more than the bench uses
 #[path = "../../examples/echo/echo.rs"]
 mod echo;

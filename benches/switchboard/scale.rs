@@ -410,30 +410,12 @@ impl WRun<'_> {
 }
 
 /// The CPU time (user + system) a process has used so far, all its threads
-/// together, from `/proc/PID/stat`.
+/// together.
 fn cpu_time(pid: u32) -> Result<Duration, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
-    let ticks = stat_ticks(&stat).ok_or_else(|| format!("no utime/stime in {path}"))?;
-    let hz = os::clock_ticks_per_second()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+    crate::cputime::cpu_time(&format!("/proc/{pid}/stat"))
 }
 
-/// `utime + stime` from a `/proc/PID/stat` line, in clock ticks.
-///
-/// The second field, the command name in parentheses, may hold spaces and
-/// parentheses itself, so the fields are counted from its last `)`: the
-/// third field (state) comes right after it, `utime` and `stime` are the
-/// 14th and 15th.
-fn stat_ticks(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace().skip(14 - 3);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Affinity and clock ticks where Linux has them.
+/// Affinity where Linux has it.
 #[cfg(target_os = "linux")]
 mod os {
     use rustix::thread::{CpuSet, Pid, sched_getaffinity, sched_setaffinity};
@@ -464,13 +446,6 @@ mod os {
         let set = sched_getaffinity(pid).map_err(|e| format!("sched_getaffinity: {e}"))?;
         Ok((0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
     }
-
-    pub(super) fn clock_ticks_per_second() -> Result<u64, String> {
-        match rustix::param::clock_ticks_per_second() {
-            0 => Err("no clock tick rate".to_owned()),
-            hz => Ok(hz),
-        }
-    }
 }
 
 /// Elsewhere: no pinning and no `/proc`; the scenario says so and runs.
@@ -483,10 +458,6 @@ mod os {
     }
 
     pub(super) fn cores_of(_pid: Option<u32>) -> Result<Vec<usize>, String> {
-        Err(NO.to_owned())
-    }
-
-    pub(super) fn clock_ticks_per_second() -> Result<u64, String> {
         Err(NO.to_owned())
     }
 }
