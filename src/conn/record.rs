@@ -27,6 +27,7 @@ use crate::admission::Limits;
 use crate::conn::ProxyInfo;
 use crate::conn::registry::{self, Registered};
 use crate::conn::subtask::{Parts, SubTasks};
+use crate::shard;
 use crate::stats::{Counters, Outcome};
 use crate::sync;
 use crate::timeout::{TimeoutKind, Timeouts};
@@ -42,7 +43,7 @@ pub(crate) type Tasks = registry::Tasks<ConnState>;
 /// connection's registry entry goes to the same shard. Aligned to 128
 /// bytes (see [`crate::shard::Padded`]): the reference count of one
 /// shard's part must not share a cache line with the next one's fields.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[repr(align(128))]
 pub(crate) struct Home {
     /// The server's handler, as `Any`: a connection's task, which knows
@@ -65,6 +66,20 @@ pub(crate) struct Home {
     /// The listener's duration histogram.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::ConnMetrics,
+}
+
+impl Home {
+    /// A copy of `self` for each shard, numbered (its `shard` is ignored).
+    pub(crate) fn per_shard(self) -> Box<[Arc<Home>]> {
+        (0..shard::count())
+            .map(|shard| {
+                Arc::new(Home {
+                    shard,
+                    ..self.clone()
+                })
+            })
+            .collect()
+    }
 }
 
 /// One connection's record.

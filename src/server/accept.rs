@@ -159,26 +159,20 @@ pub(super) async fn accept_loop(
         addr,
         preamble,
     } = listening;
-    // One histogram for all of a listener's shards.
-    #[cfg(feature = "metrics")]
-    let metrics = crate::metrics::ConnMetrics::register(&addr, &shared.clock);
     // Shared by this listener's connections: reference counts, not copies;
     // one a shard, each connection's chosen by its id (see `Ids::shard`).
-    let homes: Box<[Arc<Home>]> = (0..shard::count())
-        .map(|shard| {
-            Arc::new(Home {
-                handler: Arc::clone(&shared.handler).into_any(),
-                shard,
-                addr: addr.clone(),
-                signal: shared.signal.clone(),
-                counters: Arc::clone(&counters),
-                tasks: Arc::clone(&shared.tasks),
-                limits: Arc::clone(&shared.limits),
-                #[cfg(feature = "metrics")]
-                metrics: metrics.clone(),
-            })
-        })
-        .collect();
+    let homes = Home {
+        handler: Arc::clone(&shared.handler).into_any(),
+        shard: 0,
+        addr: addr.clone(),
+        signal: shared.signal.clone(),
+        counters: Arc::clone(&counters),
+        tasks: Arc::clone(&shared.tasks),
+        limits: Arc::clone(&shared.limits),
+        #[cfg(feature = "metrics")]
+        metrics: crate::metrics::ConnMetrics::register(&addr, &shared.clock),
+    }
+    .per_shard();
     let home = &homes[0];
     let mut ids = Ids::new(&shared.config);
     // Made once: registering a waiter on every iteration would cost a lock

@@ -9,7 +9,6 @@
 //! from several threads at once, a lock or a cache line that every
 //! connection shares shows as time, on a machine of two cores.
 
-use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -18,7 +17,6 @@ use crate::admission::Limits;
 use crate::conn::record::{ConnState, Home, Tasks};
 use crate::server::accept::{ID_BLOCK, Ids, opened};
 use crate::server::task::ended;
-use crate::shard;
 use crate::stats::{Outcome, Stats};
 use crate::timeout::Clock;
 use crate::{Addr, ShutdownSignal, StatsSnapshot};
@@ -57,26 +55,19 @@ impl Bookkeeping {
     pub fn new(max_connections: usize) -> Bookkeeping {
         let addr = Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 80)));
         let stats = Stats::new([addr.clone()]);
-        let (tasks, limits) = (
-            Arc::new(Tasks::new()),
-            Arc::new(Limits::new(max_connections, None)),
-        );
-        let handler: Arc<dyn Any + Send + Sync> = Arc::new(());
-        let homes = (0..shard::count())
-            .map(|shard| {
-                Arc::new(Home {
-                    handler: Arc::clone(&handler),
-                    shard,
-                    addr: addr.clone(),
-                    signal: ShutdownSignal::new(Arc::default()),
-                    counters: Arc::clone(stats.counters(0)),
-                    tasks: Arc::clone(&tasks),
-                    limits: Arc::clone(&limits),
-                    #[cfg(feature = "metrics")]
-                    metrics: crate::metrics::ConnMetrics::noop(),
-                })
-            })
-            .collect();
+        // Like an accept loop's (`server::accept`).
+        let homes = Home {
+            handler: Arc::new(()),
+            shard: 0,
+            addr: addr.clone(),
+            signal: ShutdownSignal::new(Arc::default()),
+            counters: Arc::clone(stats.counters(0)),
+            tasks: Arc::new(Tasks::new()),
+            limits: Arc::new(Limits::new(max_connections, None)),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::ConnMetrics::noop(),
+        }
+        .per_shard();
         Bookkeeping {
             homes,
             stats,
