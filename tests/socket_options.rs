@@ -99,15 +99,33 @@ async fn reuse_address_lets_a_restarted_server_bind_past_time_wait() {
 #[tokio::test]
 async fn ipv6_only_decides_whether_ipv4_clients_reach_a_wildcard_ipv6_listener() {
     for only in [true, false] {
-        let built = noop_at("[::]:0").ipv6_only(only).build().await;
-        let server = match built {
-            Ok(server) => server,
-            Err(err) => {
-                eprintln!("SKIPPED: this machine has no IPv6 ({err:?})");
-                return;
+        // Up to 10 servers: an IPv6-only socket leaves its port free for
+        // IPv4, where another test's listener may sit, which a connect to
+        // 127.0.0.1 would reach. A server whose IPv4 side can be bound here
+        // first (and let go) has it free.
+        let mut tries = 0;
+        let (_server, port) = loop {
+            let built = noop_at("[::]:0").ipv6_only(only).build().await;
+            let server = match built {
+                Ok(server) => server,
+                Err(err) => {
+                    eprintln!("SKIPPED: this machine has no IPv6 ({err:?})");
+                    return;
+                }
+            };
+            let port = server.local_addr().as_tcp().unwrap().port();
+            if !only {
+                break (server, port);
+            }
+            match std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))) {
+                Ok(probe) => {
+                    drop(probe);
+                    break (server, port);
+                }
+                Err(err) if err.kind() == io::ErrorKind::AddrInUse && tries < 10 => tries += 1,
+                Err(err) => panic!("IPv6 only, yet 127.0.0.1:{port} is taken: {err}"),
             }
         };
-        let port = server.local_addr().as_tcp().unwrap().port();
         let v4 = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await;
         if only {
             assert_eq!(
